@@ -1,0 +1,48 @@
+"""The error hierarchy: every expected failure is one of these, turned into a message by cli."""
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """An expected failure with a message written for the user; exit code 1 unless overridden."""
+
+    exit_code = 1
+
+
+class UsageError(PipelineError):
+    """Bad command-line usage or arguments: nothing ran."""
+
+    exit_code = 2
+
+
+class SpecError(PipelineError):
+    """One or more problems in a spec file, each already formatted as `file:line: path: message`."""
+
+    exit_code = 2
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = list(messages)
+        super().__init__("\n".join(self.messages))
+
+
+class DataError(PipelineError):
+    """A test-data file is missing, malformed, truncated or inconsistent."""
+
+
+class ModelError(PipelineError):
+    """A model file is missing, does not match its pinned digest, or cannot be loaded safely."""
+
+
+class RenderError(PipelineError):
+    """A template could not be rendered, or what it rendered is not valid."""
+
+
+class StateError(PipelineError):
+    """The state directory is locked by another run or damaged."""
+
+
+class StageFailed(PipelineError):
+    """A stage ran and failed (a gate, a deployment, a smoke test)."""
+
+
+class TargetError(PipelineError):
+    """A deployment target failed or could not be reached."""

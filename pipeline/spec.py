@@ -1,0 +1,289 @@
+"""Load a spec: read, parse with line numbers, validate against the schema, build frozen records."""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from pipeline import rules, yamlsource
+from pipeline.errors import SpecError
+
+SCHEMA_PATH = Path(__file__).parent / "schema" / "spec.schema.json"
+
+
+@functools.lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The JSON Schema of pipeline/v1, the single source of truth for fields and defaults."""
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def reference() -> str:
+    """The spec reference as a Markdown table, generated from the schema so it cannot drift."""
+    rows = ["| field | type | default | description |", "|---|---|---|---|"]
+
+    def walk(node: Mapping[str, Any], prefix: str, required: tuple[str, ...]) -> None:
+        for key, sub in node.get("properties", {}).items():
+            path = f"{prefix}.{key}" if prefix else key
+            kind = sub.get("type") or ("enum: " + " \\| ".join(map(str, sub["enum"])) if "enum" in sub else
+                                       f"`{sub['const']}`" if "const" in sub else "path or mapping")
+            default = "required" if key in required else (f"`{json.dumps(sub['default'])}`" if "default" in sub else "")
+            rows.append(f"| `{path}` | {kind} | {default} | {sub.get('description', '')} |")
+            if sub.get("type") == "object" and "properties" in sub:
+                walk(sub, path, tuple(sub.get("required", ())))
+
+    walk(schema(), "", tuple(schema().get("required", ())))
+    return "\n".join(rows) + "\n"
+
+
+@dataclass(frozen=True)
+class RegistrySource:
+    registry: str
+    file: str
+    workspace_config: Path | None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: int
+    source: Path | RegistrySource
+    sha256: str | None
+    format: str
+    trusted_types: tuple[str, ...]
+
+    @property
+    def file_name(self) -> str:
+        """The model's file name inside the <name>/<version>/ store folder."""
+        return self.source.file if isinstance(self.source, RegistrySource) else self.source.name
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    python: str
+    channels: tuple[str, ...]
+    conda_packages: tuple[str, ...]
+    pip_packages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    features: int
+    output: str
+    entry_script: Path | None
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    images: Path
+    labels: Path | None
+    format: str
+    label_column: str | None
+    scale: float
+    min_accuracy: float
+    sample_size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    target: str
+    cpu_cores: float
+    memory_gb: float
+    auth: bool
+    request_timeout_ms: int
+    ready_timeout_s: int
+    local: Mapping[str, Any]
+    azureml: Mapping[str, Any]
+    kubernetes: Mapping[str, Any]
+
+    def settings(self) -> Mapping[str, Any]:
+        """The target-specific block of the chosen target."""
+        key = {"local": "local", "kubernetes": "kubernetes"}.get(self.target, "azureml")
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated spec. `data` is the validated document with defaults, for digests and diffs."""
+
+    path: Path
+    name: str
+    description: str
+    tags: Mapping[str, str]
+    templates: Path | None
+    model: ModelSpec
+    environment: EnvironmentSpec
+    scoring: ScoringSpec
+    test: TestSpec
+    deploy: DeploySpec
+    data: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def display_path(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def load(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec:
+    """Read, parse, validate and build a spec; raise SpecError with every problem at once."""
+    path = Path(path)
+    shown = display_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"{shown}: no such file"]) from None
+    except IsADirectoryError:
+        raise SpecError([f"{shown}: is a directory, not a spec file"]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except OSError as exc:
+        raise SpecError([f"{shown}: cannot read: {exc.strerror}"]) from None
+    try:
+        doc = yamlsource.parse(text)
+    except yamlsource.YamlSyntaxError as exc:
+        raise SpecError([f"{shown}:{exc.line}: {exc.message}"]) from None
+    problems = list(doc.problems)
+    if not isinstance(doc.data, dict):
+        kind = "empty" if doc.data is None else f"a {type(doc.data).__name__}"
+        raise SpecError([f"{shown}:1: the spec must be a YAML mapping (apiVersion: pipeline/v1, name: ...), found {kind}"])
+    problems += _schema_problems(doc)
+    if not problems:
+        data = apply_defaults(doc.data, schema())
+        problems += rules.check(data, doc, path.parent.resolve(), check_files=check_files)
+    if problems:
+        raise SpecError(format_problems(shown, problems))
+    return build(path.resolve(), data)
+
+
+def format_problems(shown: str, problems: list[tuple[int, tuple, str]]) -> list[str]:
+    """Sorted `file:line: field.path: message` lines, duplicates removed."""
+    lines = sorted(set((line, _dotted(p), msg) for line, p, msg in problems))
+    return [f"{shown}:{line}: {dotted}: {msg}" if dotted else f"{shown}:{line}: {msg}" for line, dotted, msg in lines]
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_problems(doc: yamlsource.Document) -> list[tuple[int, tuple, str]]:
+    from jsonschema import Draft202012Validator  # imported here: only loading needs it
+
+    validator = Draft202012Validator(schema())
+    out: list[tuple[int, tuple, str]] = []
+    for error in validator.iter_errors(doc.data):
+        out.extend(_explain(error, doc))
+    return out
+
+
+def _explain(error: Any, doc: yamlsource.Document) -> list[tuple[int, tuple, str]]:
+    """Turn one jsonschema error into user-facing (line, path, message) triples."""
+    path = tuple(error.absolute_path)
+    kind = error.validator
+    sub = error.schema if isinstance(error.schema, dict) else {}
+    if kind == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(sub.get("properties", {}))
+        extra = [k for k in error.instance if k not in sub.get("properties", {})]
+        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        return [(doc.line_of(path + (k,)), path + (k,), f"unknown key{hint}") for k in extra]
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else str(error.message)
+        return [(doc.line_of(path), path + (missing,), "required field is missing")]
+    line = doc.line_of(path)
+    if kind == "oneOf" and path[-1:] == ("source",):
+        return [(line, path, "must be a file path, or a mapping {registry: azureml, file: ..., workspace_config: ...}")]
+    if "errorMessage" in sub and kind in ("pattern", "type", "minLength", "maxLength"):
+        return [(line, path, f"{_show(error.instance)} {sub['errorMessage']}" if kind == "pattern" else sub["errorMessage"])]
+    if kind == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        article = "an" if str(expected)[0] in "aeiou" else "a"
+        return [(line, path, f"expected {article} {expected}, got {_kind(error.instance)} {_show(error.instance)}")]
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
+        return [(line, path, f"must be {op} {error.validator_value}, got {_show(error.instance)}")]
+    if kind == "const":
+        return [(line, path, f"must be {error.validator_value}, got {_show(error.instance)}")]
+    if kind == "enum":
+        options = ", ".join(repr(v) for v in error.validator_value)
+        return [(line, path, f"{_show(error.instance)} is not one of [{options}]")]
+    if kind in ("minLength", "maxLength"):
+        limit = error.validator_value
+        return [(line, path, "must not be empty" if kind == "minLength" and limit == 1 else f"length must be {'>=' if kind == 'minLength' else '<='} {limit}, got {len(error.instance)}")]
+    return [(line, path, error.message)]
+
+
+def _kind(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, (dict, list)) else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def apply_defaults(data: Any, node: Mapping[str, Any]) -> Any:
+    """A copy of `data` with the schema's defaults filled in, recursively, for object properties."""
+    if not isinstance(data, dict) or node.get("type") != "object":
+        return copy.deepcopy(data)
+    properties = node.get("properties", {})
+    out = {key: copy.deepcopy(value) for key, value in data.items() if key not in properties}  # e.g. tags
+    for key, sub in properties.items():
+        if key in data:
+            out[key] = apply_defaults(data[key], sub)
+        elif "default" in sub:
+            out[key] = apply_defaults(copy.deepcopy(sub["default"]), sub)
+    return out
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def build(path: Path, data: dict[str, Any]) -> Spec:
+    """The typed, frozen spec from validated data; relative paths resolve against the spec's folder."""
+    folder = path.parent
+
+    def rel(value: str | None) -> Path | None:
+        return None if value is None else (folder / value).resolve()
+
+    m, e, s, t, d = data["model"], data["environment"], data["scoring"], data["test"], data["deploy"]
+    source: Path | RegistrySource
+    if isinstance(m["source"], dict):
+        source = RegistrySource(m["source"]["registry"], m["source"]["file"], rel(m["source"].get("workspace_config")))
+    else:
+        source = rel(m["source"])  # type: ignore[assignment]
+    return Spec(
+        path=path,
+        name=data["name"],
+        description=data["description"],
+        tags=_freeze(data["tags"]),
+        templates=rel(data.get("templates")),
+        model=ModelSpec(m["name"], m["version"], source, m.get("sha256"), m["format"], tuple(m["trusted_types"])),
+        environment=EnvironmentSpec(e["python"], tuple(e["channels"]), tuple(e["conda_packages"]), tuple(e["pip_packages"])),
+        scoring=ScoringSpec(s["features"], s["output"], rel(s.get("entry_script"))),
+        test=TestSpec(rel(t["images"]), rel(t.get("labels")), t["format"], t.get("label_column"), float(t["scale"]),
+                      float(t["min_accuracy"]), t["sample_size"], t["seed"]),
+        deploy=DeploySpec(d["target"], d["cpu_cores"], d["memory_gb"], d["auth"], d["request_timeout_ms"],
+                          d["ready_timeout_s"], _freeze(d["local"]), _freeze(d["azureml"]), _freeze(d["kubernetes"])),
+        data=_freeze(data),
+    )
