@@ -1,0 +1,41 @@
+"""`logs SPEC`: the tail of the service's own log; --follow keeps printing new lines."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pipeline.commands._common import context
+from pipeline.console import Console
+from pipeline.errors import UsageError
+
+
+def main(args: argparse.Namespace, console: Console) -> int:
+    ctx = context(args, console)
+    record = ctx.state.get("service")
+    if not record:
+        raise UsageError(f"{ctx.spec.name}: no service is deployed; `run` it first")
+    from pipeline import targets
+
+    target = targets.get(record.get("target", ctx.spec.deploy.target))
+    text = target.logs(record, ctx.paths.service, tail=args.tail)
+    if text:
+        console.always(text)
+    if not args.follow:
+        return 0
+    log = Path(record.get("log", ""))
+    if not log.is_file():
+        raise UsageError(f"--follow needs a local log file; target {record.get('target')!r} has none")
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, 2)
+            while True:
+                chunk = f.read()
+                if chunk:
+                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.2)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,51 @@
+"""`plan SPEC`: per stage, run or skip and why; for deploy the action and a field-level diff."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline import runner
+from pipeline.commands._common import context, selection, show
+from pipeline.console import Console
+
+
+def main(args: argparse.Namespace, console: Console) -> int:
+    ctx = context(args, console)
+    facts = runner.gather(ctx)
+    the_plan = runner.plan(ctx.spec.name, ctx.state, facts, selection(args))
+    if args.json:
+        console.always(json.dumps(the_plan.to_dict(), indent=2, default=str))
+    else:
+        print_plan(console, the_plan, ctx.spec.name, args.spec, ctx.spec.deploy.target)
+    if args.detailed_exitcode:
+        return 2 if the_plan.changes else 0
+    return 0
+
+
+def print_plan(console: Console, the_plan: runner.Plan, name: str, path: str, target: str) -> None:
+    console.print(f"plan for {console.paint(name, 'bold')} ({path}), target {target}")
+    console.print()
+    for step in the_plan.steps:
+        colour = {"run": "yellow", "skip": "dim"}.get(step.action, "dim")
+        label = step.action
+        if step.change and step.action == "run":
+            label = step.change.action
+        console.print(f"  {step.stage:<9} {console.paint(f'{label:<13}', colour)} {step.reason}")
+        if step.change and step.stage == "deploy" and step.action != "not selected":
+            for path_, old, new in step.change.fields:
+                if old is None:
+                    line = console.paint(f"+ {path_}: {show(new)}", "green")
+                elif new is None:
+                    line = console.paint(f"- {path_}: {show(old)}", "red")
+                else:
+                    line = console.paint(f"~ {path_}: {show(old)} -> {show(new)}", "yellow")
+                console.print(f"      {line}")
+            for _name, diff in step.change.files:
+                for line in diff.rstrip("\n").splitlines():
+                    colour = "green" if line.startswith("+") else "red" if line.startswith("-") else "cyan" if line.startswith("@") else "dim"
+                    console.print("      " + console.paint(line, colour))
+    running = sum(s.action == "run" for s in the_plan.steps)
+    skipped = sum(s.action == "skip" for s in the_plan.steps)
+    console.print()
+    console.print(f"Plan: {running} stage(s) to run, {skipped} unchanged." if running else
+                  "No changes: the service matches the spec.")

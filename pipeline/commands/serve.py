@@ -1,0 +1,31 @@
+"""`serve SPEC`: fetch the model, render the files and host the service in the foreground until Ctrl-C."""
+from __future__ import annotations
+
+import argparse
+
+from pipeline import models, render
+from pipeline.commands._common import context
+from pipeline.console import Console
+from pipeline.errors import ModelError
+from pipeline.spec import RegistrySource
+from pipeline.targets import local
+
+
+def main(args: argparse.Namespace, console: Console) -> int:
+    ctx = context(args, console)
+    spec = ctx.spec.model
+    if spec.sha256 is None and spec.format in ("joblib", "pickle"):
+        raise ModelError(f"model.sha256 is not pinned: loading a {spec.format} file runs code stored in it; "
+                         f"`python -m pipeline plan {args.spec}` prints the digest to pin")
+    source = (models.AzureMLRegistrySource(spec.name, spec.version, spec.source.workspace_config)
+              if isinstance(spec.source, RegistrySource) else models.LocalSource(spec.source))
+    path = models.fetch_model(source, ctx.paths.models, spec.name, spec.version, spec.sha256)
+    app_dir = ctx.paths.root / "serve"
+    render.write_files(app_dir, render.render(ctx.spec))
+    port = ctx.spec.deploy.local["port"] if args.port is None else args.port
+    config = local.service_config(ctx.spec, app_dir, path.parent, None, None, port)
+    from pipeline.serve.config import ServeConfig
+    from pipeline.serve.supervisor import serve
+
+    console.error(f"serving {ctx.spec.name} on 127.0.0.1 (Ctrl-C stops it); auth is off in the foreground")
+    return serve(ServeConfig.from_dict(config))

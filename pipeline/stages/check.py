@@ -1,0 +1,54 @@
+"""Stage check: the spec is valid (it loaded), its files exist, and the packages the stages need import."""
+from __future__ import annotations
+
+import importlib
+import platform
+from importlib import metadata
+from typing import Any
+
+from pipeline.context import Context, plain
+from pipeline.errors import StageFailed
+
+# distribution name -> module to import; the versions recorded here go into the report
+PACKAGES = {"numpy": "numpy", "scikit-learn": "sklearn", "joblib": "joblib", "matplotlib": "matplotlib",
+            "Jinja2": "jinja2", "PyYAML": "yaml", "jsonschema": "jsonschema"}
+
+
+def _needed(ctx: Context) -> dict[str, str]:
+    needed = dict(PACKAGES)
+    if ctx.spec.model.format == "skops":
+        needed["skops"] = "skops"
+    return needed
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def inputs(ctx: Context) -> dict[str, Any]:
+    # versions come from package metadata (cheap); importing them is left to run()
+    return {"spec": plain(ctx.spec.data), "python": platform.python_version(),
+            "target": ctx.spec.deploy.target,
+            "packages": {dist: _version(dist) for dist in sorted(_needed(ctx))}}
+
+
+def run(ctx: Context, step: Any) -> Any:
+    from pipeline.stages import Outcome
+
+    problems = []
+    versions: dict[str, str] = {}
+    for dist, module in sorted(_needed(ctx).items()):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            problems.append(f"{dist} does not import ({exc}); install it with: pip install {dist}")
+            continue
+        versions[dist] = _version(dist) or "unknown"
+    if problems:
+        raise StageFailed("; ".join(problems))
+    ctx.target  # the target's module (and optional SDK extra) must import too
+    detail = f"python {platform.python_version()}, " + ", ".join(f"{d} {versions[d]}" for d in ("numpy", "scikit-learn") if d in versions)
+    return Outcome(detail, {"python": platform.python_version(), "packages": versions, "target": ctx.spec.deploy.target})

@@ -1,0 +1,73 @@
+"""Stage evaluate: the tutorial's "test model locally": accuracy, confusion matrix, plot, and the gate."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.context import Context
+from pipeline.errors import StageFailed
+from pipeline.files import atomic_write
+
+
+def test_inputs(ctx: Context) -> dict[str, Any]:
+    """The test set as content: file digests, not names, so a changed byte is a change."""
+    test = ctx.spec.test
+    return {"images": ctx.file_digest(test.images), "labels": ctx.file_digest(test.labels) if test.labels else None,
+            "format": test.format, "label_column": test.label_column, "scale": test.scale}
+
+
+def model_digest(ctx: Context) -> str | None:
+    """The model's digest as known before fetching: the pin, else the local file's bytes."""
+    from pipeline.spec import RegistrySource
+
+    if ctx.spec.model.sha256:
+        return ctx.spec.model.sha256
+    if isinstance(ctx.spec.model.source, RegistrySource):
+        return ctx.output("fetch").get("sha256")
+    return ctx.file_digest(ctx.spec.model.source)
+
+
+def inputs(ctx: Context) -> dict[str, Any] | None:
+    model = model_digest(ctx)
+    if model is None:
+        return None
+    return {"model": model, "format": ctx.spec.model.format, "trusted": list(ctx.spec.model.trusted_types),
+            "test": test_inputs(ctx), "min_accuracy": ctx.spec.test.min_accuracy}
+
+
+def stale(ctx: Context, record: dict[str, Any]) -> str:
+    missing = [p for p in (record["outputs"].get("evaluation"), record["outputs"].get("confusion_png")) if p and not Path(p).is_file()]
+    return f"its outputs are missing ({', '.join(missing)})" if missing else ""
+
+
+def run(ctx: Context, step: Any) -> Any:
+    from pipeline import data, evaluate, models
+    from pipeline.stages import Outcome
+
+    spec = ctx.spec
+    fetched = ctx.output("fetch")
+    if not fetched.get("path"):
+        raise StageFailed("no fetched model: run the fetch stage first")
+    model = models.load_model(Path(fetched["path"]), spec.model.format, spec.model.sha256, list(spec.model.trusted_types))
+    dataset = data.load_dataset(spec.test.images, spec.test.labels, format=spec.test.format,
+                                label_column=spec.test.label_column, scale=spec.test.scale)
+
+    def progress(done: int, total: int) -> None:
+        ctx.console.progress(f"evaluate: {done:,} of {total:,} rows ({100 * done / max(total, 1):.0f}%)")
+
+    result = evaluate.evaluate(model, dataset, progress=progress)
+    ctx.paths.eval.mkdir(parents=True, exist_ok=True)
+    plot = evaluate.plot_confusion(result.confusion, ctx.paths.eval / "confusion.png", result.labels)
+    record = result.to_dict() | {"min_accuracy": spec.test.min_accuracy, "model_sha256": fetched.get("sha256")}
+    evaluation = ctx.paths.eval / "evaluation.json"
+    atomic_write(evaluation, (json.dumps(record, indent=2) + "\n").encode())
+    matrix = evaluate.format_confusion(result.confusion)
+    try:
+        evaluate.check_gate(result, spec.test.min_accuracy)
+    except StageFailed as exc:
+        raise StageFailed(f"{exc}; nothing was deployed; confusion matrix in {plot}\n{matrix}") from None
+    detail = (f"accuracy {result.accuracy:.4f} on {result.n:,} test images (gate {spec.test.min_accuracy:g})\n"
+              f"{matrix}\nOverall accuracy: {result.accuracy:.4f}")
+    return Outcome(detail, {"accuracy": result.accuracy, "n": result.n, "evaluation": str(evaluation),
+                            "confusion_png": str(plot), "model_sha256": fetched.get("sha256")})

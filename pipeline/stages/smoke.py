@@ -1,0 +1,164 @@
+"""Stage smoke: the tutorial's "test the deployed service": seeded random images, same answers as locally."""
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+from pipeline.context import Context
+from pipeline.errors import StageFailed, TargetError
+
+AFTER = ("deploy",)      # a (re)deployed service is always smoke-tested again
+REPEATS = 5              # timed repetitions of the sample request
+RETRIES = 5              # connection errors only, with a doubling back-off
+PROBABILITY_TOLERANCE = 1e-9
+
+
+def inputs(ctx: Context) -> dict[str, Any] | None:
+    from pipeline.stages import evaluate
+
+    service = ctx.state.get("service")
+    if not service:
+        return None
+    test = ctx.spec.test
+    return {"service": {"uri": service.get("scoring_uri"), "deployed_at": service.get("deployed_at")},
+            "model": evaluate.model_digest(ctx), "test": evaluate.test_inputs(ctx),
+            "sample_size": test.sample_size, "seed": test.seed, "output": ctx.spec.scoring.output}
+
+
+def sample_indices(n: int, size: int, seed: int) -> list[int]:
+    """The tutorial's np.random.permutation(n)[:size], seeded: the same images every run."""
+    import numpy as np
+
+    return np.random.RandomState(seed).permutation(n)[:size].tolist()
+
+
+def _invoke(ctx: Context, record: dict[str, Any], body: bytes) -> Any:
+    delay = 0.2
+    for attempt in range(RETRIES + 1):
+        try:
+            return ctx.target.invoke(record, body, timeout=max(5.0, ctx.spec.deploy.request_timeout_ms / 1000 + 5),
+                                     service_dir=ctx.paths.service)
+        except (ConnectionError, urllib.error.URLError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError) or attempt == RETRIES:
+                raise StageFailed(f"cannot reach {record.get('scoring_uri')}: {reason}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        except TimeoutError:
+            raise StageFailed(f"{record.get('scoring_uri')} did not answer within the timeout") from None
+    raise AssertionError("unreachable")
+
+
+def _answers(reply: Any, uri: str) -> list[Any]:
+    if reply.status != 200:
+        raise StageFailed(f"{uri} answered HTTP {reply.status}: {reply.body[:300].decode('utf-8', 'replace')}")
+    try:
+        value = json.loads(reply.body)
+        if isinstance(value, str):  # the tutorial's run() returns json.dumps(...), which the host encodes again
+            value = json.loads(value)
+    except ValueError:
+        raise StageFailed(f"{uri} answered something that is not JSON: {reply.body[:200]!r}") from None
+    if not isinstance(value, list):
+        raise StageFailed(f"{uri} answered {type(value).__name__}, expected a list with one answer per image")
+    return value
+
+
+def _same(a: Any, b: Any, output: str) -> bool:
+    if output == "probabilities":
+        return isinstance(a, list) and len(a) == len(b) and all(
+            isinstance(x, (int, float)) and math.isclose(x, y, rel_tol=0, abs_tol=PROBABILITY_TOLERANCE) for x, y in zip(a, b))
+    return a == b
+
+
+def run(ctx: Context, step: Any) -> Any:
+    import numpy as np
+
+    from pipeline import data, models
+    from pipeline.stages import Outcome
+
+    spec = ctx.spec
+    record = ctx.state.get("service")
+    if not record:
+        raise StageFailed("no service is deployed: run the deploy stage first")
+    fetched = ctx.output("fetch")
+    dataset = data.load_dataset(spec.test.images, spec.test.labels, format=spec.test.format,
+                                label_column=spec.test.label_column, scale=spec.test.scale)
+    indices = sample_indices(dataset.n, spec.test.sample_size, spec.test.seed)
+    X = np.stack([dataset.rows(i, i + 1)[0] for i in indices])
+    model = models.load_model(Path(fetched["path"]), spec.model.format, spec.model.sha256, list(spec.model.trusted_types))
+    local = (model.predict_proba(X) if spec.scoring.output == "probabilities" else model.predict(X)).tolist()
+    body = json.dumps({"data": X.tolist()}).encode("utf-8")
+    uri = record.get("scoring_uri", "the service")
+
+    try:
+        replies = [_invoke(ctx, record, body) for _ in range(REPEATS)]
+    except TargetError as exc:
+        raise StageFailed(str(exc)) from None
+    answers = _answers(replies[0], uri)
+    if len(answers) != len(indices):
+        raise StageFailed(f"{uri} answered {len(answers)} predictions for {len(indices)} images")
+    for reply in replies[1:]:
+        if _answers(reply, uri) != answers:
+            raise StageFailed(f"{uri} answered the same request differently on repetition")
+    # the tutorial's raw request: one image, its body built by hand
+    one = indices[0]
+    raw = ('{"data": [' + json.dumps(X[0].tolist()) + "]}").encode()
+    single = _answers(_invoke(ctx, record, raw), uri)
+
+    wrong = [(idx, got, want) for idx, got, want in zip(indices, answers, local) if not _same(got, want, spec.scoring.output)]
+    if not single or not _same(single[0], local[0], spec.scoring.output):
+        wrong.append((one, single[0] if single else None, local[0]))
+    labels = dataset.y[indices].tolist() if dataset.y is not None else None
+    shown = answers if spec.scoring.output == "labels" else [int(np.argmax(a)) for a in answers]
+    png = None
+    side = int(math.isqrt(spec.scoring.features))
+    if side * side == spec.scoring.features and labels is not None:
+        png = plot_samples(X, labels, shown, ctx.paths.eval / "samples.png", side)
+    seconds = sorted(r.seconds for r in replies)
+    latency = {"min": seconds[0] * 1000, "p50": seconds[len(seconds) // 2] * 1000, "max": seconds[-1] * 1000}
+    accuracy = float(np.mean(np.asarray(shown) == np.asarray(labels))) if labels is not None else None
+    outputs = {"uri": uri, "indices": indices, "answers": answers, "local": local, "labels": labels,
+               "agree": not wrong, "sample_accuracy": accuracy, "latency_ms": latency, "bytes_sent": len(body),
+               "requests": REPEATS + 1, "samples_png": str(png) if png else None}
+    if wrong:
+        listed = "; ".join(f"test image #{i}: service {g!r}, local {w!r}" for i, g, w in wrong[:5])
+        raise StageFailed(f"{len(wrong)} of {len(indices)} answers differ from the local model's ({listed}); "
+                          f"the service's environment differs from the evaluated one (compare myenv.yml with the "
+                          f"versions in the report)")
+    acc = f", sample accuracy {accuracy:.2f}" if accuracy is not None else ""
+    detail = (f"{len(indices)} images agree with the local model{acc}; latency p50 {latency['p50']:.1f} ms "
+              f"(min {latency['min']:.1f}, max {latency['max']:.1f}), {len(body):,} bytes per request")
+    return Outcome(detail, outputs)
+
+
+def plot_samples(X: Any, labels: list[Any], predicted: list[Any], path: Path, side: int) -> Path:
+    """The tutorial's figure: a row of images, the prediction above each, misclassified ones in red, inverted."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from pipeline.files import atomic_write
+
+    n = len(predicted)
+    fig = Figure(figsize=(20, 1))
+    for i in range(n):
+        ax = fig.add_subplot(1, n, i + 1)
+        ax.axhline("")
+        ax.axvline("")
+        wrong = labels[i] != predicted[i]
+        ax.text(x=10, y=-10, s=str(predicted[i]), fontsize=18, color="red" if wrong else "black")
+        ax.imshow(X[i].reshape(side, side), cmap="gray" if wrong else "Greys")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight", metadata={"Software": None})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buffer.getvalue())
+    return path
