@@ -1,0 +1,300 @@
+"""The embedded default target: a detached scoring service on 127.0.0.1, started like `docker run -d`."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline import openapi
+from pipeline.errors import TargetError
+from pipeline.files import atomic_write, sha256_path
+from pipeline.spec import Spec
+from pipeline.targets.base import DeployRequest, Live, Reply
+
+APP_FILES = ("score.py", "myenv.yml")
+
+
+def workers_for(cpu_cores: float) -> int:
+    """One worker process per core the spec asks for; a fraction of a core still needs one worker."""
+    return max(1, math.ceil(cpu_cores))
+
+
+class LocalTarget:
+    name = "local"
+
+    def extra_pip_packages(self, spec: Spec) -> list[str]:
+        return []
+
+    def render(self, spec: Spec, env: Any, values: Mapping[str, Any]) -> dict[str, str]:
+        """local.json: the service settings a reviewer should see change (workers, memory, timeout, port)."""
+        settings = {
+            "workers": workers_for(spec.deploy.cpu_cores),
+            "memory_limit_mb": int(spec.deploy.memory_gb * 1024),
+            "request_timeout_ms": spec.deploy.request_timeout_ms,
+            "port": spec.deploy.local["port"],
+            "auth": spec.deploy.auth,
+            "tags": dict(spec.tags),
+            "description": spec.description,
+        }
+        return {"local.json": json.dumps(settings, indent=2, sort_keys=True) + "\n",
+                "swagger.json": json.dumps(openapi.document(spec), indent=2, sort_keys=True) + "\n"}
+
+    # -- deploy ---------------------------------------------------------------------------------
+    def deploy(self, request: DeployRequest, *, port: int | None = None) -> dict[str, Any]:
+        """Stop the previous service, copy the app, start the host detached, wait until it is ready."""
+        spec = request.spec
+        if request.previous:
+            self.delete(request.previous, request.service_dir)
+        service_dir = request.service_dir
+        app_dir = service_dir / "app"
+        if app_dir.exists():
+            shutil.rmtree(app_dir)
+        app_dir.mkdir(parents=True)
+        for name in APP_FILES:
+            shutil.copy2(request.build_dir / name, app_dir / name)
+        keys_file = None
+        if spec.deploy.auth:
+            keys_file = service_dir / "keys.json"
+            keys = {"primary": secrets.token_urlsafe(32), "secondary": secrets.token_urlsafe(32)}
+            atomic_write(keys_file, json.dumps(keys).encode(), mode=0o600)
+        ready_file = service_dir / "ready.json"
+        ready_file.unlink(missing_ok=True)
+        config = service_config(spec, app_dir, request.model_dir, keys_file, ready_file,
+                                spec.deploy.local["port"] if port is None else port)
+        config_file = service_dir / "config.json"
+        atomic_write(config_file, json.dumps(config, indent=2).encode())
+        log_file = service_dir / "service.log"
+        with open(log_file, "ab") as log:
+            log.write(f"--- deploy at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.serve", str(config_file)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=app_dir, start_new_session=True, env=_child_env(),
+            )
+        ready = _wait_ready(process, ready_file, log_file, spec.deploy.ready_timeout_s, request)
+        return {
+            "target": self.name,
+            "pid": process.pid,
+            "workers": ready.get("workers", []),
+            "port": ready["port"],
+            "scoring_uri": f"http://127.0.0.1:{ready['port']}/score",
+            "swagger_uri": f"http://127.0.0.1:{ready['port']}/swagger.json",
+            "health_uri": f"http://127.0.0.1:{ready['port']}/",
+            "log": str(log_file),
+            "config": str(config_file),
+            "auth": spec.deploy.auth,
+            "app_files": {name: sha256_path(app_dir / name) for name in APP_FILES},
+        }
+
+    # -- probe, invoke ---------------------------------------------------------------------------
+    def probe(self, record: Mapping[str, Any], spec: Spec | None = None) -> Live:
+        pid = int(record.get("pid", 0))
+        if not _is_our_process(pid, record.get("config", "")):
+            return Live(True, False, f"service process {pid} is not running")
+        drift = []
+        app_dir = Path(record["config"]).parent / "app"
+        for name, digest in record.get("app_files", {}).items():
+            path = app_dir / name
+            if not path.is_file():
+                drift.append(f"{name} was removed from {app_dir}")
+            elif sha256_path(path) != digest:
+                drift.append(f"{name} in {app_dir} was edited after deploy")
+        try:
+            with urllib.request.urlopen(record["health_uri"], timeout=2) as response:
+                body = response.read(200)
+        except (OSError, urllib.error.URLError) as exc:
+            return Live(True, False, f"process {pid} is running but {record['health_uri']} does not answer ({_reason(exc)})", tuple(drift))
+        if body.strip() != b"Healthy":
+            return Live(True, False, f"{record['health_uri']} answered {body[:40]!r}, not Healthy", tuple(drift))
+        return Live(True, True, f"healthy at {record['scoring_uri']} (pid {pid})", tuple(drift))
+
+    def invoke(self, record: Mapping[str, Any], body: bytes, *, timeout: float, service_dir: Path) -> Reply:
+        headers = {"Content-Type": "application/json"}
+        if record.get("auth"):
+            headers["Authorization"] = "Bearer " + read_keys(service_dir)["primary"]
+        req = urllib.request.Request(record["scoring_uri"], data=body, headers=headers, method="POST")
+        start = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                data = response.read()
+                return Reply(response.status, data, time.perf_counter() - start, dict(response.headers))
+        except urllib.error.HTTPError as exc:
+            return Reply(exc.code, exc.read(), time.perf_counter() - start, dict(exc.headers))
+
+    # -- delete, logs ----------------------------------------------------------------------------
+    def delete(self, record: Mapping[str, Any], service_dir: Path) -> str:
+        """SIGTERM the service's process group, wait, then SIGKILL what is left."""
+        pid = int(record.get("pid", 0))
+        if not _is_our_process(pid, record.get("config", "")):
+            return f"service process {pid} was not running"
+        _signal_group(pid, signal.SIGTERM)
+        if not _wait_gone(pid, 10.0):
+            _signal_group(pid, signal.SIGKILL)
+            _wait_gone(pid, 5.0)
+            return f"stopped service process {pid} (forcefully, after 10 s)"
+        return f"stopped service process {pid}"
+
+    def logs(self, record: Mapping[str, Any], service_dir: Path, *, tail: int) -> str:
+        return tail_file(Path(record.get("log", service_dir / "service.log")), tail)
+
+
+def service_config(spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path | None, ready_file: Path | None,
+                   port: int) -> dict[str, Any]:
+    """The scoring host's settings from the spec's resources: cores -> workers, memory -> hard limit."""
+    return {
+        "entry_script": str(app_dir / "score.py"),
+        "model_dir": str(model_dir),
+        "app_root": str(app_dir),
+        "host": "127.0.0.1",
+        "port": port,
+        "workers": workers_for(spec.deploy.cpu_cores),
+        "memory_limit_mb": int(spec.deploy.memory_gb * 1024),
+        "request_timeout_ms": spec.deploy.request_timeout_ms,
+        "keys_file": str(keys_file) if keys_file else None,
+        "swagger": openapi.document(spec),
+        "ready_file": str(ready_file) if ready_file else None,
+        "service_name": spec.name,
+    }
+
+
+def read_keys(service_dir: Path) -> dict[str, str]:
+    try:
+        return json.loads((service_dir / "keys.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise TargetError(f"cannot read the service keys in {service_dir / 'keys.json'}: {exc}") from None
+
+
+def tail_file(path: Path, lines: int) -> str:
+    """The last `lines` lines of a log file, read from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:]) if lines > 0 else ""
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # the host must import this very pipeline package, even from a source checkout that is not installed
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _wait_ready(process: subprocess.Popen[bytes], ready_file: Path, log_file: Path, timeout_s: float,
+                request: DeployRequest) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
+    try:
+        while True:
+            if ready_file.exists():
+                try:
+                    return json.loads(ready_file.read_text())
+                except ValueError:
+                    pass  # being written; the next poll sees it whole
+            code = process.poll()
+            if code is not None:
+                raise TargetError(f"the service exited with code {code} before it was ready; "
+                                  f"last lines of {log_file}:\n{_indent(tail_file(log_file, 20))}")
+            if time.monotonic() > deadline:
+                _stop(process)
+                raise TargetError(f"the service was not ready after {timeout_s} s (deploy.ready_timeout_s); "
+                                  f"last lines of {log_file}:\n{_indent(tail_file(log_file, 20))}")
+            request.console.progress(f"deploy: waiting for the service to be ready ({time.monotonic() - start:.1f} s)")
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        _stop(process)  # an interrupted deploy leaves no half-started service behind
+        raise
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  | " + line for line in text.splitlines()) or "  | (the log is empty)"
+
+
+def _is_our_process(pid: int, config: str) -> bool:
+    """True when `pid` runs and is our host for this config (a reused pid is not our service)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True  # no /proc (macOS): trust the pid
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False  # a zombie has exited; only its parent has not reaped it yet
+    except (OSError, IndexError):
+        pass
+    return b"pipeline.serve" in cmdline and config.encode() in cmdline
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+            if done:
+                return True
+        except ChildProcessError:
+            pass
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", exc)
+    return str(reason)
