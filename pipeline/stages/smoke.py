@@ -110,8 +110,7 @@ def run(ctx: Context, step: Any) -> Any:
     single = _answers(_invoke(ctx, record, raw), uri)
 
     wrong = [(idx, got, want) for idx, got, want in zip(indices, answers, local) if not _same(got, want, spec.scoring.output)]
-    if not single or not _same(single[0], local[0], spec.scoring.output):
-        wrong.append((one, single[0] if single else None, local[0]))
+    single_ok = len(single) == 1 and _same(single[0], local[0], spec.scoring.output)
     labels = dataset.y[indices].tolist() if dataset.y is not None else None
     shown = answers if spec.scoring.output == "labels" else [int(np.argmax(a)) for a in answers]
     png = None
@@ -122,13 +121,16 @@ def run(ctx: Context, step: Any) -> Any:
     latency = {"min": seconds[0] * 1000, "p50": seconds[len(seconds) // 2] * 1000, "max": seconds[-1] * 1000}
     accuracy = float(np.mean(np.asarray(shown) == np.asarray(labels))) if labels is not None else None
     outputs = {"uri": uri, "indices": indices, "answers": answers, "local": local, "labels": labels,
-               "agree": not wrong, "sample_accuracy": accuracy, "latency_ms": latency, "bytes_sent": len(body),
+               "agree": not wrong and single_ok, "sample_accuracy": accuracy, "latency_ms": latency, "bytes_sent": len(body),
                "requests": REPEATS + 1, "samples_png": str(png) if png else None}
-    if wrong:
+    if wrong or not single_ok:
         listed = "; ".join(f"test image #{i}: service {g!r}, local {w!r}" for i, g, w in wrong[:5])
-        raise StageFailed(f"{len(wrong)} of {len(indices)} answers differ from the local model's ({listed}); "
-                          f"the service's environment differs from the evaluated one (compare myenv.yml with the "
-                          f"versions in the report)")
+        what = f"{len(wrong)} of {len(indices)} answers differ from the local model's ({listed})" if wrong else \
+            "the batch agrees"
+        if not single_ok:
+            what += f"; the single-image request for test image #{one} answered {single!r}, local {local[0]!r}"
+        raise StageFailed(f"{what}; the service's environment differs from the evaluated one (compare myenv.yml "
+                          f"with the versions in the report)")
     acc = f", sample accuracy {accuracy:.2f}" if accuracy is not None else ""
     detail = (f"{len(indices)} images agree with the local model{acc}; latency p50 {latency['p50']:.1f} ms "
               f"(min {latency['min']:.1f}, max {latency['max']:.1f}), {len(body):,} bytes per request")

@@ -1,0 +1,100 @@
+"""The local target through the CLI: auth keys, logs, a failing init(), a user's own score.py, a lying service."""
+from __future__ import annotations
+
+import json
+import stat
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+SPEC = "specs/mnist.yaml"
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new))
+
+
+def _state(project: Path) -> dict:
+    return json.loads((project / ".pipeline" / "sklearn-mnist-svc" / "state.json").read_text())
+
+
+def _post(uri: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(uri, data=body, headers={"Content-Type": "application/json"} | (headers or {}))
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _one_image() -> bytes:
+    from pipeline import data
+
+    ds = data.load_dataset(ROOT / "examples/mnist/data/test-images.gz", ROOT / "examples/mnist/data/test-labels.gz", scale=255)
+    return json.dumps({"data": ds.rows(0, 1).tolist()}).encode()
+
+
+def test_auth_keys_are_0600_masked_and_required(project, run_cli):
+    _edit(project / SPEC, "auth: false", "auth: true")
+    result = run_cli("run", SPEC)
+    assert result.code == 0, result.out + result.err  # the smoke test sends the key itself
+    keys_file = project / ".pipeline" / "sklearn-mnist-svc" / "service" / "keys.json"
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    keys = json.loads(keys_file.read_text())
+    uri = _state(project)["service"]["scoring_uri"]
+
+    assert _post(uri, _one_image())[0] == 401
+    assert _post(uri, _one_image(), {"Authorization": "Bearer wrong"})[0] == 401
+    status, body = _post(uri, _one_image(), {"Authorization": f"Bearer {keys['secondary']}"})
+    assert status == 200 and len(json.loads(body)) == 1
+
+    masked = run_cli("status", SPEC)
+    assert keys["primary"] not in masked.out and keys["primary"][:4] + "…" in masked.out
+    shown = run_cli("status", SPEC, "--show-keys")
+    assert keys["primary"] in shown.out and keys["secondary"] in shown.out
+    everything = run_cli("logs", SPEC, "-n", "1000").out + (project / "reports/sklearn-mnist-svc/report.json").read_text() \
+        + (project / "reports/sklearn-mnist-svc/report.md").read_text() + json.dumps(_state(project))
+    assert keys["primary"] not in everything and keys["secondary"] not in everything
+
+
+def test_failing_init_shows_the_service_log_tail(project, run_cli):
+    broken = project / "broken_score.py"
+    broken.write_text("def init():\n    raise RuntimeError('cannot find the model: it is on holiday')\n\n"
+                      "def run(raw_data):\n    return []\n")
+    _edit(project / SPEC, "  output: labels", "  output: labels\n  entry_script: ../broken_score.py")
+    result = run_cli("run", SPEC)
+    assert result.code == 1
+    assert "deploy    failed" in result.out
+    assert "cannot find the model: it is on holiday" in result.out  # the service's own words, not 'crashed'
+    assert _state(project)["service"] is None
+
+
+def test_users_own_tutorial_score_py_is_hosted_unchanged(project, run_cli):
+    (project / "score.py").write_text((ROOT / "tests" / "data" / "score_tutorial.py").read_text())
+    _edit(project / SPEC, "  output: labels", "  output: labels\n  entry_script: ../score.py")
+    result = run_cli("run", SPEC)
+    assert result.code == 0, result.out + result.err
+    uri = _state(project)["service"]["scoring_uri"]
+    status, body = _post(uri, _one_image())
+    assert status == 200
+    assert isinstance(json.loads(body), str)  # run() returned json.dumps(...): encoded again, as Azure does
+    logs = run_cli("logs", SPEC, "-n", "5")
+    assert logs.code == 0 and logs.out.strip()
+
+
+def test_a_service_that_answers_wrong_digits_fails_the_smoke_test(project, run_cli):
+    liar = project / "liar_score.py"
+    liar.write_text((ROOT / "tests" / "data" / "score_tutorial.py").read_text().replace(
+        "return json.dumps(y_hat.tolist())", "return json.dumps(((y_hat + 1) % 10).tolist())"))
+    _edit(project / SPEC, "  output: labels", "  output: labels\n  entry_script: ../liar_score.py")
+    result = run_cli("run", SPEC)
+    assert result.code == 1
+    line = next(l for l in result.out.splitlines() if l.startswith("smoke"))
+    assert "failed" in line and "30 of 30 answers differ" in line  # every digit shifted
+    assert "the single-image request for test image #" in line
+    assert "answers differ from the local model's" in line and "test image #" in line
+    assert "environment differs from the evaluated one" in line
