@@ -1,0 +1,226 @@
+"""Model retrieval (local file or Azure ML registry) into a pinned store, and safe loading."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from pipeline.errors import ModelError
+
+CHUNK = 1 << 20
+FORMATS = ("joblib", "pickle", "skops")
+AZURE_EXTRA = "model source 'azureml' needs the azure extra: pip install '.[azure]'"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks so a large model never sits in memory twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelSource(Protocol):
+    """Where a model comes from: one file, put into a folder on request."""
+
+    def describe(self) -> str:
+        """A short human description for plans and reports."""
+        ...
+
+    def fetch(self, dest_dir: Path) -> Path:
+        """Put the model file into dest_dir and return its path there."""
+        ...
+
+
+class LocalSource:
+    """A model file on this machine (the spec's `model.source: path`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def describe(self) -> str:
+        return f"local file {self.path}"
+
+    def fetch(self, dest_dir: Path) -> Path:
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: model file not found")
+        dest = Path(dest_dir) / self.path.name
+        try:
+            shutil.copyfile(self.path, dest)
+        except OSError as exc:
+            raise ModelError(f"{self.path}: cannot copy model file: {exc.strerror or exc}") from None
+        return dest
+
+
+WorkspaceFactory = Callable[[Path | None], Any]
+ModelFactory = Callable[[Any, str, int], Any]
+
+
+def _default_workspace(config: Path | None) -> Any:
+    from azureml.core import Workspace
+
+    # from_config() without a path searches the current folder and its parents, like the tutorial.
+    return Workspace.from_config(path=str(config)) if config else Workspace.from_config()
+
+
+def _default_model(ws: Any, name: str, version: int) -> Any:
+    from azureml.core.model import Model
+
+    return Model(ws, name=name, version=version)
+
+
+class AzureMLRegistrySource:
+    """A model registered in an Azure ML workspace (SDK v1), as the tutorial's Model(ws, name)."""
+
+    def __init__(self, name: str, version: int, workspace_config: Path | None = None,
+                 workspace_factory: WorkspaceFactory | None = None,
+                 model_factory: ModelFactory | None = None) -> None:
+        self.name = name
+        self.version = version
+        self.workspace_config = Path(workspace_config) if workspace_config else None
+        # Both factories are the network boundary: Workspace.from_config authenticates and
+        # Model(...) queries the registry in its constructor, so tests hand in fakes here.
+        self.workspace_factory = workspace_factory
+        self.model_factory = model_factory
+
+    def describe(self) -> str:
+        where = f" (workspace config {self.workspace_config})" if self.workspace_config else ""
+        return f"azureml registry model {self.name}:{self.version}{where}"
+
+    def fetch(self, dest_dir: Path) -> Path:
+        workspace_factory = self.workspace_factory or _default_workspace
+        model_factory = self.model_factory or _default_model
+        if self.workspace_factory is None or self.model_factory is None:
+            try:
+                import azureml.core  # noqa: F401  (only to give the install hint early)
+            except ImportError:
+                raise ModelError(AZURE_EXTRA) from None
+        try:
+            ws = workspace_factory(self.workspace_config)
+            model = model_factory(ws, self.name, self.version)
+            got = model.download(target_dir=str(dest_dir), exist_ok=True)
+        except Exception as exc:  # noqa: BLE001  the SDK raises many unrelated types; say where
+            raise ModelError(f"{self.describe()}: download failed: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        got = Path(got)
+        if got.is_dir():  # a model registered from a folder: accept it only if it holds one file
+            files = [p for p in got.rglob("*") if p.is_file()]
+            if len(files) != 1:
+                raise ModelError(f"{self.describe()}: expected one model file, the registry "
+                                 f"holds {len(files)}: {sorted(p.name for p in files)[:5]}")
+            got = files[0]
+        return got
+
+
+def fetch_model(source: ModelSource, store: Path, name: str, version: int,
+                sha256: str | None) -> Path:
+    """Fetch the model into store/<name>/<version>/<file>, verified and renamed atomically.
+
+    The layout is Azure's azureml-models/<name>/<version>/<file>: for a deployment with one
+    model Azure sets AZUREML_MODEL_DIR to azureml-models/<name>/<version>, so the tutorial's
+    score.py (os.path.join(AZUREML_MODEL_DIR, 'sklearn_mnist_model.pkl')) works unchanged
+    when AZUREML_MODEL_DIR is store/<name>/<version>.
+    """
+    final_dir = Path(store) / name / str(version)
+    created = not final_dir.exists()
+    final_dir.mkdir(parents=True, exist_ok=True)
+    # Staging inside the final folder keeps the last step a same-filesystem os.replace.
+    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=final_dir))
+    try:
+        fetched = Path(source.fetch(staging))
+        if staging.resolve() not in fetched.resolve().parents:  # never move the source itself
+            raise ModelError(f"{source.describe()}: the model source returned {fetched}, "
+                             f"outside its download folder {staging}")
+        _fsync(fetched)  # the bytes reach the disk before the final name can point at them
+        actual = sha256_file(fetched)  # the copied bytes, not the source: what will be loaded
+        if sha256 is not None and actual != sha256.lower():
+            raise ModelError(f"{source.describe()}: sha256 mismatch: expected {sha256}, "
+                             f"got {actual}; the model was not stored")
+        dest = final_dir / fetched.name
+        os.replace(fetched, dest)
+        _fsync(final_dir)  # and the rename itself survives a crash
+        return dest
+    except BaseException:
+        if created:
+            shutil.rmtree(final_dir, ignore_errors=True)
+            _remove_empty_parents(final_dir.parent, stop=Path(store))
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder; a read-only descriptor is enough on Linux and macOS."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_empty_parents(path: Path, stop: Path) -> None:
+    """Remove store/<name> if this fetch created it and left it empty."""
+    while path != stop and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
+
+
+def _unpinned_message(path: Path, fmt: str, digest: str) -> str:
+    return (f"{path}: refusing to load an unpinned {fmt} model: loading a pickle runs code "
+            f"stored in it, so its digest must be reviewed and pinned in the spec: "
+            f"model.sha256: {digest}")
+
+
+def load_model(path: Path, format: str, sha256: str | None,
+               trusted: list[str] | None = None) -> Any:
+    """Load a model file after checking its pinned digest (joblib/pickle) or its types (skops)."""
+    path = Path(path)
+    if format not in FORMATS:
+        raise ModelError(f"{path}: unknown model format {format!r}; expected one of {list(FORMATS)}")
+    try:
+        # Read once and load from memory: the bytes that are hashed are the bytes unpickled,
+        # so a file swapped between the check and the load cannot slip through.
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and actual != sha256.lower():
+        raise ModelError(f"{path}: sha256 mismatch: expected {sha256}, got {actual}; "
+                         "the file was not loaded")
+    if format == "skops":
+        return _load_skops(path, data, trusted or [])
+    if sha256 is None:
+        raise ModelError(_unpinned_message(path, format, actual))
+    try:
+        if format == "joblib":
+            import joblib
+
+            return joblib.load(io.BytesIO(data))
+        import pickle
+
+        return pickle.loads(data)
+    except Exception as exc:  # noqa: BLE001  a pinned file can still fail in many ways
+        raise ModelError(f"{path}: cannot load as {format}: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_skops(path: Path, data: bytes, trusted: list[str]) -> Any:
+    try:
+        import skops.io as sio
+    except ImportError:
+        raise ModelError(f"{path}: model format 'skops' needs the skops package: "
+                         "pip install skops") from None
+    try:
+        untrusted = [t for t in sio.get_untrusted_types(data=data) if t not in trusted]
+        if untrusted:
+            raise ModelError(f"{path}: untrusted types in model: {untrusted}; review them "
+                             "and list them in model.trusted_types")
+        return sio.loads(data, trusted=trusted)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001  corrupt zip, bad schema, missing module
+        raise ModelError(f"{path}: cannot load as skops: {type(exc).__name__}: {exc}") from exc
