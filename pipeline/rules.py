@@ -1,6 +1,8 @@
 """Checks beyond the schema: files that must exist, sizes that must agree, each target's own limits."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,6 +14,11 @@ Problem = tuple[int, tuple, str]
 ACI_MAX_CPU_CORES = 4
 ACI_MAX_MEMORY_GB = 16
 AZURE_TARGETS = ("aci", "aks", "azureml-online")
+# Azure ML compute target names (azureml.core.compute checks the same pattern).
+COMPUTE_NAME = r"[A-Za-z][A-Za-z0-9-]{0,14}[A-Za-z0-9]"
+# Azure Resource Manager tags: at most 50 per resource, and these characters are rejected in names.
+ARM_MAX_TAGS = 50
+ARM_TAG_FORBIDDEN = "<>%&\\?/"
 
 
 def check(data: dict[str, Any], doc: yamlsource.Document, folder: Path, *, check_files: bool = True) -> list[Problem]:
@@ -35,8 +42,16 @@ def _exists(folder: Path, value: str, add: Callable[[tuple, str], None], path: t
     else:
         ok = target.is_file()
     if not ok:
-        add(path, f"{kind} not found: {value} (resolved against the spec's folder to {target.resolve()})")
+        add(path, f"{kind} not found: {value} (resolved against the spec's folder: {_shown(target.resolve())})")
     return ok
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory (as spec.display_path)."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
 
 
 def _check_files(data: dict[str, Any], folder: Path, add: Callable[[tuple, str], None]) -> None:
@@ -79,10 +94,12 @@ def _check_test(data: dict[str, Any], folder: Path, add: Callable[[tuple, str], 
     from pipeline import data as datafiles  # header-only reads; no numpy on this path
     from pipeline.errors import DataError
 
+    images = folder / test["images"]
     try:
-        rows = datafiles.count_rows(folder / test["images"], format=fmt)
+        rows = datafiles.count_rows(images, format=fmt)
     except DataError as exc:
-        add(("test", "images"), str(exc))
+        # the field already names the file: drop DataError's own "<absolute path>: " prefix
+        add(("test", "images"), str(exc).removeprefix(f"{images}: "))
         return
     if test["sample_size"] > rows:
         add(("test", "sample_size"), f"{test['sample_size']} is larger than the test set ({rows} rows in {test['images']})")
@@ -105,6 +122,9 @@ def _check_target(data: dict[str, Any], add: Callable[[tuple, str], None]) -> No
     elif target == "aks":
         if "compute_target" not in azure:
             add(("deploy", "azureml", "compute_target"), "required for target 'aks': the name of the attached AKS cluster")
+        elif not re.fullmatch(COMPUTE_NAME, azure["compute_target"]):
+            add(("deploy", "azureml", "compute_target"), f"{azure['compute_target']!r} is not a name Azure ML accepts for a compute target: "
+                "2-16 letters, digits and '-', starting with a letter and not ending with '-'")
         if "replicas" in azure and "autoscale" in azure:
             add(("deploy", "azureml", "autoscale"), "cannot be combined with deploy.azureml.replicas (a fixed count disables autoscaling)")
         if deploy["auth"] and azure.get("token_auth"):
@@ -122,6 +142,22 @@ def _check_target(data: dict[str, Any], add: Callable[[tuple, str], None]) -> No
             add(("deploy", "azureml", "token_auth"), "cannot be combined with deploy.auth: an endpoint uses key or token auth, not both")
         if deploy["request_timeout_ms"] > 180000:
             add(("deploy", "request_timeout_ms"), f"managed online endpoints allow at most 180000 ms, got {deploy['request_timeout_ms']}")
+        if not deploy["auth"] and not azure.get("token_auth"):
+            add(("deploy", "auth"), "managed online endpoints always authenticate: set deploy.auth: true (key auth) "
+                "or deploy.azureml.token_auth: true (Azure ML tokens)")
+        if "instance_type" not in azure:
+            from pipeline.targets.azureml_common import choose_instance_type  # the table lives with the target
+
+            if choose_instance_type(deploy["cpu_cores"], deploy["memory_gb"]) is None:
+                add(("deploy", "cpu_cores"), f"no VM size in the instance_type table has {deploy['cpu_cores']} cores and "
+                    f"{deploy['memory_gb']} GB; set deploy.azureml.instance_type")
+        # An endpoint is an Azure Resource Manager resource: ARM's tag rules apply.
+        if len(data["tags"]) > ARM_MAX_TAGS:
+            add(("tags",), f"Azure resources allow at most {ARM_MAX_TAGS} tags, got {len(data['tags'])}")
+        for key in data["tags"]:
+            bad = sorted(set(key) & set(ARM_TAG_FORBIDDEN))
+            if bad:
+                add(("tags", key), f"Azure rejects tag names containing {' '.join(bad)}")
     elif target == "kubernetes":
         k8s = deploy["kubernetes"]
         if "max_replicas" in k8s and k8s["max_replicas"] < k8s["replicas"]:

@@ -1,0 +1,220 @@
+"""What the Azure ML targets share: the SDK import guard, workspace config, keys file, HTTP scoring, VM sizes."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from pipeline.errors import TargetError, UsageError
+
+# Imported by pipeline.rules, so this module must not import pipeline.spec or pipeline.targets.base.
+
+EXTRA_V1 = "azure"
+EXTRA_V2 = "azure-v2"
+KEYS_FILE = "keys.json"
+UNREACHABLE = "cannot reach the Azure ML workspace"
+LOG_LINES = 40  # lines of the service's own log shown with a failed deployment
+
+# Managed online endpoint VM sizes (name, vCPUs, memory GB), cheapest first: the first one with at
+# least the spec's cpu_cores and memory_gb is chosen unless deploy.azureml.instance_type names one.
+INSTANCE_TYPES: tuple[tuple[str, int, float], ...] = (
+    ("Standard_DS1_v2", 1, 3.5),
+    ("Standard_F2s_v2", 2, 4),
+    ("Standard_DS2_v2", 2, 7),
+    ("Standard_E2s_v3", 2, 16),
+    ("Standard_F4s_v2", 4, 8),
+    ("Standard_DS3_v2", 4, 14),
+    ("Standard_E4s_v3", 4, 32),
+    ("Standard_F8s_v2", 8, 16),
+    ("Standard_DS4_v2", 8, 28),
+    ("Standard_E8s_v3", 8, 64),
+    ("Standard_F16s_v2", 16, 32),
+    ("Standard_DS5_v2", 16, 56),
+    ("Standard_E16s_v3", 16, 128),
+    ("Standard_F32s_v2", 32, 64),
+    ("Standard_E32s_v3", 32, 256),
+    ("Standard_F48s_v2", 48, 96),
+    ("Standard_E48s_v3", 48, 384),
+    ("Standard_F64s_v2", 64, 128),
+    ("Standard_E64s_v3", 64, 432),
+)
+
+# The environment variables azureml-core reads for a service principal (azureml.core.authentication).
+SP_ENV = ("AZUREML_SERVICE_PRINCIPAL_ID", "AZUREML_SERVICE_PRINCIPAL_PASSWORD", "AZUREML_SERVICE_PRINCIPAL_TENANT_ID")
+
+
+def choose_instance_type(cpu_cores: float, memory_gb: float) -> str | None:
+    """The cheapest VM size in INSTANCE_TYPES with enough cores and memory; None when none is big enough."""
+    for name, cores, memory in INSTANCE_TYPES:
+        if cores >= cpu_cores and memory >= memory_gb:
+            return name
+    return None
+
+
+def require(module: str, target: str, extra: str) -> None:
+    """Import an optional SDK or say which extra installs it."""
+    try:
+        __import__(module)
+    except ImportError:
+        raise UsageError(f"target {target!r} needs the {extra} extra: pip install '.[{extra}]'") from None
+
+
+def workspace_config(settings: Mapping[str, Any], spec_folder: Path, model_source: Any = None) -> Path | None:
+    """deploy.azureml.workspace_config, else the registry model's, else None (the SDK searches for config.json)."""
+    if settings.get("workspace_config"):
+        return (spec_folder / settings["workspace_config"]).resolve()
+    return getattr(model_source, "workspace_config", None)
+
+
+def credentials_problem(environ: Mapping[str, str] | None = None, home: Path | None = None) -> str | None:
+    """Why azureml-core would have to prompt for a login, decided offline; None when credentials exist.
+
+    Without any, Workspace.from_config() starts an interactive device login and blocks, which
+    plan and status must never do.
+    """
+    environ = os.environ if environ is None else environ
+    home = Path(environ.get("HOME", "~")).expanduser() if home is None else home
+    if all(environ.get(name) for name in SP_ENV) or environ.get("MSI_ENDPOINT") or Path("/mnt/azmnt/.nbvm").is_file():
+        return None
+    profiles = [
+        Path(environ.get("AZUREML_AUTH_CONFIG_DIR") or home / ".azureml" / "auth") / "azureProfile.json",
+        Path(environ.get("AZURE_CONFIG_DIR") or home / ".azure") / "azureProfile.json",
+    ]
+    if any(p.is_file() for p in profiles):
+        return None
+    return ("no Azure credentials: run `az login`, or set " + ", ".join(SP_ENV)
+            + " for a service principal")
+
+
+def reason(exc: BaseException) -> str:
+    """One line for the user from an SDK exception, whose messages run to pages."""
+    if type(exc).__name__ in ("ClientAuthenticationError", "CredentialUnavailableError"):
+        return ("no usable Azure credentials (DefaultAzureCredential found none): run `az login`, "
+                "or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for a service principal")
+    if type(exc).__name__ == "ServiceRequestError":
+        return f"no connection to Azure ({str(exc).splitlines()[0][:160] if str(exc) else 'network error'})"
+    text = str(getattr(exc, "message", None) or exc).strip()
+    if any(sign in text for sign in ("NameResolutionError", "Max retries exceeded", "ensure you have network connection")):
+        host = re.search(r"host='([^']+)'", text)
+        return f"no network connection to Azure ({host.group(1) if host else 'connection failed'})"
+    if "config.json" in text and ("could not be found" in text or "could not find" in text.lower()):
+        return "no workspace config.json found in the working folder or its parents (set deploy.azureml.workspace_config)"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    return first if len(first) <= 240 else first[:237] + "..."
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """The service or endpoint does not exist (as opposed to: could not ask)."""
+    if type(exc).__name__ == "ResourceNotFoundError":  # azure-core's 404
+        return True
+    # azureml-core: WebserviceException("WebserviceNotFound: Webservice with name ... not found ...")
+    return "WebserviceNotFound" in str(getattr(exc, "message", None) or exc)
+
+
+def excerpt(exc: BaseException, lines: int = 12) -> str:
+    """The first lines of an SDK error: the state, the operation id and Azure's own error message."""
+    text = str(getattr(exc, "message", None) or exc).strip() or type(exc).__name__
+    rows = [row.rstrip() for row in text.splitlines() if row.strip()]
+    return "\n".join(rows[:lines]) + ("\n..." if len(rows) > lines else "")
+
+
+def logs_section(read: Callable[[int], str | None], what: str) -> str:
+    """The tail of the service's own log for a failure message, or why there is none."""
+    try:
+        text = log_tail(read(LOG_LINES), LOG_LINES)
+    except Exception as exc:  # noqa: BLE001  the log is a courtesy: its absence must not hide the failure
+        return f"\n(the {what} log could not be read: {reason(exc)})"
+    if not text.strip():
+        return f"\n(the {what} log is empty)"
+    return f"\nlast {LOG_LINES} lines of the {what} log:\n" + "\n".join("  " + row for row in text.splitlines())
+
+
+def log_tail(text: str | None, lines: int) -> str:
+    rows = (text or "").rstrip("\n").splitlines()
+    return "\n".join(rows[-lines:]) if lines > 0 else ""
+
+
+def write_keys(service_dir: Path, primary: str, secondary: str | None) -> Path:
+    """Store the service keys for the smoke test: mode 0600, never printed, never in the record."""
+    from pipeline.files import atomic_write
+
+    path = service_dir / KEYS_FILE
+    atomic_write(path, json.dumps({"primaryKey": primary, "secondaryKey": secondary}).encode(), mode=0o600)
+    return path
+
+
+def read_key(service_dir: Path) -> str:
+    path = service_dir / KEYS_FILE
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["primaryKey"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TargetError(f"cannot read the service key in {path} ({type(exc).__name__}); deploy again to fetch it") from None
+
+
+def remove_keys(service_dir: Path) -> None:
+    (service_dir / KEYS_FILE).unlink(missing_ok=True)
+
+
+def http_post(uri: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes, float, dict[str, str]]:
+    """POST to a scoring URI: (status, body, seconds, headers); an HTTP error status is an answer, not an exception.
+
+    Connection errors and timeouts propagate as urllib raises them: the smoke stage retries those.
+    """
+    req = urllib.request.Request(uri, data=body, headers={"Content-Type": "application/json", **headers}, method="POST")
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            data = response.read()
+            return response.status, data, time.perf_counter() - start, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), time.perf_counter() - start, dict(exc.headers or {})
+
+
+class _ProgressWriter(io.TextIOBase):
+    """A stdout stand-in that turns the SDK's prints ('Running.....', 'Succeeded') into progress lines."""
+
+    def __init__(self, console: Any, prefix: str) -> None:
+        self.console = console
+        self.prefix = prefix
+        self.line = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        for char in text:
+            if char == "\n":
+                if self.line.strip():
+                    self.console.progress(f"{self.prefix}: {self.line.strip()}")
+                self.line = ""
+            else:
+                self.line += char
+        if self.line.strip():
+            self.console.progress(f"{self.prefix}: {self.line.strip()}")
+        return len(text)
+
+
+@contextlib.contextmanager
+def sdk_output_to_stderr() -> Iterator[None]:
+    """azureml-core prints login prompts and notes to stdout; keep stdout for our results, still show them."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+@contextlib.contextmanager
+def sdk_output_as_progress(console: Any, prefix: str) -> Iterator[None]:
+    """Route what the SDK prints to stdout into the console's transient progress line."""
+    with contextlib.redirect_stdout(_ProgressWriter(console, prefix)):
+        try:
+            yield
+        finally:
+            console.clear_progress()

@@ -1,0 +1,53 @@
+"""The network boundary of the SDK v1 targets: every azureml-core call that talks to Azure, in one place."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.errors import TargetError
+from pipeline.targets import azureml_common as common
+
+WorkspaceFactory = Callable[[Path | None], Any]
+
+
+def default_workspace(config: Path | None) -> Any:
+    """The tutorial's Workspace.from_config(), refusing up front where it would prompt for a login."""
+    problem = common.credentials_problem()
+    if problem:
+        raise TargetError(f"{common.UNREACHABLE}: {problem}")
+    from azureml.core import Workspace
+
+    # Without a path the SDK searches the working folder and its parents (and .azureml/) for config.json.
+    return Workspace.from_config(path=str(config)) if config else Workspace.from_config()
+
+
+class AzureMLv1Api:
+    """Every SDK v1 call that talks to Azure, in one place; tests hand in a fake that records the calls."""
+
+    def get_model(self, ws: Any, name: str, version: int) -> Any:
+        from azureml.core.model import Model
+
+        return Model(ws, name=name, version=version)
+
+    def register_model(self, ws: Any, *, model_path: str, model_name: str, tags: dict[str, str], description: str) -> Any:
+        from azureml.core.model import Model
+
+        return Model.register(ws, model_path=model_path, model_name=model_name, tags=tags, description=description)
+
+    def compute_target(self, ws: Any, name: str) -> Any:
+        from azureml.core.compute import ComputeTarget
+
+        return ComputeTarget(ws, name)
+
+    def deploy(self, ws: Any, name: str, models: list[Any], inference_config: Any, deployment_config: Any,
+               deployment_target: Any) -> Any:
+        from azureml.core.model import Model
+
+        # overwrite=True: a changed spec updates the service in place instead of failing on its name.
+        return Model.deploy(ws, name, models, inference_config, deployment_config,
+                            deployment_target=deployment_target, overwrite=True)
+
+    def service(self, ws: Any, name: str) -> Any:
+        from azureml.core.webservice import Webservice
+
+        return Webservice(ws, name)
