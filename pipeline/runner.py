@@ -135,7 +135,8 @@ def _why_run(stage: str, key: str | None, record: dict[str, Any] | None, facts: 
         return "--force"
     if stage == "deploy" and change is not None:
         if change.action != "no-op":
-            return {"create": "no service yet", "update": "inputs changed", "replace": change.live}.get(change.action, change.action)
+            return {"create": change.live, "update": "inputs changed" + (f" ({change.live})" if change.live.startswith("cannot") else ""),
+                    "replace": change.live}.get(change.action, change.action)
         return ""
     after = [s for s in getattr(_module(stage), "AFTER", ()) if s in upstream]
     if after:

@@ -19,8 +19,11 @@ def inputs(ctx: Context) -> dict[str, Any] | None:
     if model is None:
         return None
     data = plain(ctx.spec.data)
+    # only the chosen target's block counts: switching off aks settings on a local service changes nothing
+    others = {"local", "azureml", "kubernetes"} - {{"local": "local", "kubernetes": "kubernetes"}.get(ctx.spec.deploy.target, "azureml")}
+    deploy = {k: v for k, v in data["deploy"].items() if k not in others}
     return {"name": ctx.spec.name, "description": ctx.spec.description, "tags": data["tags"],
-            "target": ctx.spec.deploy.target, "deploy": data["deploy"], "model": {"name": ctx.spec.model.name,
+            "target": ctx.spec.deploy.target, "deploy": deploy, "model": {"name": ctx.spec.model.name,
             "version": ctx.spec.model.version, "sha256": model},
             "files": {name: sha256_bytes(text.encode()) for name, text in ctx.rendered.items()}}
 
@@ -43,6 +46,10 @@ def facts(ctx: Context, new_inputs: dict[str, Any] | None) -> dict[str, Any]:
         folder = _deployed_dir(ctx)
         for path in sorted(folder.glob("*")) if folder.is_dir() else []:
             out["old_files"][path.name] = path.read_text(encoding="utf-8", errors="replace")
+    elif ctx.spec.deploy.target != "local":
+        # nothing recorded: ask the cloud whether it can be reached and whether a service of that name exists
+        live = ctx.target.probe({}, ctx.spec)
+        out["live"] = {"reachable": live.reachable, "healthy": live.healthy, "detail": live.detail, "drift": list(live.drift)}
     try:
         out["new_files"] = dict(ctx.rendered)
     except Exception:  # noqa: BLE001  a render error is reported by the render stage itself
@@ -56,7 +63,11 @@ def change(state: dict[str, Any], facts: dict[str, Any], new_inputs: dict[str, A
 
     record = facts.get("record")
     if not record:
-        return Change("create", "no service is recorded", _fields({}, new_inputs or {}), _files({}, facts["new_files"]))
+        live = facts.get("live")
+        why = "no service is recorded" + (f"; {live['detail']}" if live else "")
+        new_files = tuple((name, f"+ {name} ({len(text.splitlines())} lines; `render` writes it)\n")
+                          for name, text in sorted(facts["new_files"].items()))
+        return Change("create", why, _fields({}, new_inputs or {}), new_files)
     live = facts["live"] or {}
     old_inputs = record.get("inputs") or {}
     fields = _fields(old_inputs, new_inputs or {})
@@ -75,7 +86,7 @@ def change(state: dict[str, Any], facts: dict[str, Any], new_inputs: dict[str, A
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
+    if isinstance(value, dict) and (value or not prefix):
         out: dict[str, Any] = {}
         for key, sub in value.items():
             out.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
