@@ -148,18 +148,21 @@ def load(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec:
     except IsADirectoryError:
         raise SpecError([f"{shown}: is a directory, not a spec file"]) from None
     except UnicodeDecodeError as exc:
-        raise SpecError([f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise SpecError([f"{shown}:{line}: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} "
+                         f"({exc.reason}); save the file as UTF-8"]) from None
     except OSError as exc:
         raise SpecError([f"{shown}: cannot read: {exc.strerror}"]) from None
     try:
         doc = yamlsource.parse(text)
     except yamlsource.YamlSyntaxError as exc:
-        raise SpecError([f"{shown}:{exc.line}: {exc.message}"]) from None
+        raise SpecError([f"{shown}:{exc.line}: {exc.message}{_syntax_hint(text, exc.line, exc.message)}"]) from None
     problems = list(doc.problems)
     if not isinstance(doc.data, dict):
-        kind = "empty" if doc.data is None else f"a {type(doc.data).__name__}"
+        kind = "an empty document" if doc.data is None else f"a {_kind(doc.data)}"
         raise SpecError([f"{shown}:1: the spec must be a YAML mapping (apiVersion: pipeline/v1, name: ...), found {kind}"])
-    problems += _schema_problems(doc)
+    broken = {path for _, path, _ in doc.problems}  # already reported; the schema would only add noise
+    problems += [p for p in _schema_problems(doc) if p[1] not in broken]
     if not problems:
         data = apply_defaults(doc.data, schema())
         problems += rules.check(data, doc, path.parent.resolve(), check_files=check_files)
@@ -172,6 +175,17 @@ def format_problems(shown: str, problems: list[tuple[int, tuple, str]]) -> list[
     """Sorted `file:line: field.path: message` lines, duplicates removed."""
     lines = sorted(set((line, _dotted(p), msg) for line, p, msg in problems))
     return [f"{shown}:{line}: {dotted}: {msg}" if dotted else f"{shown}:{line}: {msg}" for line, dotted, msg in lines]
+
+
+def _syntax_hint(text: str, line: int, message: str) -> str:
+    # PyYAML's words name the parser's state, not the usual cause; add the cause for the two commonest.
+    lines = text.splitlines()
+    source = lines[line - 1] if 0 < line <= len(lines) else ""
+    if "\t" in source[:len(source) - len(source.lstrip())]:
+        return " (a tab in the indentation: YAML indents with spaces only)"
+    if "mapping values are not allowed" in message:
+        return " (a value containing ': ' must be quoted)"
+    return ""
 
 
 def _dotted(path: tuple) -> str:
@@ -206,14 +220,24 @@ def _explain(error: Any, doc: yamlsource.Document) -> list[tuple[int, tuple, str
         return [(doc.line_of(path), path + (missing,), "required field is missing")]
     line = doc.line_of(path)
     if kind == "oneOf" and path[-1:] == ("source",):
-        return [(line, path, "must be a file path, or a mapping {registry: azureml, file: ..., workspace_config: ...}")]
+        # Explain the branch the user evidently meant: a path (string) or a registry mapping.
+        branch = 0 if isinstance(error.instance, str) else 1 if isinstance(error.instance, dict) else None
+        meant = [e for e in error.context if e.relative_schema_path[0] == branch]
+        if meant:
+            return [problem for e in meant for problem in _explain(e, doc)]
+        return [(line, path, f"expected a file path or a mapping {{registry: azureml, file: ...}}, got {_got(error.instance)}")]
     if "errorMessage" in sub and kind in ("pattern", "type", "minLength", "maxLength"):
-        return [(line, path, f"{_show(error.instance)} {sub['errorMessage']}" if kind == "pattern" else sub["errorMessage"])]
+        if kind == "pattern":
+            return [(line, path, f"{_show(error.instance)} {sub['errorMessage']}")]
+        if kind != "type":
+            return [(line, path, sub["errorMessage"])]
+        hint = "" if "quote" in sub["errorMessage"] else _quote_hint(error)
+        return [(line, path, f"{sub['errorMessage']}, got {_got(error.instance)}{hint}")]
     if kind == "type":
         expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        article = "an" if str(expected)[0] in "aeiou" else "a"
-        return [(line, path, f"expected {article} {expected}, got {_kind(error.instance)} {_show(error.instance)}")]
+        names = [_TYPE_NAMES.get(t, t) for t in (expected if isinstance(expected, list) else [expected])]
+        article = "an" if names[0][0] in "aeiou" else "a"
+        return [(line, path, f"expected {article} {' or '.join(names)}, got {_got(error.instance)}{_quote_hint(error)}")]
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
         return [(line, path, f"must be {op} {error.validator_value}, got {_show(error.instance)}")]
@@ -224,8 +248,25 @@ def _explain(error: Any, doc: yamlsource.Document) -> list[tuple[int, tuple, str
         return [(line, path, f"{_show(error.instance)} is not one of [{options}]")]
     if kind in ("minLength", "maxLength"):
         limit = error.validator_value
-        return [(line, path, "must not be empty" if kind == "minLength" and limit == 1 else f"length must be {'>=' if kind == 'minLength' else '<='} {limit}, got {len(error.instance)}")]
+        message = "must not be empty" if kind == "minLength" and limit == 1 else f"length must be {'>=' if kind == 'minLength' else '<='} {limit}, got {len(error.instance)}"
+        if "propertyNames" in error.schema_path:  # the error is about a key of this mapping, not its value
+            message = "keys must not be empty" if error.instance == "" else f"key {_show(error.instance)}: {message}"
+        return [(line, path, message)]
     return [(line, path, error.message)]
+
+
+# JSON Schema's type names in the words of YAML, which is what the user wrote.
+_TYPE_NAMES = {"object": "mapping", "array": "list"}
+
+
+def _quote_hint(error: Any) -> str:
+    # YAML reads unquoted yes/no/true, 1.10 and all-digit hashes as booleans and numbers.
+    wanted_string = error.validator_value == "string"
+    return "; quote it to make it a string" if wanted_string and isinstance(error.instance, (bool, int, float)) else ""
+
+
+def _got(value: Any) -> str:
+    return "null (an empty value)" if value is None else f"{_kind(value)} {_show(value)}"
 
 
 def _kind(value: Any) -> str:
@@ -233,8 +274,11 @@ def _kind(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, (dict, list)) else json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+    # YAML's spelling for true/false/null and collections; repr() for strings and numbers.
+    text = repr(value) if not isinstance(value, (dict, list, bool)) else json.dumps(value, default=str, ensure_ascii=False)
+    if len(text) <= 60:
+        return text
+    return text[:56] + "…" + (text[-1] if text[-1] in "'\"]}" else "")  # keep the closing quote or bracket
 
 
 def apply_defaults(data: Any, node: Mapping[str, Any]) -> Any:

@@ -47,6 +47,10 @@ def parse(text: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         problem = exc.problem or exc.context or "invalid YAML"
+        started = exc.context_mark.line + 1 if exc.context_mark is not None else line
+        if exc.context and "flow" in exc.context and started != line:
+            kind = "mapping {" if "mapping" in exc.context else "list ["
+            problem += f" (in the {kind} opened on line {started} and never closed)"
         raise YamlSyntaxError(line, f"YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(1, f"YAML syntax error: {exc}") from None
@@ -61,8 +65,14 @@ def parse(text: str) -> Document:
     return doc
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap")
+
+
 def _build(node: yaml.Node, path: Path_, doc: Document, constructor: yaml.SafeLoader) -> Any:
     doc.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+        doc.problems.append((node.start_mark.line + 1, path, f"YAML tag {node.tag!r} is not allowed in specs"))
+        return None
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
