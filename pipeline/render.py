@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,17 +22,33 @@ def builtin_templates() -> Path:
     return installed if installed.is_dir() else Path(__file__).parent.parent / "templates"
 
 
+_SURROGATE_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
 def _py(value: Any) -> Escaped:
     """A Python literal for `value`: repr() of plain data is always one safe expression."""
     return Escaped(repr(_plain(value)))
 
 
 def _yaml(value: Any) -> Escaped:
-    """A YAML flow value: JSON (ASCII-escaped) is valid YAML, so quotes, '#', ': ' and newlines stay inside it."""
+    """A YAML flow value: JSON (ASCII-escaped) is valid YAML, so quotes, '#', ': ' and newlines stay inside it.
+
+    JSON writes a character above U+FFFF as a surrogate pair, which YAML does not join: use YAML's \\U escape.
+    """
+    text = json.dumps(_plain(value), ensure_ascii=True, sort_keys=True)
+    return Escaped(_SURROGATE_PAIR.sub(lambda m: "\\U%08x" % (0x10000 + ((int(m[1], 16) - 0xD800) << 10) + int(m[2], 16) - 0xDC00), text))
+
+
+def _json(value: Any) -> Escaped:
+    """A JSON value (ASCII-escaped), for templates of JSON files."""
     return Escaped(json.dumps(_plain(value), ensure_ascii=True, sort_keys=True))
 
 
 def _plain(value: Any) -> Any:
+    from jinja2 import Undefined
+
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()  # StrictUndefined: raises UndefinedError naming the variable
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in sorted(value.items())}
     if isinstance(value, (list, tuple)):
@@ -42,9 +59,9 @@ def _plain(value: Any) -> Any:
 
 
 def _finalize(value: Any) -> Any:
-    # Every printed string must have been escaped: a raw spec string in Python or YAML is an injection.
+    # Every printed string must have been escaped: a raw spec string in Python, YAML or JSON is an injection.
     if isinstance(value, str) and not isinstance(value, Escaped):
-        raise RenderError(f"template printed the raw string {value[:40]!r}; pass it through |py or |yaml")
+        raise RenderError(f"template printed the raw string {value[:40]!r}; pass it through |py, |yaml or |json")
     return value
 
 
@@ -63,6 +80,7 @@ def environment(override: Path | None = None) -> Any:
     )
     env.filters["py"] = _py
     env.filters["yaml"] = _yaml
+    env.filters["json"] = _json
     return env
 
 
@@ -89,8 +107,8 @@ def render_template(env: Any, name: str, values: Mapping[str, Any]) -> str:
 
     try:
         return env.get_template(name).render(**values)
-    except RenderError:
-        raise
+    except RenderError as exc:
+        raise RenderError(f"template {name}: {exc}") from None
     except TemplateError as exc:
         where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
         raise RenderError(f"template {name}{where}: {exc.message or exc}") from None
