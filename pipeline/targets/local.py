@@ -117,7 +117,8 @@ class LocalTarget:
             return Live(True, False, f"process {pid} is running but {record['health_uri']} does not answer ({_reason(exc)})", tuple(drift))
         if body.strip() != b"Healthy":
             return Live(True, False, f"{record['health_uri']} answered {body[:40]!r}, not Healthy", tuple(drift))
-        return Live(True, True, f"healthy at {record['scoring_uri']} (pid {pid})", tuple(drift))
+        return Live(True, True, f"healthy at {record['scoring_uri']} (pid {pid}){_incidents(Path(record['config']).parent)}",
+                    tuple(drift))
 
     def invoke(self, record: Mapping[str, Any], body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         headers = {"Content-Type": "application/json"}
@@ -166,6 +167,21 @@ def service_config(spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path |
         "ready_file": str(ready_file) if ready_file else None,
         "service_name": spec.name,
     }
+
+
+def _incidents(service_dir: Path) -> str:
+    """What the supervisor had to do since deploy (out-of-memory kills, dead workers), from its events file."""
+    try:
+        counts = json.loads((service_dir / "ready.events.json").read_text()).get("counts", {})
+    except (OSError, ValueError):
+        return ""
+    parts = []
+    if counts.get("out_of_memory"):
+        parts.append(f"{counts['out_of_memory']} worker(s) killed for exceeding deploy.memory_gb")
+    exited = counts.get("worker_exited", 0)  # out-of-memory kills are counted apart
+    if exited > 0:
+        parts.append(f"{exited} worker(s) died and were replaced")
+    return f"; {', '.join(parts)} (see `logs`)" if parts else ""
 
 
 def read_keys(service_dir: Path) -> dict[str, str]:
