@@ -1,0 +1,256 @@
+"""The worker's raw ASGI app: Azure ML's routes and headers, with 4xx answers where Azure's says 500."""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from pipeline.serve.batching import BatchFailed, BatchTimeout, FairSlices, MicroBatcher
+from pipeline.serve.script import (
+    JSON_TYPE,
+    RunTimeout,
+    ScoringScript,
+    call_with_timeout,
+    describe_bad_input,
+    encode_output,
+)
+
+log = logging.getLogger("pipeline.serve")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+# Azure's server refuses request ids longer than this with 431; so do we.
+REQUEST_ID_LIMIT = 100
+ROUTES = "GET /, POST /score, GET /swagger.json"
+_JSON = ((b"content-type", JSON_TYPE),)
+_OK_RUN = (b"x-ms-run-function-failed", b"False")
+
+
+class ScoringApp:
+    """One instance per worker; a plain ASGI callable because a framework's routing costs more than it gives."""
+
+    def __init__(
+        self,
+        script: ScoringScript,
+        *,
+        request_timeout_ms: int,
+        max_body_bytes: int,
+        keys: list[str],
+        swagger: dict[str, Any] | None,
+        features: int | None = None,
+    ) -> None:
+        self.script = script
+        self.features = features
+        self.timeout_s = request_timeout_ms / 1000
+        self.max_body_bytes = max_body_bytes
+        self.auth = [f"Bearer {key}".encode() for key in keys if key]
+        self.swagger = orjson.dumps(swagger) if swagger is not None else None
+        self.slices = FairSlices()
+        self.batcher = MicroBatcher(script.predict_rows, self.timeout_s, self.slices) if script.batching else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path == "/score" or path == "/score/":
+            if method != "POST":
+                await _error(send, 405, f"{method} is not allowed on /score; use POST", [(b"allow", b"POST")])
+                return
+            await self._score(scope, receive, send)
+        elif path == "/":
+            if method not in ("GET", "HEAD"):
+                await _error(send, 405, f"{method} is not allowed on /", [(b"allow", b"GET, HEAD")])
+                return
+            await _respond(send, 200, b"Healthy", [(b"content-type", b"text/plain; charset=utf-8")])
+        elif path == "/swagger.json":
+            if method not in ("GET", "HEAD"):
+                await _error(send, 405, f"{method} is not allowed on /swagger.json", [(b"allow", b"GET, HEAD")])
+            elif not self._authorized(scope["headers"]):
+                await _unauthorized(send)
+            elif self.swagger is None:
+                await _error(send, 404, "this service has no swagger document")
+            else:
+                await _respond(send, 200, self.swagger, list(_JSON))
+        else:
+            await _error(send, 404, f"no route for {path}; the routes are {ROUTES}")
+
+    def _authorized(self, headers: Headers) -> bool:
+        if not self.auth:
+            return True
+        return self._key_matches(next((value for name, value in headers if name == b"authorization"), b""))
+
+    def _key_matches(self, authorization: bytes) -> bool:
+        # Compared with every key, in constant time, so timing tells nothing about which one is close.
+        return sum(hmac.compare_digest(authorization, key) for key in self.auth) > 0
+
+    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = client_id = legacy_id = None
+        length = None
+        authorization = b""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"x-request-id":
+                request_id = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-ms-client-request-id":
+                client_id = value
+            elif name == b"x-ms-request-id":
+                legacy_id = value
+        if request_id is None:
+            request_id = str(uuid.uuid4()).encode()
+        elif len(request_id) > REQUEST_ID_LIMIT:
+            await _error(send, 431, f"x-request-id must not exceed {REQUEST_ID_LIMIT} characters")
+            return
+        # Azure's server fills x-ms-request-id from the client's ids, else the request id.
+        ids = [(b"x-request-id", request_id), (b"x-ms-request-id", legacy_id or client_id or request_id)]
+        if client_id is not None:
+            ids.append((b"x-ms-client-request-id", client_id))
+        if self.auth and not self._key_matches(authorization):
+            await _unauthorized(send, ids)
+            return
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            await _too_large(send, self.max_body_bytes, ids)
+            return
+        body = await self._read_body(receive)
+        if body is None:
+            await _too_large(send, self.max_body_bytes, ids)
+            return
+        if self.batcher is not None:
+            await self._score_batched(body, request_id, ids, send)
+        else:
+            await self._score_run(scope, body, request_id, ids, send)
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it passes max_body_bytes (chunked bodies included)."""
+        message = await receive()
+        body = message.get("body", b"")
+        size = len(body)
+        if size > self.max_body_bytes:
+            return None
+        if not message.get("more_body", False):
+            return body
+        chunks = [body]
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _score_batched(self, body: bytes, request_id: bytes, ids: Headers, send: Send) -> None:
+        assert self.batcher is not None and self.script.parse_rows is not None
+        await self.slices.turn()
+        started = time.perf_counter()
+        failure: Exception | None = None
+        try:
+            rows = self.script.parse_rows(body)
+        except Exception as exc:
+            failure = exc
+        self.slices.used += time.perf_counter() - started
+        if isinstance(failure, ValueError):
+            await _error(send, 400, str(failure), ids)
+            return
+        if failure is not None:
+            log.error("parse_rows() raised (request_id=%s)", request_id.decode("latin-1"), exc_info=failure)
+            await _internal(send, "parse_rows", request_id, ids)
+            return
+        try:
+            labels = await self.batcher.submit(rows)
+        except BatchTimeout:
+            await _timeout(send, self.timeout_s, request_id, ids)
+            return
+        except BatchFailed:
+            await _internal(send, "predict_rows", request_id, ids)
+            return
+        elapsed = b"%.3f" % ((time.perf_counter() - started) * 1000)
+        headers = [*ids, (b"content-type", JSON_TYPE), (b"x-ms-run-fn-exec-ms", elapsed), _OK_RUN]
+        await _respond(send, 200, orjson.dumps(labels, option=orjson.OPT_SERIALIZE_NUMPY), headers)
+
+    async def _score_run(self, scope: Scope, body: bytes, request_id: bytes, ids: Headers, send: Send) -> None:
+        # Azure passes run() the body decoded as UTF-8 text; a body that isn't is the client's fault.
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            await _error(send, 400, f"body is not UTF-8: {exc}", ids)
+            return
+        args: tuple[Any, ...] = (text,)
+        if self.script.run_takes_headers:
+            args = (text, {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
+        rid = request_id.decode("latin-1")
+        await self.slices.turn()
+        started = time.perf_counter()
+        failure: BaseException | None = None
+        try:
+            output = call_with_timeout(self.script.run, self.timeout_s, *args)
+        except (Exception, RunTimeout) as exc:
+            failure = exc
+        ran = time.perf_counter() - started
+        self.slices.used += ran
+        if isinstance(failure, RunTimeout):
+            log.error("run() did not finish within %.0f ms (request_id=%s)", self.timeout_s * 1000, rid)
+            await _timeout(send, self.timeout_s, request_id, ids)
+            return
+        if failure is not None:
+            reason = describe_bad_input(body, failure, self.features)
+            if reason is not None:
+                log.info("400 for request_id=%s: %s (run() raised %s)", rid, reason, type(failure).__name__)
+                await _error(send, 400, reason, ids)
+                return
+            log.error("run() raised (request_id=%s)", rid, exc_info=failure)
+            await _internal(send, "run", request_id, ids)
+            return
+        elapsed = b"%.3f" % (ran * 1000)
+        try:
+            status, payload, headers = encode_output(output)
+        except Exception:
+            log.exception("run() returned a %s, not JSON-serializable (request_id=%s)", type(output).__name__, rid)
+            await _internal(send, "run", request_id, ids)
+            return
+        failed = (b"x-ms-run-function-failed", b"True") if status >= 500 else _OK_RUN
+        await _respond(send, status, payload, [*ids, *headers, (b"x-ms-run-fn-exec-ms", elapsed), failed])
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    headers = [*headers, (b"content-length", b"%d" % len(body))]  # never the caller's list: some are shared
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _error(send: Send, status: int, message: str, headers: Headers | None = None, **extra: str) -> None:
+    body = orjson.dumps({"error": message, **extra})
+    await _respond(send, status, body, [*(headers or []), *_JSON])
+
+
+async def _unauthorized(send: Send, headers: Headers | None = None) -> None:
+    message = "missing or wrong key: send the header 'Authorization: Bearer <key>'"
+    await _error(send, 401, message, [*(headers or []), (b"www-authenticate", b"Bearer")])
+
+
+async def _too_large(send: Send, limit: int, headers: Headers) -> None:
+    # Close the connection: the rest of an oversized body is not worth reading to keep it alive.
+    await _error(send, 413, f"body is larger than {limit} bytes", [*headers, (b"connection", b"close")])
+
+
+async def _timeout(send: Send, timeout_s: float, request_id: bytes, headers: Headers) -> None:
+    message = f"scoring did not finish within {timeout_s * 1000:.0f} ms"
+    failed = [*headers, (b"x-ms-run-function-failed", b"True")]
+    await _error(send, 504, message, failed, request_id=request_id.decode("latin-1"))
+
+
+async def _internal(send: Send, function: str, request_id: bytes, headers: Headers) -> None:
+    message = f"internal error in {function}(); see the service log"
+    failed = [*headers, (b"x-ms-run-function-failed", b"True")]
+    await _error(send, 500, message, failed, request_id=request_id.decode("latin-1"))

@@ -1,0 +1,180 @@
+"""Sharing one event-loop thread: fair CPU slices, and adaptive micro-batching of predict_rows()."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any, Callable
+
+import numpy
+
+from pipeline.serve.script import RunTimeout, call_with_timeout
+
+log = logging.getLogger("pipeline.serve")
+
+MAX_ROWS = 64
+# The longest a request waits for company; only paid when recent batches were shared.
+# Measured with 1-image bodies: 27,000 req/s at 32 connections against 18,000-23,000 without.
+LINGER_S = 0.002
+# CPU work (run(), parse_rows()) done per pass of the event loop before it polls sockets again.
+SLICE_S = 0.002
+
+
+class FairSlices:
+    """Cap the CPU work per event-loop pass, so every connection's bytes keep being read.
+
+    Without it, all requests whose bodies came in one poll run back to back, and a body that
+    needed one more read waits for all of them, again and again: 30-image bodies at 64
+    connections saw p99 latency of 1 s against a p50 of 70 ms.  Requests that find this pass's
+    budget spent yield, and queue behind it in arrival order.
+    """
+
+    def __init__(self) -> None:
+        self.used = 0.0
+        self._reset_pending = False
+
+    async def turn(self) -> None:
+        while self.used >= SLICE_S:
+            if not self._reset_pending:
+                self._reset_pending = True
+                asyncio.get_running_loop().call_soon(self._reset)  # runs after the next socket poll
+            await asyncio.sleep(0)
+
+    def _reset(self) -> None:
+        self.used = 0.0
+        self._reset_pending = False
+
+
+class BatchTimeout(Exception):
+    """The request's deadline passed before or while its batch was predicted."""
+
+
+class BatchFailed(Exception):
+    """predict_rows raised (or answered with the wrong length) for this request alone."""
+
+
+class MicroBatcher:
+    """Queue parsed requests; a consumer task predicts them together and answers each future.
+
+    Batching is invisible in the answers: each request's rows are parsed separately before
+    they are queued (one bad body never reaches a batch), and when a batched predict raises,
+    its requests are retried one by one so only the culprit fails.
+    """
+
+    def __init__(self, predict_rows: Callable[[Any], list[Any]], timeout_s: float, slices: FairSlices) -> None:
+        self._predict_rows = predict_rows
+        self._timeout_s = timeout_s
+        self._slices = slices
+        self._pending: deque[tuple[Any, asyncio.Future[list[Any]], float]] = deque()
+        self._rows = 0
+        self._wakeup: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Recent batch size in requests, smoothed: > 1 means concurrent clients, worth waiting for;
+        # and recent rows per request, so no one waits for company that could not fit the batch.
+        self._recent = 1.0
+        self._rows_each = 1.0
+
+    def submit(self, rows: Any) -> asyncio.Future[list[Any]]:
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._task = loop.create_task(self._consume())
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._pending.append((rows, future, loop.time() + self._timeout_s))
+        self._rows += len(rows)
+        self._wake()
+        return future
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
+        self._wakeup = wakeup = loop.create_future()
+        handle = loop.call_later(timeout, self._wake) if timeout is not None else None
+        try:
+            await wakeup
+        finally:
+            self._wakeup = None
+            if handle is not None:
+                handle.cancel()
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                await self._wait(loop, None)
+            if self._recent > 1.5 and self._rows + self._rows_each <= MAX_ROWS:
+                # Wait for about as many requests as recent batches had, never past LINGER_S.
+                expected = int(self._recent + 0.5)
+                until = loop.time() + LINGER_S
+                while len(self._pending) < expected and self._rows + self._rows_each <= MAX_ROWS:
+                    left = until - loop.time()
+                    if left <= 0:
+                        break
+                    await self._wait(loop, left)
+            else:
+                # Requests parsed in this same loop pass still join, at no cost in latency.
+                await asyncio.sleep(0)
+            batch = self._take()
+            started = time.perf_counter()  # not loop.time(): uvloop's has millisecond resolution
+            self._recent = 0.8 * self._recent + 0.2 * len(batch)
+            self._rows_each = 0.8 * self._rows_each + 0.2 * sum(len(item[0]) for item in batch) / len(batch)
+            try:
+                self._predict(loop, batch)
+            except Exception:  # never let one batch kill the consumer
+                log.exception("micro-batch consumer failed")
+                for _rows, future, _deadline in batch:
+                    if not future.done():
+                        future.set_exception(BatchFailed())
+            self._slices.used += time.perf_counter() - started
+
+    def _take(self) -> list[tuple[Any, asyncio.Future[list[Any]], float]]:
+        batch = [self._pending.popleft()]
+        rows = len(batch[0][0])
+        while self._pending and rows + len(self._pending[0][0]) <= MAX_ROWS:
+            item = self._pending.popleft()
+            batch.append(item)
+            rows += len(item[0])
+        self._rows -= rows
+        return batch
+
+    def _predict(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Any, Any, float]]) -> None:
+        now = loop.time()
+        live = []
+        for item in batch:
+            if item[1].done():  # the client went away
+                continue
+            if item[2] <= now:
+                item[1].set_exception(BatchTimeout())
+            else:
+                live.append(item)
+        if not live:
+            return
+        # The alarm fires only when every request in the batch is past its deadline.
+        budget = max(item[2] for item in live) - now
+        matrix = live[0][0] if len(live) == 1 else numpy.concatenate([item[0] for item in live])
+        try:
+            labels = call_with_timeout(self._predict_rows, budget, matrix)
+            if len(labels) != len(matrix):
+                raise ValueError(f"predict_rows returned {len(labels)} items for {len(matrix)} rows")
+        except RunTimeout:
+            log.error("predict_rows() did not finish within %.0f ms; %d requests timed out", budget * 1000, len(live))
+            for item in live:
+                item[1].set_exception(BatchTimeout())
+            return
+        except Exception:
+            if len(live) == 1:
+                log.exception("predict_rows() raised")
+                live[0][1].set_exception(BatchFailed())
+                return
+            # Find the culprit: one request's odd rows must not fail its neighbours.
+            for item in live:
+                self._predict(loop, [item])
+            return
+        start = 0
+        for rows, future, _deadline in live:
+            end = start + len(rows)
+            future.set_result(labels[start:end])
+            start = end

@@ -1,0 +1,47 @@
+"""The events file: what the supervisor did (replacements, out-of-memory kills), kept off the HTTP surface."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+# Enough history to explain a bad minute without the file growing for ever.
+KEEP_EVENTS = 50
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class EventLog:
+    """Counts by kind plus the last KEEP_EVENTS events; rewritten on every event when it has a path."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.counts: dict[str, int] = {"worker_started": 0, "worker_exited": 0, "out_of_memory": 0}
+        self.events: list[dict[str, Any]] = []
+
+    def record(self, kind: str, **detail: Any) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
+        self.events = [*self.events[-(KEEP_EVENTS - 1):], {"time": stamp, "kind": kind, **detail}]
+        self.write()
+
+    def write(self) -> None:
+        if self.path:
+            write_json_atomic(self.path, {"supervisor_pid": os.getpid(), "counts": self.counts, "events": self.events})

@@ -1,0 +1,189 @@
+"""The user's score.py inside a worker: load it, time-box its calls, turn its answers into HTTP bodies."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import math
+import signal
+import sys
+from dataclasses import dataclass
+from types import FrameType, ModuleType
+from typing import Any, Callable
+
+import orjson
+
+from pipeline.errors import TargetError
+
+JSON_TYPE = b"application/json"
+
+
+class RunTimeout(BaseException):
+    """Raised into run()/predict_rows() by the alarm; a BaseException, so user code's `except Exception` can't eat it."""
+
+
+@dataclass(frozen=True)
+class ScoringScript:
+    """The entry points found in score.py; parse_rows and predict_rows only when both exist."""
+
+    module: ModuleType
+    init: Callable[[], Any]
+    run: Callable[..., Any]
+    run_takes_headers: bool
+    parse_rows: Callable[[bytes], Any] | None
+    predict_rows: Callable[[Any], list[Any]] | None
+
+    @property
+    def batching(self) -> bool:
+        return self.parse_rows is not None and self.predict_rows is not None
+
+
+def load_script(path: str) -> ScoringScript:
+    """Import score.py from its path, as Azure's server does; its directory is already on sys.path."""
+    spec = importlib.util.spec_from_file_location("score", path)
+    if spec is None or spec.loader is None:
+        raise TargetError(f"cannot import entry script {path}")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before exec so pickles and dataclasses that look up their module by name work.
+    sys.modules["score"] = module
+    spec.loader.exec_module(module)
+    init, run = getattr(module, "init", None), getattr(module, "run", None)
+    if not callable(init) or not callable(run):
+        raise TargetError(f"entry script {path} must define init() and run(raw_data)")
+    parse_rows, predict_rows = getattr(module, "parse_rows", None), getattr(module, "predict_rows", None)
+    fast = callable(parse_rows) and callable(predict_rows)
+    takes_headers = "request_headers" in inspect.signature(run).parameters
+    return ScoringScript(
+        module, init, run, takes_headers, parse_rows if fast else None, predict_rows if fast else None
+    )
+
+
+# --- time-boxing --------------------------------------------------------------------------
+# run() is sync code called on the event-loop thread (a thread hop per request costs more
+# than the whole 1-image HTTP stack).  Like Azure's server, an interval timer (SIGALRM)
+# raises into it when it overruns; C code that never returns to Python is only stopped
+# when it does.
+_armed = False
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    if _armed:
+        raise RunTimeout()
+
+
+def install_alarm() -> None:
+    """Once per worker, on the main thread (signals are delivered only there)."""
+    signal.signal(signal.SIGALRM, _on_alarm)
+
+
+def call_with_timeout(function: Callable[..., Any], timeout_s: float, *args: Any) -> Any:
+    global _armed
+    _armed = True
+    signal.setitimer(signal.ITIMER_REAL, max(timeout_s, 1e-4))
+    try:
+        return function(*args)
+    finally:
+        _armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+# --- answers ------------------------------------------------------------------------------
+def _default(value: Any) -> Any:
+    for attribute in ("tolist", "item"):
+        if hasattr(value, attribute):
+            return getattr(value, attribute)()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(value: Any) -> bytes:
+    """orjson (numpy arrays and scalars included), falling back to json for what orjson refuses."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        return json.dumps(value, default=_default).encode()
+
+
+def encode_output(value: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """run()'s return value as (status, body, headers); a str is JSON-encoded, as Azure's server does."""
+    get_data = getattr(value, "get_data", None)
+    status = getattr(value, "status_code", None)
+    if callable(get_data) and isinstance(status, int):
+        body = get_data()
+        if isinstance(body, str):
+            body = body.encode()
+        headers: list[tuple[bytes, bytes]] = []
+        content_type = None
+        source = getattr(value, "headers", None)
+        if source is not None and hasattr(source, "items"):
+            for name, header_value in source.items():
+                lowered = str(name).lower()
+                # Framing headers are ours to set; the rest pass through (as Azure's does).
+                if lowered in ("content-length", "connection", "transfer-encoding", "server", "date",
+                               "x-ms-run-function-failed"):
+                    continue
+                if lowered == "content-type":
+                    content_type = str(header_value).encode("latin-1")
+                    continue
+                headers.append((lowered.encode("latin-1"), str(header_value).encode("latin-1")))
+        headers.append((b"content-type", content_type or JSON_TYPE))
+        return status, bytes(body), headers
+    return 200, dumps(value), [(b"content-type", JSON_TYPE)]
+
+
+def describe_bad_input(body: bytes, exc: BaseException, features: int | None = None) -> str | None:
+    """Why a body that made run() raise is the client's fault, or None when it may be the script's.
+
+    Only called after run() failed, so the success path pays nothing.  Bodies that are not
+    UTF-8 JSON are always the client's; a ValueError/KeyError/TypeError/IndexError on a body
+    that is not `{"data": [[numbers...], ...]}` with equal-length rows of finite numbers is
+    too.  Anything else stays a 500: the host can't tell a bug from bad data.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"body is not UTF-8: {error}"
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        if _has_non_finite_constant(text):
+            return "body has NaN or Infinity, which JSON does not allow"
+        return f"body is not valid JSON: {error}"
+    if not isinstance(exc, (ValueError, KeyError, TypeError, IndexError)):
+        return None
+    return describe_rows(document, features)
+
+
+def _has_non_finite_constant(text: str) -> bool:
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    try:
+        json.loads(text, parse_constant=refuse)
+    except ValueError as error:
+        return str(error) in ("NaN", "Infinity", "-Infinity")
+    return False
+
+
+def describe_rows(document: Any, features: int | None = None) -> str | None:
+    """The first thing wrong with `{"data": [[...], ...]}`, or None when it is well formed."""
+    if not isinstance(document, dict) or "data" not in document:
+        return 'body must be a JSON object with a "data" field'
+    rows = document["data"]
+    if not isinstance(rows, list) or not rows:
+        return '"data" must be a non-empty list of rows'
+    width = None
+    for index, row in enumerate(rows):
+        if not isinstance(row, list):
+            return f"row {index} is not a list of numbers"
+        if features is not None and len(row) != features:
+            return f"row {index} has {len(row)} values, expected {features}"
+        if width is None:
+            width = len(row)
+        elif len(row) != width:
+            return f"row {index} has {len(row)} values, expected {width} like row 0"
+        for column, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"row {index} column {column} is not a number: {value!r}"
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"row {index} column {column} is not finite"
+    return None

@@ -1,0 +1,120 @@
+"""One worker process: import score.py, run init() once, then serve on its own SO_REUSEPORT socket."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from pipeline.errors import TargetError
+from pipeline.serve.config import ServeConfig
+from pipeline.serve.ipc import CONFIG_ENV, PORT_ENV, READY_FD_ENV, SUPERVISOR_ENV, bind, die_with_parent, report
+from pipeline.serve.logs import setup_logging
+
+# gunicorn's "boot error" code, which Azure's server also uses when init() fails.
+EXIT_INIT_FAILED = 3
+
+log = logging.getLogger("pipeline.serve")
+
+
+def read_keys(path: str | None) -> list[str]:
+    """The accepted keys; the messages name the file, never a key."""
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise TargetError(f"cannot read keys file {path}: {type(exc).__name__}") from None
+    keys = [data.get(name) for name in ("primary", "secondary")] if isinstance(data, dict) else []
+    keys = [key for key in keys if isinstance(key, str) and key]
+    if not keys:
+        raise TargetError(f"keys file {path} has no 'primary' or 'secondary' key")
+    return keys
+
+
+def main() -> int:
+    setup_logging()
+    if not die_with_parent(int(os.environ[SUPERVISOR_ENV])):
+        return 1
+    config = ServeConfig.from_dict(json.loads(os.environ[CONFIG_ENV]))
+    port = int(os.environ[PORT_ENV])
+    ready_fd = int(os.environ[READY_FD_ENV])
+    app_root = config.resolved_app_root
+    os.environ["AZUREML_MODEL_DIR"] = config.model_dir
+    os.environ["AML_APP_ROOT"] = app_root
+    os.environ["AZUREML_ENTRY_SCRIPT"] = config.entry_script
+    sys.path.insert(0, app_root)
+
+    # Imported here, after the environment is set, so score.py and its imports see it.
+    from pipeline.serve.app import ScoringApp
+    from pipeline.serve.script import install_alarm, load_script
+
+    step = "startup"
+    try:
+        keys = read_keys(config.keys_file)
+        step = "import"
+        script = load_script(config.entry_script)
+        step = "init()"
+        log.info("worker %d: running init() of %s", os.getpid(), config.entry_script)
+        script.init()
+        step = "listen"
+        sock = bind(config.host, port)
+        sock.listen(2048)
+    except BaseException as exc:  # whatever score.py raises, the supervisor must hear why
+        if isinstance(exc, TargetError):
+            log.error("worker %d: %s", os.getpid(), exc)
+        else:
+            log.error("worker %d: %s of %s failed:\n%s", os.getpid(), step, config.entry_script,
+                      traceback.format_exc().rstrip())
+        report(ready_fd, "failed", f"{step} failed: {type(exc).__name__}: {exc}")
+        return EXIT_INIT_FAILED
+    install_alarm()
+    app = ScoringApp(
+        script,
+        request_timeout_ms=config.request_timeout_ms,
+        max_body_bytes=config.max_body_bytes,
+        keys=keys,
+        swagger=config.swagger,
+        features=config.features,
+    )
+    mode = "micro-batching (parse_rows/predict_rows)" if script.batching else "run() per request"
+    log.info("worker %d: ready on %s:%d, %s", os.getpid(), config.host, port, mode)
+    report(ready_fd, "ready")
+    os.close(ready_fd)
+    return _serve(app, sock, config)
+
+
+def _serve(app: object, sock: socket.socket, config: ServeConfig) -> int:
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,  # type: ignore[arg-type]
+            loop="uvloop",
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+            server_header=False,
+            timeout_keep_alive=5,
+            # In-flight requests get their own timeout plus a margin to finish on SIGTERM.
+            timeout_graceful_shutdown=config.request_timeout_ms / 1000 + 5,
+            backlog=2048,
+        )
+    )
+    # uvicorn re-raises the signal that stopped it; a no-op handler makes that a clean exit 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    server.run(sockets=[sock])
+    log.info("worker %d: stopped", os.getpid())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
