@@ -164,6 +164,7 @@ def service_config(spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path |
         "request_timeout_ms": spec.deploy.request_timeout_ms,
         "keys_file": str(keys_file) if keys_file else None,
         "swagger": openapi.document(spec),
+        "features": spec.scoring.features,  # lets the host answer 400, not 500, when a user's run() chokes on a short row
         "ready_file": str(ready_file) if ready_file else None,
         "service_name": spec.name,
     }
