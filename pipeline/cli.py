@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Probe the deployed service and compare it with its record.")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--show-keys", action="store_true", help="print the service's auth keys in full")
+    p.add_argument("--uri", action="store_true", help="print only the scoring URI (for scripts); exit 1 if not deployed")
     _add_output_flags(p)
 
     p = sub.add_parser("delete", help="stop and remove the service (keeps the history)",

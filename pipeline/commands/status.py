@@ -7,6 +7,7 @@ import time
 
 from pipeline.commands._common import context
 from pipeline.console import Console
+from pipeline.errors import StageFailed
 
 
 def _mask(key: str) -> str:
@@ -16,6 +17,11 @@ def _mask(key: str) -> str:
 def main(args: argparse.Namespace, console: Console) -> int:
     ctx = context(args, console)
     record = ctx.state.get("service")
+    if args.uri:
+        if not record:
+            raise StageFailed(f"{ctx.spec.name} is not deployed; `python -m pipeline run {args.spec}` deploys it")
+        console.always(record["scoring_uri"])
+        return 0
     smoke = (ctx.state["stages"].get("smoke") or {})
     out: dict = {"spec": ctx.spec.name, "target": ctx.spec.deploy.target, "deployed": bool(record)}
     if record:
