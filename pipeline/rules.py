@@ -1,12 +1,12 @@
 """Checks beyond the schema: files that must exist, sizes that must agree, each target's own limits."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline import yamlsource
+from pipeline.files import display_path
 
 Problem = tuple[int, tuple, str]
 
@@ -42,16 +42,8 @@ def _exists(folder: Path, value: str, add: Callable[[tuple, str], None], path: t
     else:
         ok = target.is_file()
     if not ok:
-        add(path, f"{kind} not found: {value} (resolved against the spec's folder: {_shown(target.resolve())})")
+        add(path, f"{kind} not found: {value} (resolved against the spec's folder: {display_path(target.resolve())})")
     return ok
-
-
-def _shown(path: Path) -> str:
-    """A path as the user would type it: relative to the working directory (as spec.display_path)."""
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return str(path)
 
 
 def _check_files(data: dict[str, Any], folder: Path, add: Callable[[tuple, str], None]) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from pipeline import rules, yamlsource
 from pipeline.errors import SpecError
+from pipeline.files import display_path
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "spec.schema.json"
 
@@ -127,14 +128,6 @@ class Spec:
     @property
     def folder(self) -> Path:
         return self.path.parent
-
-
-def display_path(path: Path) -> str:
-    """A path as the user would type it: relative to the working directory when inside it."""
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return str(path)
 
 
 def load(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec:

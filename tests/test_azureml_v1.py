@@ -32,44 +32,12 @@ from pipeline.targets.base import DeployRequest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl"
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-# -- the network is off limits: a hidden call fails the test even when the code swallows the error --
+# -- the network is off limits (conftest's no_network): a hidden call fails the test --
 @pytest.fixture(autouse=True)
-def no_network(request, monkeypatch):
-    attempts: list[str] = []
-    if request.node.get_closest_marker("azure_live"):
-        yield attempts  # the live suite talks to Azure on purpose
-        return
-    real_connect, real_connect_ex, real_gai = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
-
-    def allowed(address) -> bool:
-        return not isinstance(address, tuple) or address[0] in LOOPBACK
-
-    def connect(self, address):
-        if self.family == socket.AF_UNIX or allowed(address):
-            return real_connect(self, address)
-        attempts.append(f"connect {address!r}")
-        raise OSError(f"test tried to reach the network: {address!r}")
-
-    def connect_ex(self, address):
-        if self.family == socket.AF_UNIX or allowed(address):
-            return real_connect_ex(self, address)
-        attempts.append(f"connect_ex {address!r}")
-        raise OSError(f"test tried to reach the network: {address!r}")
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host in (None, *LOOPBACK):
-            return real_gai(host, *args, **kwargs)
-        attempts.append(f"resolve {host!r}")
-        raise OSError(f"test tried to resolve {host!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    yield attempts
-    assert not attempts, f"the test tried to reach the network: {attempts}"
+def _offline(no_network):
+    yield no_network
 
 
 def test_the_network_guard_blocks_azure_and_allows_loopback(no_network):

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+from pipeline.files import atomic_write
 
 # Enough history to explain a bad minute without the file growing for ever.
 KEEP_EVENTS = 50
@@ -13,19 +15,7 @@ KEEP_EVENTS = 50
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
     """Readers see the old file or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(Path(path), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 class EventLog:
