@@ -29,7 +29,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-MNIST = Path(os.environ.get("MNIST_DIR", "/work/shared/data/mnist-5k"))
+MNIST = Path(os.environ.get("MNIST_DIR", ROOT / "examples" / "mnist" / "data"))
 EXAMPLE_MODEL = ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl"
 WORKERS = 2
 

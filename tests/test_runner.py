@@ -44,6 +44,7 @@ def test_full_run_then_noop_then_tag_change(project, run_cli):
     assert "accuracy 0.8870" in first.out and "Overall accuracy: 0.8870" in first.out
     service = _state(project)["service"]
     assert service["scoring_uri"].startswith("http://127.0.0.1:")
+    assert run_cli("status", SPEC, "--uri").out == service["scoring_uri"] + "\n"
 
     second = run_cli("run", SPEC)
     assert second.code == 0
@@ -97,6 +98,8 @@ def test_killed_service_is_replaced_and_delete_is_idempotent(project, run_cli):
     assert first.code == 0 and "deleted" in first.out
     second = run_cli("delete", SPEC)
     assert second.code == 0 and "nothing to delete" in second.out
+    not_deployed = run_cli("status", SPEC, "--uri")
+    assert not_deployed.code == 1 and "is not deployed" in not_deployed.err and not_deployed.out == ""
     assert _state(project)["history"], "delete keeps the history"
     assert run_cli("plan", SPEC, "--json").out.count('"create"') == 1
 

@@ -25,7 +25,7 @@ from pipeline.serve import ServeConfig
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 EXAMPLE_MODEL = ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl"
-MNIST_DIRS = [ROOT / "examples" / "mnist" / "data", Path("/work/shared/data/mnist-5k")]
+MNIST_DIRS = [ROOT / "examples" / "mnist" / "data"]
 KEYS = {"primary": "p-key-1234", "secondary": "s-key-5678"}
 
 
