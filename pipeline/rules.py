@@ -151,6 +151,8 @@ def _check_target(data: dict[str, Any], add: Callable[[tuple, str], None]) -> No
             if bad:
                 add(("tags", key), f"Azure rejects tag names containing {' '.join(bad)}")
     elif target == "kubernetes":
+        add(("deploy", "target"), "'kubernetes' is not available in this version of pipeline; "
+            "use local, aci, aks or azureml-online")
         k8s = deploy["kubernetes"]
         if "max_replicas" in k8s and k8s["max_replicas"] < k8s["replicas"]:
             add(("deploy", "kubernetes", "max_replicas"), f"must be >= replicas ({k8s['replicas']})")

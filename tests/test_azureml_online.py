@@ -497,3 +497,17 @@ def test_live_online_deploy_probe_score_delete(tmp_path):
         assert target.logs(record, req.service_dir, tail=20).strip()
     finally:
         print(target.delete(record, req.service_dir))
+
+
+def test_render_command_writes_a_folder_the_sdk_loads_as_is(tmp_path, run_cli, monkeypatch):
+    from azure.ai.ml import load_online_deployment, load_online_endpoint
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "online"
+    result = run_cli("render", "specs/mnist-online.yaml", "-o", out)
+    assert result.code == 0, result.err
+    assert (out / "sklearn_mnist_model.pkl").read_bytes() == MODEL.read_bytes()
+    deployment = load_online_deployment(str(out / "deployment.yml"))
+    endpoint = load_online_endpoint(str(out / "endpoint.yml"))
+    assert deployment.endpoint_name == endpoint.name == "sklearn-mnist-online"
+    assert deployment.instance_type == "Standard_DS1_v2" and endpoint.auth_mode == "key"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from pipeline import render, spec as specs
@@ -14,4 +15,11 @@ def main(args: argparse.Namespace, console: Console) -> int:
     folder = Path(args.output) if args.output else Path("build") / loaded.name
     for path in render.write_files(folder, files):
         console.print(f"wrote {path}")
+    from pipeline import targets
+
+    # files a rendered config names beside itself (the online deployment's model), so the folder is usable as is
+    assets = getattr(targets.get(loaded.deploy.target), "assets", None)
+    for name, source in (assets(loaded) if assets else {}).items():
+        shutil.copyfile(source, folder / name)
+        console.print(f"copied {source} -> {folder / name}")
     return 0

@@ -109,6 +109,12 @@ class OnlineTarget:
     def extra_pip_packages(self, spec: Spec) -> list[str]:
         return ["azureml-inference-server-http"]  # the v2 images' scoring server
 
+    def assets(self, spec: Spec) -> dict[str, Path]:
+        """Files the rendered folder needs beside it: deployment.yml names the local model file."""
+        if isinstance(spec.model.source, RegistrySource):
+            return {}
+        return {spec.model.file_name: spec.model.source}
+
     def template_values(self, spec: Spec) -> dict[str, Any]:
         azure = spec.deploy.azureml
         size, why = instance_type(spec)
