@@ -37,15 +37,8 @@ class LocalTarget:
 
     def render(self, spec: Spec, env: Any, values: Mapping[str, Any]) -> dict[str, str]:
         """local.json: the service settings a reviewer should see change (workers, memory, timeout, port)."""
-        settings = {
-            "workers": workers_for(spec.deploy.cpu_cores),
-            "memory_limit_mb": int(spec.deploy.memory_gb * 1024),
-            "request_timeout_ms": spec.deploy.request_timeout_ms,
-            "port": spec.deploy.local["port"],
-            "auth": spec.deploy.auth,
-            "tags": dict(spec.tags),
-            "description": spec.description,
-        }
+        settings = {**resources(spec), "port": spec.deploy.local["port"], "auth": spec.deploy.auth,
+                    "tags": dict(spec.tags), "description": spec.description}
         return {"local.json": json.dumps(settings, indent=2, sort_keys=True) + "\n",
                 "swagger.json": json.dumps(openapi.document(spec), indent=2, sort_keys=True) + "\n"}
 
@@ -54,7 +47,7 @@ class LocalTarget:
         """Stop the previous service, copy the app, start the host detached, wait until it is ready."""
         spec = request.spec
         if request.previous:
-            self.delete(request.previous, request.service_dir)
+            self.stop(request.previous)
         service_dir = request.service_dir
         app_dir = service_dir / "app"
         if app_dir.exists():
@@ -62,14 +55,11 @@ class LocalTarget:
         app_dir.mkdir(parents=True)
         for name in APP_FILES:
             shutil.copy2(request.build_dir / name, app_dir / name)
-        keys_file = None
-        if spec.deploy.auth:
-            keys_file = service_dir / "keys.json"
-            keys = {"primary": secrets.token_urlsafe(32), "secondary": secrets.token_urlsafe(32)}
-            atomic_write(keys_file, json.dumps(keys).encode(), mode=0o600)
+        model_dir = _isolate_model(request.model_path, service_dir / "model" / spec.model.name / str(spec.model.version))
+        keys_file = _keys(service_dir, spec.deploy.auth)
         ready_file = service_dir / "ready.json"
         ready_file.unlink(missing_ok=True)
-        config = service_config(spec, app_dir, request.model_dir, keys_file, ready_file,
+        config = service_config(spec, app_dir, model_dir, keys_file, ready_file,
                                 spec.deploy.local["port"] if port is None else port)
         config_file = service_dir / "config.json"
         atomic_write(config_file, json.dumps(config, indent=2).encode())
@@ -95,6 +85,8 @@ class LocalTarget:
             "config": str(config_file),
             "auth": spec.deploy.auth,
             "app_files": {name: sha256_path(app_dir / name) for name in APP_FILES},
+            "model_file": str(model_dir / request.model_path.name),
+            "model_stamp": _stamp(model_dir / request.model_path.name),
         }
 
     # -- probe, invoke ---------------------------------------------------------------------------
@@ -104,6 +96,9 @@ class LocalTarget:
             return Live(True, False, f"service process {pid} is not running")
         drift = []
         app_dir = Path(record["config"]).parent / "app"
+        model_file = record.get("model_file")
+        if model_file and _stamp(Path(model_file)) != record.get("model_stamp"):
+            drift.append(f"the served model file {model_file} was changed or removed after deploy")
         for name, digest in record.get("app_files", {}).items():
             path = app_dir / name
             if not path.is_file():
@@ -135,19 +130,70 @@ class LocalTarget:
 
     # -- delete, logs ----------------------------------------------------------------------------
     def delete(self, record: Mapping[str, Any], service_dir: Path) -> str:
+        """Stop the service and remove its keys: a deleted service's keys open nothing."""
+        detail = self.stop(record)
+        (service_dir / "keys.json").unlink(missing_ok=True)
+        return detail
+
+    def stop(self, record: Mapping[str, Any]) -> str:
         """SIGTERM the service's process group, wait, then SIGKILL what is left."""
         pid = int(record.get("pid", 0))
         if not _is_our_process(pid, record.get("config", "")):
             return f"service process {pid} was not running"
         _signal_group(pid, signal.SIGTERM)
+        how = ""
         if not _wait_gone(pid, 10.0):
             _signal_group(pid, signal.SIGKILL)
             _wait_gone(pid, 5.0)
-            return f"stopped service process {pid} (forcefully, after 10 s)"
-        return f"stopped service process {pid}"
+            how = " (forcefully, after 10 s)"
+        return f"stopped service process {pid}{how}"
 
     def logs(self, record: Mapping[str, Any], service_dir: Path, *, tail: int) -> str:
         return tail_file(Path(record.get("log", service_dir / "service.log")), tail)
+
+
+def resources(spec: Spec) -> dict[str, Any]:
+    """The spec's resources as the host enforces them: cores -> worker processes, GB -> a hard limit in MB."""
+    return {"workers": workers_for(spec.deploy.cpu_cores), "memory_limit_mb": int(spec.deploy.memory_gb * 1024),
+            "request_timeout_ms": spec.deploy.request_timeout_ms}
+
+
+def _isolate_model(model_path: Path, model_dir: Path) -> Path:
+    """The service's own copy of the model (a hard link when possible): a later fetch that fails the
+    evaluate gate replaces the store's file, and must not change what a restarted worker loads."""
+    if model_dir.parent.parent.exists():
+        shutil.rmtree(model_dir.parent.parent)
+    model_dir.mkdir(parents=True)
+    try:
+        os.link(model_path, model_dir / model_path.name)
+    except OSError:
+        shutil.copy2(model_path, model_dir / model_path.name)
+    return model_dir
+
+
+def _keys(service_dir: Path, auth: bool) -> Path | None:
+    """Keys survive redeploys while auth stays on (clients keep working); generated once, stored 0600."""
+    keys_file = service_dir / "keys.json"
+    if not auth:
+        keys_file.unlink(missing_ok=True)
+        return None
+    try:
+        keys = json.loads(keys_file.read_text())
+        if isinstance(keys, dict) and keys.get("primary") and keys.get("secondary"):
+            return keys_file
+    except (OSError, ValueError):
+        pass
+    keys = {"primary": secrets.token_urlsafe(32), "secondary": secrets.token_urlsafe(32)}
+    atomic_write(keys_file, json.dumps(keys).encode(), mode=0o600)
+    return keys_file
+
+
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 def service_config(spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path | None, ready_file: Path | None,
@@ -159,9 +205,7 @@ def service_config(spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path |
         "app_root": str(app_dir),
         "host": "127.0.0.1",
         "port": port,
-        "workers": workers_for(spec.deploy.cpu_cores),
-        "memory_limit_mb": int(spec.deploy.memory_gb * 1024),
-        "request_timeout_ms": spec.deploy.request_timeout_ms,
+        **resources(spec),
         "keys_file": str(keys_file) if keys_file else None,
         "swagger": openapi.document(spec),
         "features": spec.scoring.features,  # lets the host answer 400, not 500, when a user's run() chokes on a short row
