@@ -41,7 +41,11 @@ class StateError(PipelineError):
 
 
 class StageFailed(PipelineError):
-    """A stage ran and failed (a gate, a deployment, a smoke test)."""
+    """A stage ran and failed (a gate, a deployment, a smoke test); `outputs` tell the report what it saw."""
+
+    def __init__(self, message: str, outputs: dict | None = None) -> None:
+        super().__init__(message)
+        self.outputs = outputs or {}
 
 
 class TargetError(PipelineError):

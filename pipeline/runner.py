@@ -60,6 +60,11 @@ class Plan:
         """True when run would do anything (for --detailed-exitcode)."""
         return any(s.action == "run" for s in self.steps)
 
+    @property
+    def failures(self) -> list[str]:
+        """Stages already known to fail: plan cannot be applied as it stands."""
+        return [f"{s.stage}: {s.reason}" for s in self.steps if s.action == "run" and s.reason.startswith("will fail")]
+
     def to_dict(self) -> dict[str, Any]:
         out = []
         for s in self.steps:
@@ -187,9 +192,12 @@ def execute(ctx: Context, the_plan: Plan, *, command: str, cleanup: bool = False
                 # inputs again, now that earlier stages ran: what this stage records is what it used
                 fresh = module.inputs(ctx) if (step.inputs is None or hasattr(module, "AFTER")) else step.inputs
                 outcome: Outcome = module.run(ctx, step)
-            except PipelineError as exc:
+            except (PipelineError, OSError) as exc:
                 ctx.console.clear_progress()
-                results.append(Result(step.stage, "failed", time.perf_counter() - t0, str(exc)))
+                if isinstance(exc, StageFailed) and exc.outputs:
+                    ctx.outputs[step.stage] = exc.outputs  # what the failed stage saw goes into this run's report
+                detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
+                results.append(Result(step.stage, "failed", time.perf_counter() - t0, detail))
                 yield_result(ctx, results[-1])
                 failed = True
                 continue
@@ -240,9 +248,3 @@ def _record_history(ctx: Context, command: str, started: float, results: Sequenc
 def exit_code(results: Sequence[Result]) -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
-
-def first_failure(results: Sequence[Result]) -> StageFailed | None:
-    for r in results:
-        if r.status == "failed":
-            return StageFailed(f"{r.stage}: {r.detail}")
-    return None

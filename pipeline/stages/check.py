@@ -6,7 +6,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-from pipeline.context import Context, plain
+from pipeline.context import Context
 from pipeline.errors import StageFailed
 
 # distribution name -> module to import; the versions recorded here go into the report
@@ -28,10 +28,18 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# what unpickling and predicting depend on: evaluate and smoke rerun when one of these changes
+MODEL_RUNTIME = ("numpy", "scikit-learn", "joblib", "skops")
+
+
+def model_runtime(ctx: Context) -> dict[str, str | None]:
+    """Versions of the libraries a model's answers depend on, from package metadata (no imports)."""
+    return {"python": platform.python_version(), **{dist: _version(dist) for dist in MODEL_RUNTIME}}
+
+
 def inputs(ctx: Context) -> dict[str, Any]:
-    # versions come from package metadata (cheap); importing them is left to run()
-    return {"spec": plain(ctx.spec.data), "python": platform.python_version(),
-            "target": ctx.spec.deploy.target,
+    # only what check looks at (the spec itself was validated on loading); versions come from metadata
+    return {"python": platform.python_version(), "target": ctx.spec.deploy.target, "format": ctx.spec.model.format,
             "packages": {dist: _version(dist) for dist in sorted(_needed(ctx))}}
 
 

@@ -21,7 +21,8 @@ def inputs(ctx: Context) -> dict[str, Any] | None:
     data = plain(ctx.spec.data)
     # only the chosen target's block counts: switching off aks settings on a local service changes nothing
     others = {"local", "azureml", "kubernetes"} - {{"local": "local", "kubernetes": "kubernetes"}.get(ctx.spec.deploy.target, "azureml")}
-    deploy = {k: v for k, v in data["deploy"].items() if k not in others}
+    # ready_timeout_s is how long we wait, not a property of the service: changing it redeploys nothing
+    deploy = {k: v for k, v in data["deploy"].items() if k not in others and k != "ready_timeout_s"}
     return {"name": ctx.spec.name, "description": ctx.spec.description, "tags": data["tags"],
             "target": ctx.spec.deploy.target, "deploy": deploy, "model": {"name": ctx.spec.model.name,
             "version": ctx.spec.model.version, "sha256": model},
@@ -129,6 +130,9 @@ def run(ctx: Context, step: Any) -> Any:
     if not fetched.get("path") or not build.get("dir"):
         raise StageFailed("needs a fetched model and rendered files: run fetch and render first")
     new_inputs = inputs(ctx)
+    from pipeline import render
+
+    render.write_files(Path(build["dir"]), ctx.rendered)  # ship exactly what was rendered, not a hand-edited build
     previous = ctx.state.get("service")
     if previous and previous.get("target") != ctx.spec.deploy.target:
         remove(ctx)  # moving to another target: the old service must not keep running unseen

@@ -32,8 +32,10 @@ def inputs(ctx: Context) -> dict[str, Any] | None:
     model = model_digest(ctx)
     if model is None:
         return None
+    from pipeline.stages import check
+
     return {"model": model, "format": ctx.spec.model.format, "trusted": list(ctx.spec.model.trusted_types),
-            "test": test_inputs(ctx), "min_accuracy": ctx.spec.test.min_accuracy}
+            "test": test_inputs(ctx), "min_accuracy": ctx.spec.test.min_accuracy, "runtime": check.model_runtime(ctx)}
 
 
 def stale(ctx: Context, record: dict[str, Any]) -> str:
@@ -57,17 +59,21 @@ def run(ctx: Context, step: Any) -> Any:
         ctx.console.progress(f"evaluate: {done:,} of {total:,} rows ({100 * done / max(total, 1):.0f}%)")
 
     result = evaluate.evaluate(model, dataset, progress=progress)
-    ctx.paths.eval.mkdir(parents=True, exist_ok=True)
-    plot = evaluate.plot_confusion(result.confusion, ctx.paths.eval / "confusion.png", result.labels)
+    passed = result.accuracy >= spec.test.min_accuracy
+    # a failed gate writes beside, never over, the outputs of the last success that later skips rely on
+    folder = ctx.paths.eval if passed else ctx.paths.eval / "failed"
+    folder.mkdir(parents=True, exist_ok=True)
+    plot = evaluate.plot_confusion(result.confusion, folder / "confusion.png", result.labels)
     record = result.to_dict() | {"min_accuracy": spec.test.min_accuracy, "model_sha256": fetched.get("sha256")}
-    evaluation = ctx.paths.eval / "evaluation.json"
+    evaluation = folder / "evaluation.json"
     atomic_write(evaluation, (json.dumps(record, indent=2) + "\n").encode())
     matrix = evaluate.format_confusion(result.confusion)
+    outputs = {"accuracy": result.accuracy, "n": result.n, "evaluation": str(evaluation),
+               "confusion_png": str(plot), "model_sha256": fetched.get("sha256")}
     try:
         evaluate.check_gate(result, spec.test.min_accuracy)
     except StageFailed as exc:
-        raise StageFailed(f"{exc}; nothing was deployed; confusion matrix in {plot}\n{matrix}") from None
+        raise StageFailed(f"{exc}; nothing was deployed; confusion matrix in {plot}\n{matrix}", outputs) from None
     detail = (f"accuracy {result.accuracy:.4f} on {result.n:,} test images (gate {spec.test.min_accuracy:g})\n"
               f"{matrix}\nOverall accuracy: {result.accuracy:.4f}")
-    return Outcome(detail, {"accuracy": result.accuracy, "n": result.n, "evaluation": str(evaluation),
-                            "confusion_png": str(plot), "model_sha256": fetched.get("sha256")})
+    return Outcome(detail, outputs)

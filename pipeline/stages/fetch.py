@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline.context import Context
 from pipeline.errors import ModelError
-from pipeline.spec import RegistrySource
+from pipeline.spec import RegistrySource, Spec
 
 PICKLE_FORMATS = ("joblib", "pickle")
 
@@ -37,21 +37,26 @@ def stale(ctx: Context, record: dict[str, Any]) -> str:
     return "" if path.is_file() else f"the fetched model is missing from the store ({path})"
 
 
+def source_for(spec: Spec) -> Any:
+    """The model source of a spec; a pickle-based model must be pinned before anything fetches it."""
+    from pipeline import models
+
+    model = spec.model
+    if model.sha256 is None and model.format in PICKLE_FORMATS:
+        detail = "" if isinstance(model.source, RegistrySource) else f": sha256: {models.sha256_file(model.source)}"
+        raise ModelError(f"model.sha256 is not pinned: loading a {model.format} file runs code stored in it, "
+                         f"so review the file and pin its digest in the spec{detail}")
+    if isinstance(model.source, RegistrySource):
+        return models.AzureMLRegistrySource(model.name, model.version, model.source.workspace_config)
+    return models.LocalSource(model.source)
+
+
 def run(ctx: Context, step: Any) -> Any:
     from pipeline import models
     from pipeline.stages import Outcome
 
     spec = ctx.spec.model
-    if spec.sha256 is None and spec.format in PICKLE_FORMATS and not isinstance(spec.source, RegistrySource):
-        inputs(ctx)  # raises the message with the digest to pin
-    if isinstance(spec.source, RegistrySource):
-        if spec.sha256 is None and spec.format in PICKLE_FORMATS:
-            raise ModelError(f"model.sha256 is not pinned: loading a {spec.format} file runs code stored in it; "
-                             f"pin the registered file's digest in the spec (model.sha256)")
-        source: Any = models.AzureMLRegistrySource(spec.name, spec.version, spec.source.workspace_config)
-    else:
-        source = models.LocalSource(spec.source)
-    path = models.fetch_model(source, ctx.paths.models, spec.name, spec.version, spec.sha256)
+    path = models.fetch_model(source_for(ctx.spec), ctx.paths.models, spec.name, spec.version, spec.sha256)
     digest = models.sha256_file(path)
     return Outcome(f"{spec.name}:{spec.version} sha256 {digest[:12]}… -> {path.parent}",
                    {"path": str(path), "model_dir": str(path.parent), "sha256": digest})

@@ -19,6 +19,13 @@ def inputs(ctx: Context) -> dict[str, Any]:
     return {"stages": {s: (ctx.state["stages"].get(s) or {}).get("digest") for s in AFTER}}
 
 
+def stale(ctx: Context, record: dict[str, Any]) -> str:
+    where = record["outputs"].get("dir")
+    if where != str(folder(ctx)) or not (folder(ctx) / "report.md").is_file():
+        return f"{folder(ctx) / 'report.md'} is missing"
+    return ""
+
+
 def folder(ctx: Context) -> Path:
     return states.reports_root() / ctx.spec.name
 

@@ -18,7 +18,7 @@ PROBABILITY_TOLERANCE = 1e-9
 
 
 def inputs(ctx: Context) -> dict[str, Any] | None:
-    from pipeline.stages import evaluate
+    from pipeline.stages import check, evaluate
 
     service = ctx.state.get("service")
     if not service:
@@ -26,7 +26,8 @@ def inputs(ctx: Context) -> dict[str, Any] | None:
     test = ctx.spec.test
     return {"service": {"uri": service.get("scoring_uri"), "deployed_at": service.get("deployed_at")},
             "model": evaluate.model_digest(ctx), "test": evaluate.test_inputs(ctx),
-            "sample_size": test.sample_size, "seed": test.seed, "output": ctx.spec.scoring.output}
+            "sample_size": test.sample_size, "seed": test.seed, "output": ctx.spec.scoring.output,
+            "runtime": check.model_runtime(ctx)}
 
 
 def sample_indices(n: int, size: int, seed: int) -> list[int]:
@@ -113,15 +114,17 @@ def run(ctx: Context, step: Any) -> Any:
     single_ok = len(single) == 1 and _same(single[0], local[0], spec.scoring.output)
     labels = dataset.y[indices].tolist() if dataset.y is not None else None
     shown = answers if spec.scoring.output == "labels" else [int(np.argmax(a)) for a in answers]
+    agree = not wrong and single_ok
     png = None
     side = int(math.isqrt(spec.scoring.features))
     if side * side == spec.scoring.features and labels is not None:
-        png = plot_samples(X, labels, shown, ctx.paths.eval / "samples.png", side)
+        folder = ctx.paths.eval if agree else ctx.paths.eval / "failed"  # never over the last success's figure
+        png = plot_samples(X, labels, shown, folder / "samples.png", side)
     seconds = sorted(r.seconds for r in replies)
     latency = {"min": seconds[0] * 1000, "p50": seconds[len(seconds) // 2] * 1000, "max": seconds[-1] * 1000}
     accuracy = float(np.mean(np.asarray(shown) == np.asarray(labels))) if labels is not None else None
     outputs = {"uri": uri, "indices": indices, "answers": answers, "local": local, "labels": labels,
-               "agree": not wrong and single_ok, "sample_accuracy": accuracy, "latency_ms": latency, "bytes_sent": len(body),
+               "agree": agree, "sample_accuracy": accuracy, "latency_ms": latency, "bytes_sent": len(body),
                "requests": REPEATS + 1, "samples_png": str(png) if png else None}
     if wrong or not single_ok:
         listed = "; ".join(f"test image #{i}: service {g!r}, local {w!r}" for i, g, w in wrong[:5])
@@ -130,7 +133,7 @@ def run(ctx: Context, step: Any) -> Any:
         if not single_ok:
             what += f"; the single-image request for test image #{one} answered {single!r}, local {local[0]!r}"
         raise StageFailed(f"{what}; the service's environment differs from the evaluated one (compare myenv.yml "
-                          f"with the versions in the report)")
+                          f"with the versions in the report)", outputs)
     acc = f", sample accuracy {accuracy:.2f}" if accuracy is not None else ""
     detail = (f"{len(indices)} images agree with the local model{acc}; latency p50 {latency['p50']:.1f} ms "
               f"(min {latency['min']:.1f}, max {latency['max']:.1f}), {len(body):,} bytes per request")
