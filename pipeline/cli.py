@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 import traceback
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from pipeline import __version__
 from pipeline.console import Console
 from pipeline.errors import PipelineError, SpecError
+from pipeline.stages import STAGES
 
-STAGES = ("check", "fetch", "evaluate", "render", "deploy", "smoke", "report")
 
 EPILOG = """exit codes: 0 success; 1 a stage failed; 2 invalid spec or usage, nothing ran; 130 interrupted.
 plan --detailed-exitcode: 0 no changes, 2 changes pending, 1 error."""
@@ -115,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     console = Console()
+    detailed = "--detailed-exitcode" in argv  # plan: 2 means changes pending, so every error must be 1
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -125,24 +129,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sys.stdout.write(spec.reference() if args.markdown else spec.SCHEMA_PATH.read_text(encoding="utf-8"))
             return 0
-        if args.only and args.to_stage if hasattr(args, "only") else False:
+        if getattr(args, "only", None) and args.to_stage:
             raise _ArgError("pipeline: error: --only cannot be combined with --to")
         console = Console(quiet=getattr(args, "quiet", False))
         module = importlib.import_module(f"pipeline.commands.{args.command}")
-        return int(module.main(args, console))
+        with _sigterm_interrupts():
+            return int(module.main(args, console))
     except _Exit as exc:
         return exc.status
     except _ArgError as exc:
         console.error(str(exc))
-        return 2
+        return 1 if detailed else 2
     except SpecError as exc:
         for message in exc.messages:
             console.error(message)
-        return exc.exit_code
+        return 1 if detailed else exc.exit_code
     except PipelineError as exc:
         console.clear_progress()
         console.error(f"error: {exc}")
-        return exc.exit_code
+        return 1 if detailed else exc.exit_code
     except KeyboardInterrupt:
         console.clear_progress()
         console.error("interrupted")
@@ -154,6 +159,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.error("internal error: this is a bug in pipeline; please report it with the traceback below")
         console.error(traceback.format_exc().rstrip())
         return 1
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, `timeout`) cleans up like Ctrl-C: no half-started service is left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main_exit() -> None:

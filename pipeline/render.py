@@ -119,8 +119,8 @@ def render_all(spec: Spec) -> dict[str, str]:
     from pipeline import targets
 
     target = targets.get(spec.deploy.target)
-    files = render(spec, extra_pip=target.extra_pip_packages(spec))
     env = environment(spec.templates)
+    files = render(spec, extra_pip=target.extra_pip_packages(spec), env=env)
     for name, text in target.render(spec, env, context(spec)).items():
         if name in files:
             raise RenderError(f"target {spec.deploy.target!r} renders {name}, which is already rendered")
@@ -128,9 +128,9 @@ def render_all(spec: Spec) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def render(spec: Spec, extra_pip: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+def render(spec: Spec, extra_pip: list[str] | tuple[str, ...] = (), env: Any = None) -> dict[str, str]:
     """score.py and myenv.yml of a spec as {file name: text}; deterministic, nothing written."""
-    env = environment(spec.templates)
+    env = env or environment(spec.templates)
     values = context(spec)
     pip = values["environment"]["pip_packages"]
     pip.extend(p for p in extra_pip if p not in pip)

@@ -10,8 +10,9 @@ from pipeline.console import Console
 from pipeline.context import Context
 
 
-def context(args: argparse.Namespace, console: Console) -> Context:
-    loaded = specs.load(args.spec)
+def context(args: argparse.Namespace, console: Console, *, check_files: bool = True) -> Context:
+    """check_files=False for commands that only touch the service: a moved data file must not block delete."""
+    loaded = specs.load(args.spec, check_files=check_files)
     paths = states.Paths.for_name(loaded.name)
     return Context(spec=loaded, paths=paths, state=states.load(paths), console=console)
 

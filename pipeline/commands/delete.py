@@ -10,7 +10,7 @@ from pipeline.stages import deploy
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    ctx = context(args, console)
+    ctx = context(args, console, check_files=False)
     with states.locked(ctx.paths, f"delete {args.spec}"):
         ctx.state = states.load(ctx.paths)
         if not ctx.state.get("service"):

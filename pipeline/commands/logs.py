@@ -12,7 +12,7 @@ from pipeline.errors import UsageError
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    ctx = context(args, console)
+    ctx = context(args, console, check_files=False)
     record = ctx.state.get("service")
     if not record:
         raise UsageError(f"{ctx.spec.name}: no service is deployed; `run` it first")

@@ -18,6 +18,9 @@ def main(args: argparse.Namespace, console: Console) -> int:
     else:
         print_plan(console, the_plan, ctx.spec.name, args.spec, ctx.spec.deploy.target)
     if args.detailed_exitcode:
+        if the_plan.failures:
+            console.error("plan: run would fail: " + "; ".join(the_plan.failures))
+            return 1
         return 2 if the_plan.changes else 0
     return 0
 
@@ -29,7 +32,7 @@ def print_plan(console: Console, the_plan: runner.Plan, name: str, path: str, ta
         colour = {"run": "yellow", "skip": "dim"}.get(step.action, "dim")
         label = step.action
         if step.change and step.action == "run":
-            label = step.change.action
+            label = step.change.action if step.change.action != "no-op" else "redeploy"  # --force
         console.print(f"  {step.stage:<9} {console.paint(f'{label:<13}', colour)} {step.reason}")
         if step.change and step.stage == "deploy" and step.action != "not selected":
             for path_, old, new in step.change.fields:

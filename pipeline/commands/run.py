@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from pipeline import runner
@@ -13,8 +14,8 @@ from pipeline.console import Console
 
 def main(args: argparse.Namespace, console: Console) -> int:
     start = time.perf_counter()
-    if args.json:
-        console = Console(quiet=True)
+    if args.json:  # stdout holds the JSON document alone; a failed stage's lines go to stderr
+        console = Console(out=sys.stderr, quiet=True)
     ctx = context(args, console)
     with states.locked(ctx.paths, f"run {args.spec}"):
         ctx.state = states.load(ctx.paths)  # re-read under the lock
@@ -24,7 +25,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
     code = runner.exit_code(results)
     seconds = time.perf_counter() - start
     if args.json:
-        console.always(json.dumps({"spec": ctx.spec.name, "ok": code == 0, "seconds": round(seconds, 3),
+        print(json.dumps({"spec": ctx.spec.name, "ok": code == 0, "seconds": round(seconds, 3),
                                    "service": (ctx.state.get("service") or {}).get("scoring_uri"),
                                    "stages": [{"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3),
                                                "detail": r.detail} for r in results]}, indent=2, default=str))

@@ -6,20 +6,14 @@ import argparse
 from pipeline import models, render
 from pipeline.commands._common import context
 from pipeline.console import Console
-from pipeline.errors import ModelError
-from pipeline.spec import RegistrySource
+from pipeline.stages import fetch
 from pipeline.targets import local
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
     ctx = context(args, console)
     spec = ctx.spec.model
-    if spec.sha256 is None and spec.format in ("joblib", "pickle"):
-        raise ModelError(f"model.sha256 is not pinned: loading a {spec.format} file runs code stored in it; "
-                         f"`python -m pipeline plan {args.spec}` prints the digest to pin")
-    source = (models.AzureMLRegistrySource(spec.name, spec.version, spec.source.workspace_config)
-              if isinstance(spec.source, RegistrySource) else models.LocalSource(spec.source))
-    path = models.fetch_model(source, ctx.paths.models, spec.name, spec.version, spec.sha256)
+    path = models.fetch_model(fetch.source_for(ctx.spec), ctx.paths.models, spec.name, spec.version, spec.sha256)
     app_dir = ctx.paths.root / "serve"
     render.write_files(app_dir, render.render(ctx.spec))
     port = ctx.spec.deploy.local["port"] if args.port is None else args.port

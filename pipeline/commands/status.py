@@ -15,7 +15,7 @@ def _mask(key: str) -> str:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    ctx = context(args, console)
+    ctx = context(args, console, check_files=False)
     record = ctx.state.get("service")
     if args.uri:
         if not record:
@@ -31,7 +31,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
         state = "live" if live.healthy and not live.drift else "drifted" if live.healthy else "down" if live.reachable else "unknown"
         out |= {"state": state, "detail": live.detail, "drift": list(live.drift), "scoring_uri": record.get("scoring_uri"),
                 "swagger_uri": record.get("swagger_uri"), "model": record.get("model"), "model_sha256": record.get("model_sha256"),
-                "deployed_at": record.get("deployed_at"), "matches_spec": None}
+                "deployed_at": record.get("deployed_at")}
         if smoke:
             so = smoke.get("outputs", {})
             out["last_smoke"] = {"at": smoke.get("at"), "agree": so.get("agree"), "sample_accuracy": so.get("sample_accuracy"),
