@@ -236,3 +236,29 @@ def test_python_m_pipeline_exit_codes() -> None:
     assert usage.returncode == 2 and "usage: pipeline" in usage.stderr and "Traceback" not in usage.stderr
     helped = python_m("--help")
     assert helped.returncode == 0 and helped.stdout.startswith("usage: pipeline")
+
+
+def test_plan_detailed_exitcode_reports_errors_as_1_never_2(run_cli, tmp_path, monkeypatch):
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "state"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: pipeline/v1\n")
+    assert run_cli("plan", bad, "--detailed-exitcode").code == 1          # invalid spec
+    assert run_cli("plan", tmp_path / "none.yaml", "--detailed-exitcode").code == 1  # missing file
+    assert run_cli("plan", "specs/mnist.yaml", "--detailed-exitcode", "--from", "smoke", "--to", "check").code == 1
+    assert run_cli("plan", "specs/mnist.yaml", "--detailed-exitcode", "--bogus").code == 1
+    assert run_cli("plan", "specs/mnist.yaml", "--detailed-exitcode").code == 2  # nothing ran yet: changes
+    assert run_cli("plan", bad).code == 2  # without the flag, an invalid spec is the usual 2
+
+
+def test_run_json_keeps_stdout_pure_when_a_stage_fails(run_cli, project):
+    import json as _json
+
+    spec = project / "specs" / "mnist.yaml"
+    spec.write_text(spec.read_text().replace("min_accuracy: 0.85", "min_accuracy: 0.99"))
+    result = run_cli("run", "specs/mnist.yaml", "--json")
+    assert result.code == 1
+    doc = _json.loads(result.out)
+    assert doc["ok"] is False and "evaluate" in result.err

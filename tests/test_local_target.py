@@ -98,3 +98,52 @@ def test_a_service_that_answers_wrong_digits_fails_the_smoke_test(project, run_c
     assert "the single-image request for test image #" in line
     assert "answers differ from the local model's" in line and "test image #" in line
     assert "environment differs from the evaluated one" in line
+
+
+def test_keys_survive_a_redeploy_and_go_with_delete(project, run_cli):
+    _edit(project / SPEC, "auth: false", "auth: true")
+    assert run_cli("run", SPEC).code == 0
+    keys_file = project / ".pipeline" / "sklearn-mnist-svc" / "service" / "keys.json"
+    keys = keys_file.read_text()
+    redeployed = run_cli("run", SPEC, "--only", "deploy", "--force")
+    assert redeployed.code == 0, redeployed.out
+    assert keys_file.read_text() == keys  # clients keep working across a redeploy
+    assert run_cli("delete", SPEC).code == 0
+    assert not keys_file.exists()
+
+
+def test_the_service_serves_its_own_copy_of_the_model(project, run_cli):
+    assert run_cli("run", SPEC).code == 0
+    record = _state(project)["service"]
+    served = Path(record["model_file"])
+    store = Path(_state(project)["stages"]["fetch"]["outputs"]["path"])
+    assert served != store and served.read_bytes() == store.read_bytes()
+    # a later fetch replaces the store's file (e.g. a model that then fails the gate): the service's stays
+    replacement = store.with_name("incoming")
+    replacement.write_bytes(b"not the reviewed model")
+    replacement.replace(store)
+    assert served.read_bytes() == (ROOT / "examples/mnist/sklearn_mnist_model.pkl").read_bytes()
+    assert "live" in run_cli("status", SPEC).out
+
+
+def test_delete_status_and_logs_work_when_a_data_file_moved(project, run_cli):
+    assert run_cli("run", SPEC).code == 0
+    labels = project / "examples" / "mnist" / "data" / "test-labels.gz"
+    labels.rename(labels.with_suffix(".moved"))
+    assert run_cli("status", SPEC).code == 0
+    assert run_cli("logs", SPEC).code == 0
+    deleted = run_cli("delete", SPEC)
+    assert deleted.code == 0 and "deleted" in deleted.out
+    assert run_cli("run", SPEC).code == 2  # run still needs every file
+
+
+def test_a_removed_report_is_written_again(project, run_cli):
+    assert run_cli("run", SPEC, "--to", "evaluate").code == 0
+    assert run_cli("run", SPEC, "--only", "report").code == 0
+    import shutil
+
+    shutil.rmtree(project / "reports")
+    plan = json.loads(run_cli("plan", SPEC, "--only", "report", "--json").out)
+    assert plan["steps"][-1]["action"] == "run" and "report.md is missing" in plan["steps"][-1]["reason"]
+    assert run_cli("run", SPEC, "--only", "report").code == 0
+    assert (project / "reports" / "sklearn-mnist-svc" / "report.md").is_file()

@@ -64,7 +64,7 @@ def test_full_run_then_noop_then_tag_change(project, run_cli):
     changed = [l for l in plan.out.splitlines() if re.match(r"\s+[~+-] [\w.]+: ", l)]
     assert len(changed) == 2, changed  # exactly the two tag fields, nothing else
     steps = {s["stage"]: s["action"] for s in json.loads(run_cli("plan", SPEC, "--json").out)["steps"]}
-    assert steps == {"check": "run", "fetch": "skip", "evaluate": "skip", "render": "run", "deploy": "run",
+    assert steps == {"check": "skip", "fetch": "skip", "evaluate": "skip", "render": "run", "deploy": "run",
                      "smoke": "run", "report": "run"}
 
     third = run_cli("run", SPEC)
@@ -140,6 +140,7 @@ def test_force_only_from_to(project, run_cli):
 
 
 def test_gate_fails_before_deploy(project, run_cli):
+    assert run_cli("run", SPEC, "--to", "evaluate").code == 0
     _edit(project / SPEC, "min_accuracy: 0.85", "min_accuracy: 0.99")
     result = run_cli("run", SPEC)
     assert result.code == 1
@@ -147,7 +148,23 @@ def test_gate_fails_before_deploy(project, run_cli):
     statuses = _statuses(result.out)
     assert statuses["evaluate"] == "failed" and statuses["deploy"] == "not run" and statuses["report"] == "ran"
     assert _state(project)["service"] is None
-    assert (project / ".pipeline" / "sklearn-mnist-svc" / "eval" / "confusion.png").is_file()
+    evaluated = project / ".pipeline" / "sklearn-mnist-svc" / "eval"
+    assert (evaluated / "failed" / "confusion.png").is_file()
+    report = json.loads((project / "reports" / "sklearn-mnist-svc" / "report.json").read_text())
+    assert report["evaluation"]["min_accuracy"] == 0.99  # the report shows the failing evaluation
+
+    # back to the reviewed gate: the last success is reused as it was, not the failed run's files
+    _edit(project / SPEC, "min_accuracy: 0.99", "min_accuracy: 0.85")
+    again = run_cli("run", SPEC, "--to", "evaluate")
+    assert again.code == 0 and _statuses(again.out)["evaluate"] == "skipped"
+    assert json.loads((evaluated / "evaluation.json").read_text())["min_accuracy"] == 0.85
+
+
+def test_ready_timeout_and_integral_floats_change_nothing(project, run_cli):
+    assert run_cli("run", SPEC).code == 0
+    _edit(project / SPEC, "memory_gb: 1\n", "memory_gb: 1.0\n  ready_timeout_s: 900\n")
+    plan = run_cli("plan", SPEC, "--detailed-exitcode")
+    assert plan.code == 0, plan.out  # the same service: no redeploy, no rotated keys
 
 
 def test_changed_model_byte_stops_before_loading(project, run_cli):
@@ -234,3 +251,30 @@ def test_cleanup_deletes_after_a_passing_smoke_test(project, run_cli):
     as_json = run_cli("run", SPEC, "--json", "--cleanup")
     doc = json.loads(as_json.out)
     assert doc["ok"] is True and [s["stage"] for s in doc["stages"]][-1] == "cleanup"
+
+
+def test_sigterm_during_deploy_leaves_no_unrecorded_service(project, run_cli):
+    assert run_cli("run", SPEC, "--to", "render").code == 0
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", SPEC], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config = project / ".pipeline" / "sklearn-mnist-svc" / "service" / "config.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not config.exists():  # deploy has begun starting the host
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    recorded = _state(project)["service"]
+    running = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).find(str(config)) >= 0]
+    if recorded is None:  # interrupted: what was started was stopped again
+        assert proc.returncode == 130
+        assert running == [], "an interrupted deploy left its service running"
+    else:  # the deploy won the race and the service is recorded: the fixture stops it
+        assert running
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
