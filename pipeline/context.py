@@ -25,9 +25,19 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # YAML's 1 and 1.0 are the same setting
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def digest(value: Any) -> str:
-    """A canonical digest of JSON-able data: key order, whitespace and tuples vs lists do not matter."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    """A canonical digest of JSON-able data: key order, whitespace, tuples vs lists, 1 vs 1.0 do not matter."""
+    text = json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
