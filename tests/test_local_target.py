@@ -147,3 +147,30 @@ def test_a_removed_report_is_written_again(project, run_cli):
     assert plan["steps"][-1]["action"] == "run" and "report.md is missing" in plan["steps"][-1]["reason"]
     assert run_cli("run", SPEC, "--only", "report").code == 0
     assert (project / "reports" / "sklearn-mnist-svc" / "report.md").is_file()
+
+
+def test_serve_runs_the_service_in_the_foreground_until_interrupted(project):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", SPEC, "--port", "0"], cwd=project,
+                            env=os.environ | {"PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    try:
+        uri = None
+        for line in proc.stderr:
+            found = re.search(r"ready: \d+ worker\(s\) on (http://127\.0\.0\.1:\d+/score)", line)
+            if found:
+                uri = found.group(1)
+                break
+        assert uri, "the service never said it was ready"
+        status, body = _post(uri, (ROOT / "examples/mnist/sample.json").read_bytes())
+        assert status == 200 and json.loads(body) == [2, 5, 1]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -17,9 +17,11 @@ def main(args: argparse.Namespace, console: Console) -> int:
     app_dir = ctx.paths.root / "serve"
     render.write_files(app_dir, render.render(ctx.spec))
     port = ctx.spec.deploy.local["port"] if args.port is None else args.port
-    config = local.service_config(ctx.spec, app_dir, path.parent, None, None, port)
+    keys = local.keys_for(ctx.paths.root / "serve-keys", ctx.spec.deploy.auth)
+    config = local.service_config(ctx.spec, app_dir, path.parent, keys, None, port)
     from pipeline.serve.config import ServeConfig
     from pipeline.serve.supervisor import serve
 
-    console.error(f"serving {ctx.spec.name} on 127.0.0.1 (Ctrl-C stops it); auth is off in the foreground")
+    auth = f"; Authorization: Bearer <key> from {keys} is required" if keys else ""
+    console.error(f"serving {ctx.spec.name} on 127.0.0.1 (Ctrl-C stops it){auth}")
     return serve(ServeConfig.from_dict(config))

@@ -56,7 +56,7 @@ class LocalTarget:
         for name in APP_FILES:
             shutil.copy2(request.build_dir / name, app_dir / name)
         model_dir = _isolate_model(request.model_path, service_dir / "model" / spec.model.name / str(spec.model.version))
-        keys_file = _keys(service_dir, spec.deploy.auth)
+        keys_file = keys_for(service_dir, spec.deploy.auth)
         ready_file = service_dir / "ready.json"
         ready_file.unlink(missing_ok=True)
         config = service_config(spec, app_dir, model_dir, keys_file, ready_file,
@@ -171,7 +171,7 @@ def _isolate_model(model_path: Path, model_dir: Path) -> Path:
     return model_dir
 
 
-def _keys(service_dir: Path, auth: bool) -> Path | None:
+def keys_for(service_dir: Path, auth: bool) -> Path | None:
     """Keys survive redeploys while auth stays on (clients keep working); generated once, stored 0600."""
     keys_file = service_dir / "keys.json"
     if not auth:
