@@ -59,7 +59,8 @@ def markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     if plan:
         lines += ["### Plan", "", "| stage | action | why |", "|---|---|---|"]
         for s in plan["steps"]:
-            lines.append(f"| {s['stage']} | {s['action']} | {_cell(s['reason'])} |")
+            action = s["deploy"]["action"] if s.get("deploy") and s["action"] == "run" else s["action"]
+            lines.append(f"| {s['stage']} | {action} | {_cell(s['reason'])} |")
         for s in plan["steps"]:
             if s.get("deploy") and s["deploy"]["fields"]:
                 lines += ["", f"**deploy: {s['deploy']['action']}**", "", "| field | before | after |", "|---|---|---|"]
