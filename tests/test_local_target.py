@@ -174,3 +174,13 @@ def test_serve_runs_the_service_in_the_foreground_until_interrupted(project):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_memory_limit_too_small_fails_the_deploy_as_a_container_would(project, run_cli):
+    assert run_cli("run", SPEC).code == 0  # an earlier, healthy deploy writes to the same log
+    _edit(project / SPEC, "memory_gb: 1", "memory_gb: 0.05")
+    result = run_cli("run", SPEC)
+    assert result.code == 1
+    failure = result.out[result.out.index("deploy    failed"):result.out.index("smoke ")]
+    assert "out of memory: worker" in failure and "limit 51 MB" in failure
+    assert failure.count("starting 1 worker(s)") == 1  # only this deploy's lines, not the earlier one's

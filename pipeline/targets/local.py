@@ -22,6 +22,7 @@ from pipeline.spec import Spec
 from pipeline.targets.base import DeployRequest, Live, Reply
 
 APP_FILES = ("score.py", "myenv.yml")
+DEPLOY_MARKER = "--- deploy"
 
 
 def workers_for(cpu_cores: float) -> int:
@@ -65,7 +66,7 @@ class LocalTarget:
         atomic_write(config_file, json.dumps(config, indent=2).encode())
         log_file = service_dir / "service.log"
         with open(log_file, "ab") as log:
-            log.write(f"--- deploy at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
+            log.write(f"{DEPLOY_MARKER} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
             log.flush()
             process = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.serve", str(config_file)],
@@ -236,6 +237,15 @@ def read_keys(service_dir: Path) -> dict[str, str]:
         raise TargetError(f"cannot read the service keys in {service_dir / 'keys.json'}: {exc}") from None
 
 
+def _this_deploy(path: Path, lines: int) -> str:
+    """The tail of the log written since the last deploy marker: earlier deploys' lines only mislead."""
+    text = tail_file(path, 2000)
+    marker = text.rfind(DEPLOY_MARKER)
+    if marker >= 0:
+        text = text[text.index("\n", marker) + 1:] if "\n" in text[marker:] else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def tail_file(path: Path, lines: int) -> str:
     """The last `lines` lines of a log file, read from its end."""
     try:
@@ -272,11 +282,11 @@ def _wait_ready(process: subprocess.Popen[bytes], ready_file: Path, log_file: Pa
             code = process.poll()
             if code is not None:
                 raise TargetError(f"the service exited with code {code} before it was ready; "
-                                  f"last lines of {log_file}:\n{_indent(tail_file(log_file, 20))}")
+                                  f"last lines of {log_file}:\n{_indent(_this_deploy(log_file, 20))}")
             if time.monotonic() > deadline:
                 _stop(process)
                 raise TargetError(f"the service was not ready after {timeout_s} s (deploy.ready_timeout_s); "
-                                  f"last lines of {log_file}:\n{_indent(tail_file(log_file, 20))}")
+                                  f"last lines of {log_file}:\n{_indent(_this_deploy(log_file, 20))}")
             request.console.progress(f"deploy: waiting for the service to be ready ({time.monotonic() - start:.1f} s)")
             time.sleep(0.05)
     except KeyboardInterrupt:
