@@ -257,6 +257,8 @@ def serve(config: ServeConfig, stop: threading.Event | None = None) -> int:
 
 def main(argv: list[str]) -> int:
     """`python -m pipeline.serve CONFIG_JSON`: no traceback for an expected failure."""
+    # the deploy that started us held SIGINT/SIGTERM while it did; a blocked mask is inherited
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print("usage: python -m pipeline.serve CONFIG_JSON", file=sys.stderr)
         return 2

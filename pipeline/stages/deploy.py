@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +149,16 @@ def run(ctx: Context, step: Any) -> Any:
             ctx.state["service"] = None  # the local target stopped the old service before starting anew
             states.save(ctx.paths, ctx.state)
         raise
-    record = dict(record) | {"inputs": new_inputs, "digest": digest(new_inputs), "deployed_at": ctx.clock(),
-                             "model_sha256": fetched.get("sha256"), "model": f"{ctx.spec.model.name}:{ctx.spec.model.version}"}
-    ctx.state["service"] = record
+    # a service that runs is recorded before anything else can happen: hold Ctrl-C/SIGTERM until it is saved
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        record = dict(record) | {"inputs": new_inputs, "digest": digest(new_inputs), "deployed_at": ctx.clock(),
+                                 "model_sha256": fetched.get("sha256"), "model": f"{ctx.spec.model.name}:{ctx.spec.model.version}"}
+        ctx.state["service"] = record
+        states.save(ctx.paths, ctx.state)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     _snapshot(ctx, Path(build["dir"]))
-    states.save(ctx.paths, ctx.state)
     verb = {"create": "created", "update": "updated", "replace": "replaced"}.get(step.change.action if step.change else "", "deployed")
     return Outcome(f"{verb} {record.get('scoring_uri', '')}", {"scoring_uri": record.get("scoring_uri"),
                    "deployed_at": record["deployed_at"]}, inputs=new_inputs, digest=record["digest"])

@@ -65,15 +65,27 @@ class LocalTarget:
         config_file = service_dir / "config.json"
         atomic_write(config_file, json.dumps(config, indent=2).encode())
         log_file = service_dir / "service.log"
-        with open(log_file, "ab") as log:
-            log.write(f"{DEPLOY_MARKER} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
-            log.flush()
-            process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.serve", str(config_file)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=app_dir, start_new_session=True, env=_child_env(),
-            )
-        ready = _wait_ready(process, ready_file, log_file, spec.deploy.ready_timeout_s, request)
+        process = None
+        try:
+            # Ctrl-C or SIGTERM while the host starts must find it in `process` to stop it: hold both
+            # signals until Popen has returned (the host unblocks them for itself at start).
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                with open(log_file, "ab") as log:
+                    log.write(f"{DEPLOY_MARKER} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
+                    log.flush()
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "pipeline.serve", str(config_file)],
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                        cwd=app_dir, start_new_session=True, env=_child_env(),
+                    )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            ready = _wait_ready(process, ready_file, log_file, spec.deploy.ready_timeout_s, request)
+        except BaseException:
+            if process is not None and process.poll() is None:
+                _stop(process)  # an interrupted or failed deploy leaves no half-started service behind
+            raise
         return {
             "target": self.name,
             "pid": process.pid,
@@ -272,26 +284,21 @@ def _wait_ready(process: subprocess.Popen[bytes], ready_file: Path, log_file: Pa
                 request: DeployRequest) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     start = time.monotonic()
-    try:
-        while True:
-            if ready_file.exists():
-                try:
-                    return json.loads(ready_file.read_text())
-                except ValueError:
-                    pass  # being written; the next poll sees it whole
-            code = process.poll()
-            if code is not None:
-                raise TargetError(f"the service exited with code {code} before it was ready; "
-                                  f"last lines of {log_file}:\n{_indent(_this_deploy(log_file, 20))}")
-            if time.monotonic() > deadline:
-                _stop(process)
-                raise TargetError(f"the service was not ready after {timeout_s} s (deploy.ready_timeout_s); "
-                                  f"last lines of {log_file}:\n{_indent(_this_deploy(log_file, 20))}")
-            request.console.progress(f"deploy: waiting for the service to be ready ({time.monotonic() - start:.1f} s)")
-            time.sleep(0.05)
-    except KeyboardInterrupt:
-        _stop(process)  # an interrupted deploy leaves no half-started service behind
-        raise
+    while True:
+        if ready_file.exists():
+            try:
+                return json.loads(ready_file.read_text())
+            except ValueError:
+                pass  # being written; the next poll sees it whole
+        code = process.poll()
+        if code is not None:
+            raise TargetError(f"the service exited with code {code} before it was ready; "
+                              f"last lines of {log_file}:\n{_indent(_this_deploy(log_file, 20))}")
+        if time.monotonic() > deadline:
+            raise TargetError(f"the service was not ready after {timeout_s} s (deploy.ready_timeout_s); "
+                              f"last lines of {log_file}:\n{_indent(_this_deploy(log_file, 20))}")
+        request.console.progress(f"deploy: waiting for the service to be ready ({time.monotonic() - start:.1f} s)")
+        time.sleep(0.05)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
