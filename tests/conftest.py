@@ -54,6 +54,27 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     yield root
     _stop_services(root / ".pipeline")
+    _stop_strays(root)
+
+
+def _stop_strays(root: Path) -> None:
+    """Any process still running from this project's folder (a service a failed test never recorded), by PID."""
+    import os
+    import signal
+
+    marker = str(root).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def _stop_services(home: Path) -> None:
