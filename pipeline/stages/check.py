@@ -15,9 +15,15 @@ PACKAGES = {"numpy": "numpy", "scikit-learn": "sklearn", "joblib": "joblib", "ma
 
 
 def _needed(ctx: Context) -> dict[str, str]:
+    from pipeline.spec import RegistrySource
+
     needed = dict(PACKAGES)
     if ctx.spec.model.format == "skops":
         needed["skops"] = "skops"
+    if ctx.spec.deploy.target in ("aci", "aks") or isinstance(ctx.spec.model.source, RegistrySource):
+        needed["azureml-core"] = "azureml.core"   # the azure extra
+    if ctx.spec.deploy.target == "azureml-online":
+        needed["azure-ai-ml"] = "azure.ai.ml"     # the azure-v2 extra
     return needed
 
 
@@ -52,7 +58,8 @@ def run(ctx: Context, step: Any) -> Any:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            problems.append(f"{dist} does not import ({exc}); install it with: pip install {dist}")
+            extra = {"azureml-core": " (or pip install '.[azure]')", "azure-ai-ml": " (or pip install '.[azure-v2]')"}.get(dist, "")
+            problems.append(f"{dist} does not import ({exc}); install it with: pip install {dist}{extra}")
             continue
         versions[dist] = _version(dist) or "unknown"
     if problems:
