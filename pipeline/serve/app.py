@@ -16,6 +16,7 @@ from pipeline.serve.script import (
     ScoringScript,
     call_with_timeout,
     describe_bad_input,
+    dumps,
     encode_output,
 )
 
@@ -175,9 +176,15 @@ class ScoringApp:
         except BatchFailed:
             await _internal(send, "predict_rows", request_id, ids)
             return
+        try:
+            body = dumps(labels)  # orjson, or json for what it refuses (e.g. an object array of strings)
+        except Exception:  # noqa: BLE001  an answer that cannot be JSON is predict_rows()'s bug: a JSON 500
+            log.exception("predict_rows() returned something that cannot be encoded as JSON")
+            await _internal(send, "predict_rows", request_id, ids)
+            return
         elapsed = b"%.3f" % ((time.perf_counter() - started) * 1000)
         headers = [*ids, (b"content-type", JSON_TYPE), (b"x-ms-run-fn-exec-ms", elapsed), _OK_RUN]
-        await _respond(send, 200, orjson.dumps(labels, option=orjson.OPT_SERIALIZE_NUMPY), headers)
+        await _respond(send, 200, body, headers)
 
     async def _score_run(self, scope: Scope, body: bytes, request_id: bytes, ids: Headers, send: Send) -> None:
         # Azure passes run() the body decoded as UTF-8 text; a body that isn't is the client's fault.

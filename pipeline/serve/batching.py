@@ -154,8 +154,9 @@ class MicroBatcher:
             return
         # The alarm fires only when every request in the batch is past its deadline.
         budget = max(item[2] for item in live) - now
-        matrix = live[0][0] if len(live) == 1 else numpy.concatenate([item[0] for item in live])
         try:
+            # inside the try: rows that cannot be joined (another width) fall back to one request at a time
+            matrix = live[0][0] if len(live) == 1 else numpy.concatenate([item[0] for item in live])
             labels = call_with_timeout(self._predict_rows, budget, matrix)
             if len(labels) != len(matrix):
                 raise ValueError(f"predict_rows returned {len(labels)} items for {len(matrix)} rows")

@@ -138,6 +138,9 @@ def describe_bad_input(body: bytes, exc: BaseException, features: int | None = N
     that is not `{"data": [[numbers...], ...]}` with equal-length rows of finite numbers is
     too.  Anything else stays a 500: the host can't tell a bug from bad data.
     """
+    # the exception first: an AttributeError (say) is the script's bug whatever the body looks like
+    if not isinstance(exc, (ValueError, KeyError, TypeError, IndexError)):
+        return None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -145,11 +148,11 @@ def describe_bad_input(body: bytes, exc: BaseException, features: int | None = N
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError as error:
+        if not isinstance(exc, ValueError):  # json.loads fails with ValueError; a KeyError is the script's own
+            return None
         if _has_non_finite_constant(text):
             return "body has NaN or Infinity, which JSON does not allow"
         return f"body is not valid JSON: {error}"
-    if not isinstance(exc, (ValueError, KeyError, TypeError, IndexError)):
-        return None
     return describe_rows(document, features)
 
 
@@ -183,7 +186,7 @@ def describe_rows(document: Any, features: int | None = None) -> str | None:
             return f"row {index} has {len(row)} values, expected {width} like row 0"
         for column, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return f"row {index} column {column} is not a number: {value!r}"
+                return f"row {index} column {column} is not a number: {repr(value)[:40]}"
             if isinstance(value, float) and not math.isfinite(value):
                 return f"row {index} column {column} is not finite"
     return None
