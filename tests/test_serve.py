@@ -338,6 +338,16 @@ def test_killed_worker_is_replaced_and_memory_limit_enforced(start: Any) -> None
     assert all(service.post({}).status_code == 200 for _ in range(10))
 
 
+def test_a_memory_spike_between_polls_is_still_caught(start: Any) -> None:
+    service = start("score_misbehave.py", memory_limit_mb=400, workers=1)
+    try:
+        service.post({"spike_mb": 500})  # freed at once: only the peak since the last poll can see it
+    except requests.ConnectionError:
+        pass  # or the poll came in the middle of it, as a container's kill would
+    wait_for(lambda: service.events()["counts"]["out_of_memory"] == 1)
+    assert "limit 400 MB" in service.log()
+
+
 def test_sigterm_finishes_in_flight_requests_and_exits_0(start: Any) -> None:
     service = start("score_misbehave.py", workers=1)
     with ThreadPoolExecutor(1) as pool:

@@ -23,6 +23,9 @@ POLL_S = 0.2
 # A process tree's children are rescanned this often (it walks /proc); RSS itself every poll.
 CHILD_SCAN_S = 2.0
 MAX_BACKOFF_S = 30.0
+# A worker that dies (or is killed for memory) sooner than this after it became ready counts as a failed
+# start for the back-off: replacing it in a tight loop would drop requests forever.
+STABLE_S = 10.0
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 log = setup_logging()
@@ -32,6 +35,7 @@ log = setup_logging()
 class Worker:
     process: subprocess.Popen[bytes]
     ready: bool = False
+    ready_at: float = 0.0
     killed_for_memory: bool = False
     children: list[psutil.Process] = field(default_factory=list)
 
@@ -125,7 +129,7 @@ class Supervisor:
                 continue
             if kind == "ready":
                 worker.ready = True
-                self.failures = 0
+                worker.ready_at = time.monotonic()
             elif kind == "failed" and not self.started:
                 raise TargetError(f"worker {pid_text} failed to start: {reason}")
 
@@ -135,15 +139,20 @@ class Supervisor:
             if code is None:
                 continue
             self.workers.remove(worker)
-            if not self.started and not worker.ready:
-                raise TargetError(f"worker {worker.pid} exited with code {code} before it was ready; see the log above")
-            if not worker.ready:
+            if not self.started:  # any worker lost before the whole service is up is a failed start
+                raise TargetError(f"worker {worker.pid} exited with code {code} before the service was ready; "
+                                  "see the log above")
+            if worker.ready and time.monotonic() - worker.ready_at >= STABLE_S:
+                self.failures = 0  # it served a while: the next replacement starts at once
+            if not worker.ready or time.monotonic() - worker.ready_at < STABLE_S:
                 # A replacement that can't start (or whose init() alone passes the memory limit)
                 # is retried with backoff, not in a tight loop.
                 self.failures += 1
                 delay = min(MAX_BACKOFF_S, 2.0 ** self.failures)
                 self.next_spawn = time.monotonic() + delay
-                log.error("worker %d exited with code %s before it was ready; retrying in %.0f s", worker.pid, code, delay)
+                when = "before it was ready" if not worker.ready else \
+                    f"{time.monotonic() - worker.ready_at:.1f} s after it became ready"
+                log.error("worker %d exited with code %s %s; retrying in %.0f s", worker.pid, code, when, delay)
             elif not worker.killed_for_memory:  # an out-of-memory kill was logged when it was made
                 log.error("worker %d exited with code %s; replacing it", worker.pid, code)
             if not worker.killed_for_memory:
@@ -151,7 +160,7 @@ class Supervisor:
 
     def _publish(self) -> None:
         """Write the ready file once every worker is up, and again whenever the set of workers changes."""
-        ready = sorted(w.pid for w in self.workers if w.ready)
+        ready = sorted(w.pid for w in self.workers if w.ready and not w.killed_for_memory)
         if not self.started:
             if len(ready) < self.config.workers:
                 return
@@ -228,6 +237,21 @@ class Supervisor:
 
 
 def _rss(process: int | psutil.Process) -> int:
+    """Resident memory at its peak since the last poll, so that a spike between polls still counts.
+
+    Linux keeps the high-water mark (VmHWM) and resets it when 5 is written to clear_refs; a container's
+    limit sees every spike, and so must this. Elsewhere, the current RSS.
+    """
+    pid = process.pid if isinstance(process, psutil.Process) else process
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            peak = next((int(line.split()[1]) * 1024 for line in f if line.startswith(b"VmHWM:")), None)
+        if peak is not None:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+            return peak
+    except (OSError, ValueError):
+        pass
     try:
         target = process if isinstance(process, psutil.Process) else psutil.Process(process)
         return int(target.memory_info().rss)

@@ -26,6 +26,10 @@ def run(raw_data):
     if "alloc_mb" in body:
         # Touch every page so the memory is resident, not just reserved.
         _hoard.append(np.ones(body["alloc_mb"] * 2**20 // 8))
+    if "spike_mb" in body:
+        # Resident for a moment only, then freed: a container's limit still sees it.
+        spike = np.ones(body["spike_mb"] * 2**20 // 8)
+        del spike
     if body.get("raise"):
         raise RuntimeError("the score script failed on purpose")
     if body.get("return") == "str":
