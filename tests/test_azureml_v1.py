@@ -476,7 +476,7 @@ def test_probe_without_credentials_is_unreachable_with_a_reason(tmp_path, monkey
 
 def test_probe_without_config_json_is_unreachable_with_a_reason(tmp_path, monkeypatch):
     (tmp_path / "home" / ".azure").mkdir(parents=True)
-    (tmp_path / "home" / ".azure" / "azureProfile.json").write_text("{}")  # "logged in"
+    (tmp_path / "home" / ".azure" / "azureProfile.json").write_text('{"subscriptions": [{"id": "s"}]}')  # "logged in"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("AZURE_CONFIG_DIR", raising=False)
     monkeypatch.chdir(tmp_path / "home")  # Workspace.from_config() searches here and upwards
@@ -615,3 +615,22 @@ def test_live_aci_deploy_probe_score_delete(tmp_path):
         assert target.logs(record, req.service_dir, tail=20).strip()
     finally:
         print(target.delete(record, req.service_dir))
+
+
+def test_workspace_auth_never_prompts_fake_workspace_boundary(tmp_path):
+    """A service principal authenticates without a prompt; a logged-out az profile counts as no login."""
+    from azureml.core.authentication import ServicePrincipalAuthentication
+
+    from pipeline.targets import azureml_common as common
+    from pipeline.targets.azureml_v1_api import non_interactive_auth
+
+    sp = {"AZUREML_SERVICE_PRINCIPAL_ID": "id", "AZUREML_SERVICE_PRINCIPAL_PASSWORD": "pw",
+          "AZUREML_SERVICE_PRINCIPAL_TENANT_ID": "tenant"}
+    assert isinstance(non_interactive_auth(sp), ServicePrincipalAuthentication)
+    assert non_interactive_auth({}) is None
+    profile = tmp_path / ".azure" / "azureProfile.json"
+    profile.parent.mkdir()
+    profile.write_text('\ufeff{"installationId": "x", "subscriptions": []}', encoding="utf-8")
+    assert "no Azure credentials" in common.credentials_problem({"HOME": str(tmp_path)}, home=tmp_path)
+    profile.write_text('\ufeff{"subscriptions": [{"id": "s", "isDefault": true}]}', encoding="utf-8")
+    assert common.credentials_problem({"HOME": str(tmp_path)}, home=tmp_path) is None

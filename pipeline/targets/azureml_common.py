@@ -88,10 +88,19 @@ def credentials_problem(environ: Mapping[str, str] | None = None, home: Path | N
         Path(environ.get("AZUREML_AUTH_CONFIG_DIR") or home / ".azureml" / "auth") / "azureProfile.json",
         Path(environ.get("AZURE_CONFIG_DIR") or home / ".azure") / "azureProfile.json",
     ]
-    if any(p.is_file() for p in profiles):
+    if any(_logged_in(p) for p in profiles):
         return None
     return ("no Azure credentials: run `az login`, or set " + ", ".join(SP_ENV)
             + " for a service principal")
+
+
+def _logged_in(profile: Path) -> bool:
+    """`az logout` leaves azureProfile.json behind with no subscriptions: that is no login."""
+    try:
+        data = json.loads(profile.read_text(encoding="utf-8-sig"))  # the az CLI writes a BOM
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(data, dict) and data.get("subscriptions"))
 
 
 def reason(exc: BaseException) -> str:

@@ -18,7 +18,30 @@ def default_workspace(config: Path | None) -> Any:
     from azureml.core import Workspace
 
     # Without a path the SDK searches the working folder and its parents (and .azureml/) for config.json.
-    return Workspace.from_config(path=str(config)) if config else Workspace.from_config()
+    auth = non_interactive_auth()
+    return Workspace.from_config(path=str(config), auth=auth) if config else Workspace.from_config(auth=auth)
+
+
+def non_interactive_auth(environ: Any = None) -> Any:
+    """A service principal or managed identity when configured: they fail instead of prompting.
+
+    Otherwise None: the SDK then uses the `az login` profile, which credentials_problem() checked
+    holds a subscription (a logged-out profile would make the SDK start a device-code login).
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    if all(environ.get(name) for name in common.SP_ENV):
+        from azureml.core.authentication import ServicePrincipalAuthentication
+
+        return ServicePrincipalAuthentication(tenant_id=environ["AZUREML_SERVICE_PRINCIPAL_TENANT_ID"],
+                                              service_principal_id=environ["AZUREML_SERVICE_PRINCIPAL_ID"],
+                                              service_principal_password=environ["AZUREML_SERVICE_PRINCIPAL_PASSWORD"])
+    if environ.get("MSI_ENDPOINT"):
+        from azureml.core.authentication import MsiAuthentication
+
+        return MsiAuthentication()
+    return None
 
 
 class AzureMLv1Api:
