@@ -108,9 +108,14 @@ def _serve(app: object, sock: socket.socket, config: ServeConfig) -> int:
             backlog=2048,
         )
     )
-    # uvicorn re-raises the signal that stopped it; a no-op handler makes that a clean exit 0.
+    # Until uvicorn installs its own handlers, a SIGTERM (the supervisor died: PR_SET_PDEATHSIG) must
+    # still stop the server; afterwards uvicorn re-raises the signal that stopped it, and this handler
+    # makes that a clean exit 0. A no-op here would swallow a SIGTERM that comes during start-up.
+    def stop(signum: int, frame: object) -> None:
+        server.should_exit = True
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
+        signal.signal(signum, stop)
     server.run(sockets=[sock])
     log.info("worker %d: stopped", os.getpid())
     return 0
