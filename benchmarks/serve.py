@@ -5,7 +5,8 @@ Run from the repository root:  .venv/bin/python benchmarks/serve.py [--duration 
 Configurations, two workers each, all on 127.0.0.1, the same model file, measured in interleaved rounds:
   a  Microsoft's server (gunicorn + Flask, its CLI's gunicorn settings) hosting the tutorial's score.py
   b  pipeline.serve hosting the same unchanged tutorial score.py (run() per request)
-  c  pipeline.serve hosting score_fast.py (parse_rows/predict_rows: micro-batching)
+  c  pipeline.serve hosting the score.py that `render` writes for specs/mnist.yaml
+     (parse_rows/predict_rows: micro-batching): the product's own path
 """
 from __future__ import annotations
 
@@ -154,14 +155,27 @@ def run_wrk(url: str, lua: Path, connections: int, duration: int) -> dict[str, A
     return result
 
 
+# the tutorial's script, and (set in main) the product's rendered one, under the names the tables use
+SCRIPTS: dict[str, Path] = {"score_tutorial": DATA / "score_tutorial.py", "score_rendered": DATA / "score_fast.py"}  # replaced by the rendered one in main
+
+
+def render_product_script(workdir: Path) -> Path:
+    """score.py exactly as `python -m pipeline render specs/mnist.yaml` writes it."""
+    from pipeline import render, spec
+
+    folder = workdir / "rendered"
+    render.write_files(folder, render.render(spec.load(ROOT / "specs" / "mnist.yaml")))
+    return folder / "score.py"
+
+
 def in_process_timings(model_dir: Path, bodies: dict[int, Path]) -> dict[str, float]:
     """Median run() time in this process, the floor an HTTP host adds its overhead to (ms)."""
     import importlib.util
 
     os.environ["AZUREML_MODEL_DIR"] = str(model_dir)
     timings = {}
-    for name in ("score_tutorial", "score_fast"):
-        spec = importlib.util.spec_from_file_location(name, DATA / f"{name}.py")
+    for name in ("score_tutorial", "score_rendered"):
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS[name])
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -199,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         timing_rounds: list[dict[str, float]] = []
         # All three run at once (idle ones cost nothing) so each cell's a, b and c are measured
         # seconds apart, in rounds: on a shared machine, noise then hits them alike.
-        servers["a"] = start_microsoft(DATA / "score_tutorial.py", model_dir, workdir)
-        servers["b"] = start_ours(DATA / "score_tutorial.py", model_dir, workdir, "ours-tutorial")
-        servers["c"] = start_ours(DATA / "score_fast.py", model_dir, workdir, "ours-fast")
+        SCRIPTS["score_rendered"] = render_product_script(workdir)
+        servers["a"] = start_microsoft(SCRIPTS["score_tutorial"], model_dir, workdir)
+        servers["b"] = start_ours(SCRIPTS["score_tutorial"], model_dir, workdir, "ours-tutorial")
+        servers["c"] = start_ours(SCRIPTS["score_rendered"], model_dir, workdir, "ours-rendered")
         results: dict[str, Any] = {"runs": {}, "rss_mb": {}, "duration_s": duration, "repeat": repeat}
         for key, (process, _url) in servers.items():
             results["rss_mb"][key] = {"idle": tree_rss_mb(process.pid)}
@@ -236,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 def format_table(results: dict[str, Any]) -> str:
     runs = results["runs"]
     lines = [
-        "| body | conns | a: MS + tutorial req/s | b: ours + tutorial req/s | c: ours + fast req/s | b/a | c/a "
+        "| body | conns | a: MS + tutorial req/s | b: ours + tutorial req/s | c: ours + rendered req/s | b/a | c/a "
         "| p50 a / b / c (ms) | p99 a / b / c (ms) | non-2xx a/b/c |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -254,10 +269,10 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"| {phase} | " + " | ".join(f"{rss[key][phase]:.0f}" for key in "abc") + " |")
     t = results["timings_ms"]
     lines += ["", "| in-process run() median (ms) | 1 img | 30 img |", "|---|---|---|"]
-    for name in ("score_tutorial", "score_fast"):
+    for name in ("score_tutorial", "score_rendered"):
         lines.append(f"| {name}.py | {t[f'{name} 1']:.3f} | {t[f'{name} 30']:.3f} |")
     # What the host adds to run() for one client: HTTP, the body's transfer, JSON encoding.
-    for key, name in (("a", "score_tutorial"), ("b", "score_tutorial"), ("c", "score_fast")):
+    for key, name in (("a", "score_tutorial"), ("b", "score_tutorial"), ("c", "score_rendered")):
         extra = [runs[f"{key} {count} 1"]["p50_us"] / 1000 - t[f"{name} {count}"] for count in (1, 30)]
         lines.append(f"| {key}: p50 at 1 conn minus {name}.py run() | {extra[0]:+.3f} | {extra[1]:+.3f} |")
     return "\n".join(lines)
