@@ -24,7 +24,8 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, 
 from pipeline import render, spec as specs  # noqa: E402
 from pipeline.console import Console  # noqa: E402
 from pipeline.errors import RenderError, SpecError, TargetError, UsageError  # noqa: E402
-from pipeline.targets import azureml_common as common  # noqa: E402
+from pipeline.targets import azureml_common as common
+from pipeline.targets import keys  # noqa: E402
 from pipeline.targets.azureml_online import OnlineTarget  # noqa: E402
 from pipeline.targets.base import DeployRequest  # noqa: E402
 
@@ -321,7 +322,7 @@ def test_deploy_fake_client_creates_endpoint_deployment_then_routes_traffic(tmp_
     }
     keys = req.service_dir / "keys.json"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
-    assert json.loads(keys.read_text())["primaryKey"] == "primary-secret-key"
+    assert json.loads(keys.read_text())["primary"] == "primary-secret-key"
     assert "secret" not in json.dumps(record)
 
 
@@ -438,7 +439,7 @@ def test_missing_sdk_is_a_usage_error_and_an_unreachable_probe(tmp_path, monkeyp
 # -- invoke, delete, logs ---------------------------------------------------------------------
 def test_invoke_posts_with_the_endpoint_key_to_the_deployment(tmp_path, scoring_server):
     uri, seen = scoring_server
-    common.write_keys(tmp_path, "primary-secret-key", "secondary-secret-key")
+    keys.write(tmp_path, "primary-secret-key", "secondary-secret-key")
     target = OnlineTarget(client_factory=lambda c: pytest.fail("invoke with a key needs no client"))
     reply = target.invoke({**RECORD, "scoring_uri": uri}, b'{"data": [[0]]}', timeout=5, service_dir=tmp_path)
     assert (reply.status, reply.body) == (200, b"[7, 2]")
@@ -455,7 +456,7 @@ def test_invoke_fake_client_aml_token(tmp_path, scoring_server):
 
 
 def test_delete_fake_client_deletes_the_endpoint_and_its_keys(tmp_path):
-    common.write_keys(tmp_path, "k1", "k2")
+    keys.write(tmp_path, "k1", "k2")
     target, client, _ = fake_client_target()
     assert target.delete(RECORD, tmp_path) == "deleted endpoint sklearn-mnist-online and its deployment blue"
     assert client.log == [("online_endpoints.begin_delete", {"name": "sklearn-mnist-online"}), ("result", {"timeout": None})]

@@ -25,7 +25,8 @@ from azureml.core.webservice.aks import AksServiceDeploymentConfiguration  # noq
 from pipeline import render, spec as specs  # noqa: E402
 from pipeline.console import Console  # noqa: E402
 from pipeline.errors import SpecError, TargetError, UsageError  # noqa: E402
-from pipeline.targets import azureml_common as common  # noqa: E402
+from pipeline.targets import azureml_common as common
+from pipeline.targets import keys  # noqa: E402
 from pipeline.targets import azureml_v1  # noqa: E402
 from pipeline.targets.azureml_v1 import AciTarget, AksTarget, AzureMLv1Api  # noqa: E402
 from pipeline.targets.base import DeployRequest  # noqa: E402
@@ -326,7 +327,7 @@ def test_deploy_fake_workspace_with_auth_stores_keys_0600_and_never_in_the_recor
     record = target.deploy(req)
     keys = req.service_dir / "keys.json"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
-    assert json.loads(keys.read_text()) == {"primaryKey": "primary-secret-key", "secondaryKey": "secondary-secret-key"}
+    assert json.loads(keys.read_text()) == {"primary": "primary-secret-key", "secondary": "secondary-secret-key"}
     assert "secret" not in json.dumps(record)
     assert record["auth"] is True
     assert api.svc.calls[-1] == ("get_keys", {})
@@ -546,7 +547,7 @@ def scoring_server():
 
 def test_invoke_posts_with_the_stored_key(tmp_path, scoring_server):
     uri, seen = scoring_server
-    common.write_keys(tmp_path, "primary-secret-key", "secondary-secret-key")
+    keys.write(tmp_path, "primary-secret-key", "secondary-secret-key")
     target = AciTarget(workspace_factory=lambda c: pytest.fail("invoke with a key needs no workspace"))
     reply = target.invoke({**RECORD, "scoring_uri": uri, "auth": True}, b'{"data": [[0]]}', timeout=5, service_dir=tmp_path)
     assert (reply.status, reply.body) == (200, b"[7, 2]")
@@ -572,7 +573,7 @@ def test_invoke_without_keys_file_says_deploy_again(tmp_path):
 
 
 def test_delete_fake_workspace_deletes_the_service_and_its_keys(tmp_path):
-    common.write_keys(tmp_path, "k1", "k2")
+    keys.write(tmp_path, "k1", "k2")
     target, api, ws, _ = fake_target()
     line = target.delete(RECORD, tmp_path)
     assert line == "deleted ACI service sklearn-mnist-aci from workspace mlws (registered model sklearn_mnist:7 kept)"

@@ -7,6 +7,7 @@ from pipeline import models, render
 from pipeline.commands._common import context
 from pipeline.console import Console
 from pipeline.stages import fetch
+from pipeline.targets import keys as auth_keys
 from pipeline.targets import local
 
 
@@ -17,7 +18,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
     app_dir = ctx.paths.root / "serve"
     render.write_files(app_dir, render.render(ctx.spec))
     port = ctx.spec.deploy.local["port"] if args.port is None else args.port
-    keys = local.keys_for(ctx.paths.root / "serve-keys", ctx.spec.deploy.auth)
+    keys = auth_keys.ensure(ctx.paths.root / "serve-keys", ctx.spec.deploy.auth)
     config = local.service_config(ctx.spec, app_dir, path.parent, keys, None, port)
     from pipeline.serve.config import ServeConfig
     from pipeline.serve.supervisor import serve

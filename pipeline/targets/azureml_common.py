@@ -19,7 +19,6 @@ from pipeline.errors import TargetError, UsageError
 
 EXTRA_V1 = "azure"
 EXTRA_V2 = "azure-v2"
-KEYS_FILE = "keys.json"
 UNREACHABLE = "cannot reach the Azure ML workspace"
 LOG_LINES = 40  # lines of the service's own log shown with a failed deployment
 
@@ -150,27 +149,6 @@ def logs_section(read: Callable[[int], str | None], what: str) -> str:
 def log_tail(text: str | None, lines: int) -> str:
     rows = (text or "").rstrip("\n").splitlines()
     return "\n".join(rows[-lines:]) if lines > 0 else ""
-
-
-def write_keys(service_dir: Path, primary: str, secondary: str | None) -> Path:
-    """Store the service keys for the smoke test: mode 0600, never printed, never in the record."""
-    from pipeline.files import atomic_write
-
-    path = service_dir / KEYS_FILE
-    atomic_write(path, json.dumps({"primaryKey": primary, "secondaryKey": secondary}).encode(), mode=0o600)
-    return path
-
-
-def read_key(service_dir: Path) -> str:
-    path = service_dir / KEYS_FILE
-    try:
-        return str(json.loads(path.read_text(encoding="utf-8"))["primaryKey"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TargetError(f"cannot read the service key in {path} ({type(exc).__name__}); deploy again to fetch it") from None
-
-
-def remove_keys(service_dir: Path) -> None:
-    (service_dir / KEYS_FILE).unlink(missing_ok=True)
 
 
 def http_post(uri: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes, float, dict[str, str]]:

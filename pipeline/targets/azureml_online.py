@@ -11,6 +11,7 @@ from pipeline.errors import RenderError, TargetError, UsageError
 from pipeline.render import check_yaml, render_template
 from pipeline.spec import RegistrySource, Spec
 from pipeline.targets import azureml_common as common
+from pipeline.targets import keys as keyfile
 from pipeline.targets.base import DeployRequest, Live, Reply
 
 ClientFactory = Callable[[Path | None], Any]
@@ -193,9 +194,9 @@ class OnlineTarget:
             live_deployment = client.online_deployments.get(name=DEPLOYMENT, endpoint_name=name)
             if endpoint.auth_mode == "key":
                 keys = client.online_endpoints.get_keys(name=name)
-                common.write_keys(request.service_dir, keys.primary_key, keys.secondary_key)
+                keyfile.write(request.service_dir, keys.primary_key, keys.secondary_key)
             else:
-                common.remove_keys(request.service_dir)  # tokens are fetched fresh for each request
+                keyfile.remove(request.service_dir)  # tokens are fetched fresh for each request
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"endpoint {name}: {common.excerpt(exc)}") from None
         from pipeline.files import sha256_path
@@ -265,7 +266,7 @@ class OnlineTarget:
                 raise TargetError(f"cannot get a token for endpoint {record['endpoint']}: {common.reason(exc)}") from None
             headers["Authorization"] = "Bearer " + token
         else:
-            headers["Authorization"] = "Bearer " + common.read_key(service_dir)
+            headers["Authorization"] = "Bearer " + keyfile.read_primary(service_dir)
         status, data, seconds, got = common.http_post(record["scoring_uri"], body, headers, timeout)
         return Reply(status, data, seconds, got)
 
@@ -277,9 +278,9 @@ class OnlineTarget:
         except Exception as exc:  # noqa: BLE001
             if not common.is_not_found(exc):
                 raise TargetError(f"deleting endpoint {name}: {common.reason(exc)}") from None
-            common.remove_keys(service_dir)
+            keyfile.remove(service_dir)
             return f"endpoint {name} was not found in the workspace (already deleted)"
-        common.remove_keys(service_dir)
+        keyfile.remove(service_dir)
         return f"deleted endpoint {name} and its deployment {record.get('deployment', DEPLOYMENT)}"
 
     def logs(self, record: Mapping[str, Any], service_dir: Path, *, tail: int) -> str:

@@ -11,6 +11,7 @@ from pipeline.errors import RenderError, TargetError, UsageError
 from pipeline.render import render_template
 from pipeline.spec import RegistrySource, Spec
 from pipeline.targets import azureml_common as common
+from pipeline.targets import keys as keyfile
 from pipeline.targets.azureml_v1_api import AzureMLv1Api, WorkspaceFactory, default_workspace
 from pipeline.targets.base import DeployRequest, Live, Reply
 
@@ -111,9 +112,9 @@ class _WebserviceTarget:
             except Exception as exc:  # noqa: BLE001
                 raise TargetError(f"{self.kind} service {spec.name} is healthy, but its keys could not be read: "
                                   f"{common.reason(exc)}") from None
-            common.write_keys(request.service_dir, primary, secondary)
+            keyfile.write(request.service_dir, primary, secondary)
         else:
-            common.remove_keys(request.service_dir)  # a key from an earlier deploy would only mislead
+            keyfile.remove(request.service_dir)  # a key from an earlier deploy would only mislead
         return {
             "target": self.name,
             "service": spec.name,
@@ -199,7 +200,7 @@ class _WebserviceTarget:
         """An HTTP POST as the tutorial's requests.post: service.run() would hide the status and the raw body."""
         headers = {}
         if record.get("auth"):
-            headers["Authorization"] = "Bearer " + common.read_key(service_dir)
+            headers["Authorization"] = "Bearer " + keyfile.read_primary(service_dir)
         elif record.get("token_auth"):  # AKS tokens expire: fetch a fresh one through the SDK
             service = self._service(record)
             try:
@@ -217,14 +218,14 @@ class _WebserviceTarget:
         except Exception as exc:  # noqa: BLE001
             if not common.is_not_found(exc):
                 raise TargetError(f"cannot read {self.kind} service {name}: {common.reason(exc)}") from None
-            common.remove_keys(service_dir)
+            keyfile.remove(service_dir)
             return f"{self.kind} service {name} was not found in workspace {ws.name} (already deleted)"
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the SDK prints its polling dots
                 service.delete()
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"deleting {self.kind} service {name}: {common.reason(exc)}") from None
-        common.remove_keys(service_dir)
+        keyfile.remove(service_dir)
         kept = f" (registered model {record['model_id']} kept)" if record.get("model_id") else ""
         return f"deleted {self.kind} service {name} from workspace {ws.name}{kept}"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pipeline import openapi
 from pipeline.errors import TargetError
 from pipeline.files import atomic_write, sha256_path
 from pipeline.spec import Spec
+from pipeline.targets import keys
 from pipeline.targets.base import DeployRequest, Live, Reply
 
 APP_FILES = ("score.py", "myenv.yml")
@@ -57,7 +57,7 @@ class LocalTarget:
         for name in APP_FILES:
             shutil.copy2(request.build_dir / name, app_dir / name)
         model_dir = _isolate_model(request.model_path, service_dir / "model" / spec.model.name / str(spec.model.version))
-        keys_file = keys_for(service_dir, spec.deploy.auth)
+        keys_file = keys.ensure(service_dir, spec.deploy.auth)
         ready_file = service_dir / "ready.json"
         ready_file.unlink(missing_ok=True)
         config = service_config(spec, app_dir, model_dir, keys_file, ready_file,
@@ -131,7 +131,7 @@ class LocalTarget:
     def invoke(self, record: Mapping[str, Any], body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         headers = {"Content-Type": "application/json"}
         if record.get("auth"):
-            headers["Authorization"] = "Bearer " + read_keys(service_dir)["primary"]
+            headers["Authorization"] = "Bearer " + keys.read_primary(service_dir)
         req = urllib.request.Request(record["scoring_uri"], data=body, headers=headers, method="POST")
         start = time.perf_counter()
         try:
@@ -145,7 +145,7 @@ class LocalTarget:
     def delete(self, record: Mapping[str, Any], service_dir: Path) -> str:
         """Stop the service and remove its keys: a deleted service's keys open nothing."""
         detail = self.stop(record)
-        (service_dir / "keys.json").unlink(missing_ok=True)
+        keys.remove(service_dir)
         return detail
 
     def stop(self, record: Mapping[str, Any]) -> str:
@@ -182,23 +182,6 @@ def _isolate_model(model_path: Path, model_dir: Path) -> Path:
     except OSError:
         shutil.copy2(model_path, model_dir / model_path.name)
     return model_dir
-
-
-def keys_for(service_dir: Path, auth: bool) -> Path | None:
-    """Keys survive redeploys while auth stays on (clients keep working); generated once, stored 0600."""
-    keys_file = service_dir / "keys.json"
-    if not auth:
-        keys_file.unlink(missing_ok=True)
-        return None
-    try:
-        keys = json.loads(keys_file.read_text())
-        if isinstance(keys, dict) and keys.get("primary") and keys.get("secondary"):
-            return keys_file
-    except (OSError, ValueError):
-        pass
-    keys = {"primary": secrets.token_urlsafe(32), "secondary": secrets.token_urlsafe(32)}
-    atomic_write(keys_file, json.dumps(keys).encode(), mode=0o600)
-    return keys_file
 
 
 def _stamp(path: Path) -> list[int] | None:
@@ -240,13 +223,6 @@ def _incidents(service_dir: Path) -> str:
     if exited > 0:
         parts.append(f"{exited} worker(s) died and were replaced")
     return f"; {', '.join(parts)} (see `logs`)" if parts else ""
-
-
-def read_keys(service_dir: Path) -> dict[str, str]:
-    try:
-        return json.loads((service_dir / "keys.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise TargetError(f"cannot read the service keys in {service_dir / 'keys.json'}: {exc}") from None
 
 
 def _this_deploy(path: Path, lines: int) -> str:
