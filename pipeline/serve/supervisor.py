@@ -1,7 +1,6 @@
 """The supervisor: starts the workers, replaces the dead, enforces the memory limit, writes the ready file."""
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal

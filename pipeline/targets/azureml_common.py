@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from pipeline.errors import TargetError, UsageError
+from pipeline.errors import UsageError
 
 # Imported by pipeline.rules, so this module must not import pipeline.spec or pipeline.targets.base.
 
@@ -71,6 +71,23 @@ def workspace_config(settings: Mapping[str, Any], spec_folder: Path, model_sourc
     if settings.get("workspace_config"):
         return (spec_folder / settings["workspace_config"]).resolve()
     return getattr(model_source, "workspace_config", None)
+
+
+def recorded_config(record: Mapping[str, Any], spec: Any = None) -> Path | None:
+    """The workspace config.json a deployed service was made with, else the one the spec points at."""
+    if record.get("workspace_config"):
+        return Path(record["workspace_config"])
+    if spec is None:
+        return None
+    return workspace_config(spec.deploy.azureml, spec.folder, spec.model.source)
+
+
+def tags_drift(live_tags: Mapping[str, Any] | None, record: Mapping[str, Any]) -> list[str]:
+    """The tags line of a drift report: the live service's tags against the recorded ones."""
+    live = dict(live_tags or {})
+    if "tags" in record and live != dict(record["tags"]):
+        return [f"tags: live {live}, recorded {dict(record['tags'])}"]
+    return []
 
 
 def credentials_problem(environ: Mapping[str, str] | None = None, home: Path | None = None) -> str | None:

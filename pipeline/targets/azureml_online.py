@@ -228,7 +228,7 @@ class OnlineTarget:
         recorded = bool(record.get("endpoint"))  # plan may ask before the first deploy, with an empty record
         try:
             _sdk()
-            client = self._client(self._record_config(record, spec))
+            client = self._client(common.recorded_config(record, spec))
             endpoint = client.online_endpoints.get(name=name)
         except (TargetError, UsageError) as exc:
             return Live(False, False, str(exc))
@@ -259,7 +259,7 @@ class OnlineTarget:
         """An HTTP POST with the endpoint key (or a fresh aml_token), pinned to the recorded deployment."""
         headers = {"azureml-model-deployment": record.get("deployment", DEPLOYMENT)}
         if record.get("auth_mode") == "aml_token":
-            client = self._client(self._record_config(record, None))
+            client = self._client(common.recorded_config(record))
             try:
                 token = client.online_endpoints.get_keys(name=record["endpoint"]).access_token
             except Exception as exc:  # noqa: BLE001
@@ -272,7 +272,7 @@ class OnlineTarget:
 
     def delete(self, record: Mapping[str, Any], service_dir: Path) -> str:
         name = record.get("endpoint", "")
-        client = self._client(self._record_config(record, None))
+        client = self._client(common.recorded_config(record))
         try:
             client.online_endpoints.begin_delete(name=name).result()
         except Exception as exc:  # noqa: BLE001
@@ -285,7 +285,7 @@ class OnlineTarget:
 
     def logs(self, record: Mapping[str, Any], service_dir: Path, *, tail: int) -> str:
         name = record.get("endpoint", "")
-        client = self._client(self._record_config(record, None))
+        client = self._client(common.recorded_config(record))
         try:
             text = client.online_deployments.get_logs(name=record.get("deployment", DEPLOYMENT), endpoint_name=name,
                                                       lines=tail)
@@ -302,13 +302,6 @@ class OnlineTarget:
         except Exception as exc:  # noqa: BLE001  missing config.json, bad config
             raise TargetError(f"{common.UNREACHABLE}: {common.reason(exc)}") from None
 
-    def _record_config(self, record: Mapping[str, Any], spec: Spec | None) -> Path | None:
-        if record.get("workspace_config"):
-            return Path(record["workspace_config"])
-        if spec is None:
-            return None
-        return common.workspace_config(spec.deploy.azureml, spec.folder, spec.model.source)
-
 
 def _model_id(model: Any) -> str | None:
     if model is None or isinstance(model, str):
@@ -317,10 +310,7 @@ def _model_id(model: Any) -> str | None:
 
 
 def _drift(endpoint: Any, deployment: Any, record: Mapping[str, Any]) -> list[str]:
-    out = []
-    live_tags = dict(endpoint.tags or {})
-    if "tags" in record and live_tags != dict(record["tags"]):
-        out.append(f"tags: live {live_tags}, recorded {dict(record['tags'])}")
+    out = common.tags_drift(endpoint.tags, record)
     traffic = {k: int(v) for k, v in (endpoint.traffic or {}).items() if int(v)}
     if "traffic" in record and traffic != dict(record["traffic"]):
         out.append(f"traffic: live {traffic}, recorded {dict(record['traffic'])}")

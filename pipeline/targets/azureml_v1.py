@@ -176,7 +176,7 @@ class _WebserviceTarget:
         name = record.get("service") or (spec.name if spec else "")
         try:
             self._sdk()
-            ws = self._workspace(self._record_config(record, spec))
+            ws = self._workspace(common.recorded_config(record, spec))
         except (TargetError, UsageError) as exc:
             return Live(False, False, str(exc))
         recorded = bool(record.get("service"))  # plan may ask before the first deploy, with an empty record
@@ -212,7 +212,7 @@ class _WebserviceTarget:
 
     def delete(self, record: Mapping[str, Any], service_dir: Path) -> str:
         name = record.get("service", "")
-        ws = self._workspace(self._record_config(record, None))
+        ws = self._workspace(common.recorded_config(record))
         try:
             service = self.api.service(ws, name)
         except Exception as exc:  # noqa: BLE001
@@ -243,11 +243,6 @@ class _WebserviceTarget:
     def _config_path(self, spec: Spec) -> Path | None:
         return common.workspace_config(spec.deploy.azureml, spec.folder, spec.model.source)
 
-    def _record_config(self, record: Mapping[str, Any], spec: Spec | None) -> Path | None:
-        if record.get("workspace_config"):
-            return Path(record["workspace_config"])
-        return self._config_path(spec) if spec is not None else None
-
     def _workspace(self, config: Path | None) -> Any:
         try:
             with common.sdk_output_to_stderr():
@@ -258,7 +253,7 @@ class _WebserviceTarget:
             raise TargetError(f"{common.UNREACHABLE}: {common.reason(exc)}") from None
 
     def _service(self, record: Mapping[str, Any]) -> Any:
-        ws = self._workspace(self._record_config(record, None))
+        ws = self._workspace(common.recorded_config(record))
         try:
             return self.api.service(ws, record.get("service", ""))
         except Exception as exc:  # noqa: BLE001
@@ -345,10 +340,7 @@ def _workspace_info(ws: Any) -> dict[str, Any]:
 
 def _drift(service: Any, record: Mapping[str, Any]) -> list[str]:
     """How the live service differs from what the last deploy recorded."""
-    out = []
-    live_tags = dict(getattr(service, "tags", None) or {})
-    if "tags" in record and live_tags != dict(record["tags"]):
-        out.append(f"tags: live {live_tags}, recorded {dict(record['tags'])}")
+    out = common.tags_drift(getattr(service, "tags", None), record)
     live_models = sorted(m.id for m in getattr(service, "models", None) or [])
     if record.get("model_id") and live_models != [record["model_id"]]:
         out.append(f"models: live {live_models}, recorded [{record['model_id']!r}]")
