@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "schema":
             from pipeline import spec
 
-            sys.stdout.write(spec.reference() if args.markdown else spec.SCHEMA_PATH.read_text(encoding="utf-8"))
+            sys.stdout.write(spec.reference() if args.markdown else spec.schema_text())
             return 0
         if getattr(args, "only", None) and args.to_stage:
             raise _ArgError("pipeline: error: --only cannot be combined with --to")

@@ -6,14 +6,22 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline import state as states
 from pipeline.console import Console
 from pipeline.files import sha256_path
 from pipeline.spec import Spec
+
+if TYPE_CHECKING:
+    from pipeline.records import Plan, Result
+    from pipeline.stages import Output
+    from pipeline.targets.base import ServiceRecord, Target
+
+O = TypeVar("O", bound="Output")
 
 
 def plain(value: Any) -> Any:
@@ -48,15 +56,27 @@ class Context:
     state: dict[str, Any]
     console: Console
     clock: Callable[[], float] = time.time
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # this run's stage outputs
-    plan: Any = None        # the plan being executed, for the report
-    results: list[Any] = field(default_factory=list)  # this run's stage results so far
+    outputs: dict[str, Output] = field(default_factory=dict)  # this run's stage outputs
+    plan: Plan | None = None  # the plan being executed, for the report
+    results: list[Result] = field(default_factory=list)  # this run's stage results so far
 
     @functools.cached_property
-    def target(self) -> Any:
+    def target(self) -> Target:
         from pipeline import targets
 
         return targets.get(self.spec.deploy.target)
+
+    @property
+    def service(self) -> ServiceRecord | None:
+        """The recorded service, its types checked (a damaged record is a StateError naming the file)."""
+        from pipeline.targets.base import ServiceRecord
+
+        data = self.state.get("service")
+        return None if data is None else ServiceRecord.from_dict(data, f"{self.paths.state_file}: service")
+
+    @service.setter
+    def service(self, record: ServiceRecord | None) -> None:
+        self.state["service"] = None if record is None else record.to_dict()
 
     @functools.cached_property
     def rendered(self) -> dict[str, str]:
@@ -65,12 +85,13 @@ class Context:
 
         return render.render_all(self.spec)
 
-    def output(self, stage: str) -> dict[str, Any]:
-        """A stage's outputs: from this run if it ran, else from its last recorded success."""
-        if stage in self.outputs:
-            return self.outputs[stage]
-        record = self.state["stages"].get(stage)
-        return record["outputs"] if record else {}
+    def output(self, kind: type[O]) -> O | None:
+        """A stage's outputs: from this run if it ran, else from its last recorded success, else None."""
+        mine = self.outputs.get(kind.stage)
+        if isinstance(mine, kind):
+            return mine
+        record = self.state["stages"].get(kind.stage)
+        return kind.from_dict(record.get("outputs")) if isinstance(record, dict) else None
 
     def file_digest(self, path: Path) -> str:
         """SHA-256 of a file, cached by (size, mtime, ctime, inode), as git's index does.

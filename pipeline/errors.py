@@ -1,6 +1,8 @@
 """The error hierarchy: every expected failure is one of these, turned into a message by cli."""
 from __future__ import annotations
 
+from typing import Any
+
 
 class PipelineError(Exception):
     """An expected failure with a message written for the user; exit code 1 unless overridden."""
@@ -43,9 +45,9 @@ class StateError(PipelineError):
 class StageFailed(PipelineError):
     """A stage ran and failed (a gate, a deployment, a smoke test); `outputs` tell the report what it saw."""
 
-    def __init__(self, message: str, outputs: dict | None = None) -> None:
+    def __init__(self, message: str, outputs: Any = None) -> None:
         super().__init__(message)
-        self.outputs = outputs or {}
+        self.outputs = outputs  # the stage's Output record, when it got far enough to have one
 
 
 class TargetError(PipelineError):

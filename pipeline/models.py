@@ -25,6 +25,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def source_packages(spec: Any) -> dict[str, tuple[str, str | None]]:
+    """What loading the spec's model needs beyond the core: distribution -> (module, extra that installs it)."""
+    from pipeline.spec import RegistrySource
+
+    needed: dict[str, tuple[str, str | None]] = {}
+    if spec.model.format == "skops":
+        needed["skops"] = ("skops", "skops")
+    if isinstance(spec.model.source, RegistrySource):
+        needed["azureml-core"] = ("azureml.core", "azure")
+    return needed
+
+
 class ModelSource(Protocol):
     """Where a model comes from: one file, put into a folder on request."""
 

@@ -1,14 +1,17 @@
 """Plan the stages (a pure function of spec, state and live status), then run exactly that plan."""
 from __future__ import annotations
 
-import importlib
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from pipeline import service as services
+from pipeline import stages as all_stages
 from pipeline import state as states
 from pipeline.context import Context, digest
 from pipeline.errors import PipelineError, StageFailed, UsageError
+from pipeline.records import COLOURS, Change, DeployAction, Facts, Plan, Result, Status, Step, StepAction
 from pipeline.stages import STAGES, Outcome
 
 
@@ -29,121 +32,65 @@ class Selection:
         return STAGES[start:stop + 1]
 
 
-@dataclass(frozen=True)
-class Change:
-    """For deploy: what happens to the service, and the field-level and file-level differences."""
-
-    action: str                                  # create | update | replace | no-op
-    live: str                                    # one line from the probe
-    fields: tuple[tuple[str, Any, Any], ...] = ()  # (path, old, new); old/new None = added/removed
-    files: tuple[tuple[str, str], ...] = ()        # (file name, unified diff)
-    drift: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Step:
-    stage: str
-    action: str             # run | skip | not selected
-    reason: str
-    digest: str | None
-    inputs: Any = None
-    change: Change | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    spec_name: str
-    steps: tuple[Step, ...]
-
-    @property
-    def changes(self) -> bool:
-        """True when run would do anything (for --detailed-exitcode)."""
-        return any(s.action == "run" for s in self.steps)
-
-    @property
-    def failures(self) -> list[str]:
-        """Stages already known to fail: plan cannot be applied as it stands."""
-        return [f"{s.stage}: {s.reason}" for s in self.steps if s.action == "run" and s.reason.startswith("will fail")]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = []
-        for s in self.steps:
-            item: dict[str, Any] = {"stage": s.stage, "action": s.action, "reason": s.reason}
-            if s.change:
-                item["deploy"] = {"action": s.change.action, "live": s.change.live, "drift": list(s.change.drift),
-                                  "fields": [{"path": p, "old": o, "new": n} for p, o, n in s.change.fields],
-                                  "files": {name: diff for name, diff in s.change.files}}
-            out.append(item)
-        return {"spec": self.spec_name, "changes": self.changes, "steps": out}
-
-
-@dataclass(frozen=True)
-class Result:
-    stage: str
-    status: str             # ran | skipped | failed | not run
-    seconds: float
-    detail: str
-    outputs: dict[str, Any] = field(default_factory=dict)
-
-
-def _module(stage: str) -> Any:
-    return importlib.import_module(f"pipeline.stages.{stage}")
-
-
-def gather(ctx: Context) -> dict[str, Any]:
-    """Everything plan() needs that touches the world: input digests per stage and the live probe."""
-    facts: dict[str, Any] = {"inputs": {}, "errors": {}, "stale": {}}
-    for stage in STAGES:
-        module = _module(stage)
+def gather(ctx: Context) -> Facts:
+    """Everything plan() needs that touches the world: input digests per stage and the live probes."""
+    facts = Facts()
+    for stage in all_stages.all_stages():
         try:
-            facts["inputs"][stage] = module.inputs(ctx)
+            facts.inputs[stage.name] = stage.inputs(ctx)
         except PipelineError as exc:
-            facts["errors"][stage] = str(exc)
-            facts["inputs"][stage] = None
-        record = ctx.state["stages"].get(stage)
-        if record and hasattr(module, "stale"):
-            facts["stale"][stage] = module.stale(ctx, record)
-    facts["deploy"] = _module("deploy").facts(ctx, facts["inputs"].get("deploy"))
+            facts.errors[stage.name] = str(exc)
+            facts.inputs[stage.name] = None
+        record = ctx.state["stages"].get(stage.name)
+        if record:
+            facts.stale[stage.name] = stage.stale(ctx, record)
+        live = stage.live(ctx)
+        if live is not None:
+            facts.live[stage.name] = live
     return facts
 
 
-def plan(spec_name: str, state: dict[str, Any], facts: dict[str, Any], selection: Selection) -> Plan:
+def plan(spec_name: str, state: dict[str, Any], facts: Facts, selection: Selection) -> Plan:
     """Pure: which stages run and why, from the recorded state and the gathered facts."""
     chosen = selection.chosen()
     steps: list[Step] = []
     upstream_runs: list[str] = []
-    for stage in STAGES:
-        inputs = facts["inputs"].get(stage)
+    for stage in all_stages.all_stages():
+        name = stage.name
+        inputs = facts.inputs.get(name)
         key = digest(inputs) if inputs is not None else None
-        record = state["stages"].get(stage)
-        change = _module("deploy").change(state, facts["deploy"], inputs) if stage == "deploy" else None
-        if stage not in chosen:
-            steps.append(Step(stage, "not selected", "outside --only/--from/--to", key, inputs, change))
+        record = state["stages"].get(name)
+        change = stage.change(state, facts.live[name], inputs) if name in facts.live else None
+        error = facts.errors.get(name)
+        if name not in chosen:
+            steps.append(Step(name, StepAction.NOT_SELECTED, "outside --only/--from/--to", key, inputs, change, error))
             continue
         reason = _why_run(stage, key, record, facts, selection, change, upstream_runs)
-        action = "run" if reason else "skip"
+        action = StepAction.RUN if reason else StepAction.SKIP
         if not reason:
             reason = "inputs unchanged since the last success" + (f" ({_ago(record['at'])})" if record else "")
             if change:
                 reason = change.live
-        if action == "run":
-            upstream_runs.append(stage)
-        steps.append(Step(stage, action, reason, key, inputs, change))
+        if action is StepAction.RUN:
+            upstream_runs.append(name)
+        steps.append(Step(name, action, reason, key, inputs, change, error))
     return Plan(spec_name, tuple(steps))
 
 
-def _why_run(stage: str, key: str | None, record: dict[str, Any] | None, facts: dict[str, Any],
+def _why_run(stage: all_stages.Stage, key: str | None, record: dict[str, Any] | None, facts: Facts,
              selection: Selection, change: Change | None, upstream: list[str]) -> str:
-    if stage in facts["errors"]:
-        return f"will fail: {facts['errors'][stage]}"
+    name = stage.name
+    if name in facts.errors:
+        return f"will fail: {facts.errors[name]}"
     if selection.force:
         return "--force"
-    if stage == "deploy" and change is not None:
-        if change.action != "no-op":
-            return {"create": change.live, "update": "inputs changed" + (f" ({change.live})" if change.live.startswith("cannot") else ""),
-                    "replace": change.live}.get(change.action, change.action)
-        return ""
-    after = [s for s in getattr(_module(stage), "AFTER", ()) if s in upstream]
+    if change is not None:
+        if change.action is DeployAction.NOOP:
+            return ""
+        if change.action is DeployAction.UPDATE:
+            return "inputs changed" + ("" if change.checked else f" ({change.live})")
+        return change.live
+    after = [s for s in stage.after if s in upstream]
     if after:
         return f"{', '.join(after)} will run first"
     if key is None:
@@ -151,11 +98,8 @@ def _why_run(stage: str, key: str | None, record: dict[str, Any] | None, facts: 
     if record is None:
         return "never ran successfully"
     if record["digest"] != key:
-        return "inputs changed: " + ", ".join(_changed_keys(record.get("inputs"), facts["inputs"][stage]))
-    stale = facts["stale"].get(stage)
-    if stale:
-        return stale
-    return ""
+        return "inputs changed: " + ", ".join(_changed_keys(record.get("inputs"), facts.inputs[name]))
+    return facts.stale.get(name, "")
 
 
 def _changed_keys(old: Any, new: Any) -> list[str]:
@@ -177,58 +121,60 @@ def execute(ctx: Context, the_plan: Plan, *, command: str, cleanup: bool = False
     started = ctx.clock()
     try:
         for step in the_plan.steps:
-            if failed and not (step.stage == "report" and step.action == "run"):
-                results.append(Result(step.stage, "not run", 0.0, "an earlier stage failed"))
-                yield_result(ctx, results[-1])
+            stage = all_stages.get(step.stage)
+            if failed and not (stage.always and step.action is StepAction.RUN):
+                _finish(ctx, Result(step.stage, Status.NOT_RUN, 0.0, "an earlier stage failed"))
                 continue
-            if step.action != "run":
-                results.append(Result(step.stage, "skipped", 0.0, step.reason if step.action == "skip" else "not selected"))
-                yield_result(ctx, results[-1])
+            if step.action is not StepAction.RUN:
+                detail = step.reason if step.action is StepAction.SKIP else "not selected"
+                _finish(ctx, Result(step.stage, Status.SKIPPED, 0.0, detail))
                 continue
             ctx.console.progress(f"{step.stage}: running")
             t0 = time.perf_counter()
-            module = _module(step.stage)
             try:
                 # inputs again, now that earlier stages ran: what this stage records is what it used
-                fresh = module.inputs(ctx) if (step.inputs is None or hasattr(module, "AFTER")) else step.inputs
-                outcome: Outcome = module.run(ctx, step)
+                fresh = stage.inputs(ctx) if (step.inputs is None or stage.after) else step.inputs
+                outcome: Outcome = stage.run(ctx, step)
             except (PipelineError, OSError) as exc:
                 ctx.console.clear_progress()
-                if isinstance(exc, StageFailed) and exc.outputs:
+                if isinstance(exc, StageFailed) and exc.outputs is not None:
                     ctx.outputs[step.stage] = exc.outputs  # what the failed stage saw goes into this run's report
                 detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
-                results.append(Result(step.stage, "failed", time.perf_counter() - t0, detail))
-                yield_result(ctx, results[-1])
+                _finish(ctx, Result(step.stage, Status.FAILED, time.perf_counter() - t0, detail))
                 failed = True
                 continue
             seconds = time.perf_counter() - t0
-            ctx.outputs[step.stage] = outcome.outputs
+            if outcome.outputs is not None:
+                ctx.outputs[step.stage] = outcome.outputs
             used = outcome.inputs if outcome.inputs is not None else fresh
-            ctx.state["stages"][step.stage] = {"digest": outcome.digest or digest(used), "inputs": used,
-                                               "outputs": outcome.outputs, "at": ctx.clock(), "seconds": round(seconds, 3)}
+            ctx.state["stages"][step.stage] = {
+                "digest": outcome.digest or digest(used), "inputs": used,
+                "outputs": outcome.outputs.to_dict() if outcome.outputs is not None else {},
+                "at": ctx.clock(), "seconds": round(seconds, 3)}
             states.save(ctx.paths, ctx.state)
-            results.append(Result(step.stage, "ran", seconds, outcome.detail, outcome.outputs))
-            yield_result(ctx, results[-1])
-        if cleanup and not failed and ctx.state.get("service"):
-            detail = _module("deploy").remove(ctx)
-            results.append(Result("cleanup", "ran", 0.0, detail))
-            yield_result(ctx, results[-1])
+            _finish(ctx, Result(step.stage, Status.RAN, seconds, outcome.detail, outcome.outputs))
+        if cleanup and not failed and ctx.service is not None:
+            _finish(ctx, Result("cleanup", Status.RAN, 0.0, services.remove(ctx)))
     finally:
         _record_history(ctx, command, started, results)
     return results
 
 
-def yield_result(ctx: Context, result: Result) -> None:
+def _finish(ctx: Context, result: Result) -> None:
+    ctx.results.append(result)
+    print_result(ctx, result)
+
+
+def print_result(ctx: Context, result: Result) -> None:
     """Print one line per stage as it finishes."""
     console = ctx.console
     console.clear_progress()
-    colour = {"ran": "green", "skipped": "dim", "failed": "red", "not run": "dim"}.get(result.status, "bold")
-    status = console.paint(f"{result.status:<8}", colour)
-    seconds = f"{result.seconds:6.2f}s" if result.status in ("ran", "failed") else "       "
+    status = console.paint(f"{result.status:<8}", COLOURS.get(result.status, "bold"))
+    seconds = f"{result.seconds:6.2f}s" if result.status in (Status.RAN, Status.FAILED) else "       "
     first, _, rest = result.detail.partition("\n")
     line = f"{result.stage:<9} {status} {seconds}  {first}"
-    rest = "\n".join("    " + l for l in rest.splitlines())
-    if result.status == "failed":
+    rest = "\n".join("    " + part for part in rest.splitlines())
+    if result.status is Status.FAILED:
         console.always(line + ("\n" + rest if rest else ""))
     else:
         console.print(line + ("\n" + rest if rest else ""))
@@ -238,13 +184,12 @@ def _record_history(ctx: Context, command: str, started: float, results: Sequenc
     if not results:
         return
     entry = {"at": started, "command": command,
-             "stages": [{"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3), "detail": r.detail[:500]}
-                        for r in results],
-             "ok": not any(r.status == "failed" for r in results)}
+             "stages": [r.to_dict() | {"detail": r.detail[:500]} for r in results],
+             "ok": not any(r.status is Status.FAILED for r in results)}
     ctx.state.setdefault("history", []).append(entry)
     states.save(ctx.paths, ctx.state)
 
 
 def exit_code(results: Sequence[Result]) -> int:
-    return 1 if any(r.status == "failed" for r in results) else 0
+    return 1 if any(r.status is Status.FAILED for r in results) else 0
 

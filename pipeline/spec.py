@@ -14,14 +14,45 @@ from pipeline import rules, yamlsource
 from pipeline.errors import SpecError
 from pipeline.files import display_path
 
-SCHEMA_PATH = Path(__file__).parent / "schema" / "spec.schema.json"
+SCHEMA_DIR = Path(__file__).parent / "schema"
+BASE_PATH = SCHEMA_DIR / "spec.base.json"  # the core, edited by hand
+SCHEMA_PATH = SCHEMA_DIR / "spec.schema.json"  # the whole schema for editors, written by `pipeline schema`
 
 
-@functools.lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
-    """The JSON Schema of pipeline/v1, the single source of truth for fields and defaults."""
-    with open(SCHEMA_PATH, encoding="utf-8") as f:
-        return json.load(f)
+    """The JSON Schema of pipeline/v1, the single source of truth for fields and defaults.
+
+    The core comes from spec.base.json; each target adds its name to deploy.target and its settings block
+    (as pre-commit's languages feed its config schema), so a new target changes no file but its own.
+    """
+    from pipeline import targets
+
+    return _assembled(tuple(targets.TARGETS.items()))  # shared: callers read it, never change it
+
+
+@functools.lru_cache(maxsize=4)
+def _assembled(registry: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    from pipeline import targets
+
+    with open(BASE_PATH, encoding="utf-8") as f:
+        doc = json.load(f)
+    deploy = doc["properties"]["deploy"]["properties"]
+    classes = targets.classes()
+    deploy["target"] = {
+        "description": "Deployment target: " + ", ".join(f"{name} ({cls.summary})" for name, cls in classes.items()) + ".",
+        "enum": list(classes),
+        "default": deploy["target"]["default"],
+    }
+    for name, cls in classes.items():
+        block = dict(cls.settings_schema)
+        if deploy.setdefault(cls.settings_key, block) != block:
+            raise AssertionError(f"target {name!r} declares deploy.{cls.settings_key} unlike the targets before it")
+    return doc
+
+
+def schema_text() -> str:
+    """The schema as spec.schema.json holds it."""
+    return json.dumps(schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def reference() -> str:
@@ -99,14 +130,21 @@ class DeploySpec:
     auth: bool
     request_timeout_ms: int
     ready_timeout_s: int
-    local: Mapping[str, Any]
-    azureml: Mapping[str, Any]
-    kubernetes: Mapping[str, Any]
+    blocks: Mapping[str, Mapping[str, Any]]  # every target's settings block, by its key under deploy
+
+    @property
+    def settings_key(self) -> str:
+        from pipeline import targets
+
+        return targets.target_class(self.target).settings_key
 
     def settings(self) -> Mapping[str, Any]:
-        """The target-specific block of the chosen target."""
-        key = {"local": "local", "kubernetes": "kubernetes"}.get(self.target, "azureml")
-        return getattr(self, key)
+        """The settings block of the chosen target."""
+        return self.blocks[self.settings_key]
+
+    def block(self, key: str) -> Mapping[str, Any]:
+        """A settings block by its key (deploy.<key>), chosen target or not."""
+        return self.blocks[key]
 
 
 @dataclass(frozen=True)
@@ -321,6 +359,6 @@ def build(path: Path, data: dict[str, Any]) -> Spec:
         test=TestSpec(rel(t["images"]), rel(t.get("labels")), t["format"], t.get("label_column"), float(t["scale"]),
                       float(t["min_accuracy"]), t["sample_size"], t["seed"]),
         deploy=DeploySpec(d["target"], d["cpu_cores"], d["memory_gb"], d["auth"], d["request_timeout_ms"],
-                          d["ready_timeout_s"], _freeze(d["local"]), _freeze(d["azureml"]), _freeze(d["kubernetes"])),
+                          d["ready_timeout_s"], _freeze({k: v for k, v in d.items() if isinstance(v, dict)})),
         data=_freeze(data),
     )

@@ -61,6 +61,11 @@ class Paths:
     def service(self) -> Path:
         return self.root / "service"
 
+    @property
+    def deployed(self) -> Path:
+        """A copy of the files the live service runs: plan diffs the next render against it."""
+        return self.root / "deployed"
+
 
 def empty() -> dict[str, Any]:
     return {"version": STATE_VERSION, "stages": {}, "service": None, "history": []}

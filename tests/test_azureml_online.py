@@ -27,7 +27,7 @@ from pipeline.errors import RenderError, SpecError, TargetError, UsageError  # n
 from pipeline.targets import azureml_common as common
 from pipeline.targets import keys  # noqa: E402
 from pipeline.targets.azureml_online import OnlineTarget  # noqa: E402
-from pipeline.targets.base import DeployRequest  # noqa: E402
+from pipeline.targets.base import DeployRequest, ServiceRecord  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl"
@@ -309,7 +309,7 @@ def test_deploy_fake_client_creates_endpoint_deployment_then_routes_traffic(tmp_
     assert client.log[6:] == [("online_endpoints.get", {"name": "sklearn-mnist-online"}),
                               ("online_deployments.get", {"name": "blue", "endpoint_name": "sklearn-mnist-online"}),
                               ("online_endpoints.get_keys", {"name": "sklearn-mnist-online"})]
-    assert record == {
+    assert record.to_dict() == {
         "target": "azureml-online", "endpoint": "sklearn-mnist-online", "deployment": "blue",
         "workspace": {"name": "mlws", "resource_group": "ml-rg", "subscription_id": FakeClient.subscription_id},
         "workspace_config": None,
@@ -323,7 +323,7 @@ def test_deploy_fake_client_creates_endpoint_deployment_then_routes_traffic(tmp_
     keys = req.service_dir / "keys.json"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
     assert json.loads(keys.read_text())["primary"] == "primary-secret-key"
-    assert "secret" not in json.dumps(record)
+    assert "secret" not in json.dumps(record.to_dict())
 
 
 def test_redeploy_fake_client_keeps_traffic_on_blue_while_it_updates(tmp_path):
@@ -365,6 +365,10 @@ def test_deploy_fake_client_rejects_a_build_folder_the_sdk_does_not_accept(tmp_p
 
 
 # -- probe -----------------------------------------------------------------------------------
+def rec(data: dict) -> ServiceRecord:
+    return ServiceRecord.from_dict(data)
+
+
 RECORD = {"target": "azureml-online", "endpoint": "sklearn-mnist-online", "deployment": "blue",
           "workspace_config": None, "scoring_uri": "https://sklearn-mnist-online.westeurope.inference.ml.azure.com/score",
           "auth_mode": "key", "auth": True, "model_id": "azureml:/subscriptions/s/models/anon/versions/1",
@@ -374,7 +378,7 @@ RECORD = {"target": "azureml-online", "endpoint": "sklearn-mnist-online", "deplo
 
 def test_probe_fake_client_healthy_and_matching():
     target, client, _ = fake_client_target()
-    live = target.probe(RECORD)
+    live = target.probe(rec(RECORD))
     assert (live.reachable, live.healthy, live.drift) == (True, True, ())
     assert live.detail == ("endpoint sklearn-mnist-online is Succeeded, deployment blue is Succeeded at "
                            f"{RECORD['scoring_uri']}")
@@ -384,7 +388,7 @@ def test_probe_fake_client_reports_drift():
     client = FakeClient()
     client.online_endpoints.live.traffic = {"blue": 50, "green": 50}
     client.online_deployments.live.instance_count = 3
-    live = fake_client_target(client)[0].probe(RECORD)
+    live = fake_client_target(client)[0].probe(rec(RECORD))
     assert (live.reachable, live.healthy) == (True, False)
     assert live.drift == ("traffic: live {'blue': 50, 'green': 50}, recorded {'blue': 100}",
                           "instance_count: live 3, recorded 1")
@@ -393,12 +397,12 @@ def test_probe_fake_client_reports_drift():
 def test_probe_fake_client_missing_endpoint():
     client = FakeClient()
     client.online_endpoints.missing = ResourceNotFoundError("Endpoint sklearn-mnist-online not found")
-    live = fake_client_target(client)[0].probe(RECORD)
+    live = fake_client_target(client)[0].probe(rec(RECORD))
     assert (live.reachable, live.healthy, live.drift) == (True, False, ("endpoint: recorded, but missing from the workspace",))
 
 
 def test_probe_fake_client_before_the_first_deploy(tmp_path):
-    live = fake_client_target(FakeClient(exists=False))[0].probe({}, load(tmp_path))
+    live = fake_client_target(FakeClient(exists=False))[0].probe(None, load(tmp_path))
     assert (live.reachable, live.healthy, live.drift) == (True, False, ())
     assert live.detail == "workspace is reachable; endpoint sklearn-mnist-online does not exist yet"
 
@@ -407,7 +411,7 @@ def test_probe_fake_client_without_credentials_is_unreachable():
     client = FakeClient()
     client.online_endpoints.missing = ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token "
                                                                "from the included credentials.\nAzure CLI not found on path")
-    live = fake_client_target(client)[0].probe(RECORD)
+    live = fake_client_target(client)[0].probe(rec(RECORD))
     assert (live.reachable, live.healthy) == (False, False)
     assert live.detail == ("cannot reach the Azure ML workspace: no usable Azure credentials (DefaultAzureCredential found "
                            "none): run `az login`, or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for "
@@ -418,7 +422,7 @@ def test_probe_without_config_json_is_unreachable_with_a_reason(tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # MLClient.from_config() searches here and upwards
     if any((parent / "config.json").exists() for parent in tmp_path.parents):
         pytest.skip("a config.json above the temporary folder would be found")
-    live = OnlineTarget().probe({}, load(tmp_path))
+    live = OnlineTarget().probe(None, load(tmp_path))
     assert (live.reachable, live.healthy) == (False, False)
     assert live.detail == ("cannot reach the Azure ML workspace: no workspace config.json found in the working folder "
                            "or its parents (set deploy.azureml.workspace_config)")
@@ -432,7 +436,7 @@ def test_missing_sdk_is_a_usage_error_and_an_unreachable_probe(tmp_path, monkeyp
     with pytest.raises(UsageError) as caught:
         render.render_all(spec)
     assert str(caught.value) == "target 'azureml-online' needs the azure-v2 extra: pip install '.[azure-v2]'"
-    live = OnlineTarget().probe(RECORD, spec)
+    live = OnlineTarget().probe(rec(RECORD), spec)
     assert (live.reachable, live.detail) == (False, str(caught.value))
 
 
@@ -441,7 +445,7 @@ def test_invoke_posts_with_the_endpoint_key_to_the_deployment(tmp_path, scoring_
     uri, seen = scoring_server
     keys.write(tmp_path, "primary-secret-key", "secondary-secret-key")
     target = OnlineTarget(client_factory=lambda c: pytest.fail("invoke with a key needs no client"))
-    reply = target.invoke({**RECORD, "scoring_uri": uri}, b'{"data": [[0]]}', timeout=5, service_dir=tmp_path)
+    reply = target.invoke(rec({**RECORD, "scoring_uri": uri}), b'{"data": [[0]]}', timeout=5, service_dir=tmp_path)
     assert (reply.status, reply.body) == (200, b"[7, 2]")
     assert seen[0]["headers"]["authorization"] == "Bearer primary-secret-key"
     assert seen[0]["headers"]["azureml-model-deployment"] == "blue"
@@ -450,7 +454,7 @@ def test_invoke_posts_with_the_endpoint_key_to_the_deployment(tmp_path, scoring_
 def test_invoke_fake_client_aml_token(tmp_path, scoring_server):
     uri, seen = scoring_server
     target, client, _ = fake_client_target()
-    target.invoke({**RECORD, "scoring_uri": uri, "auth_mode": "aml_token"}, b"{}", timeout=5, service_dir=tmp_path)
+    target.invoke(rec({**RECORD, "scoring_uri": uri, "auth_mode": "aml_token"}), b"{}", timeout=5, service_dir=tmp_path)
     assert seen[0]["headers"]["authorization"] == "Bearer aml-token"
     assert client.log == [("online_endpoints.get_keys", {"name": "sklearn-mnist-online"})]
 
@@ -458,7 +462,7 @@ def test_invoke_fake_client_aml_token(tmp_path, scoring_server):
 def test_delete_fake_client_deletes_the_endpoint_and_its_keys(tmp_path):
     keys.write(tmp_path, "k1", "k2")
     target, client, _ = fake_client_target()
-    assert target.delete(RECORD, tmp_path) == "deleted endpoint sklearn-mnist-online and its deployment blue"
+    assert target.delete(rec(RECORD), tmp_path) == "deleted endpoint sklearn-mnist-online and its deployment blue"
     assert client.log == [("online_endpoints.begin_delete", {"name": "sklearn-mnist-online"}), ("result", {"timeout": None})]
     assert not (tmp_path / "keys.json").exists()
 
@@ -466,13 +470,13 @@ def test_delete_fake_client_deletes_the_endpoint_and_its_keys(tmp_path):
 def test_delete_fake_client_already_gone(tmp_path):
     client = FakeClient()
     client.online_endpoints.missing = ResourceNotFoundError("not there")
-    line = fake_client_target(client)[0].delete(RECORD, tmp_path)
+    line = fake_client_target(client)[0].delete(rec(RECORD), tmp_path)
     assert line == "endpoint sklearn-mnist-online was not found in the workspace (already deleted)"
 
 
 def test_logs_fake_client_is_get_logs_tail(tmp_path):
     target, client, _ = fake_client_target(FakeClient(logs="".join(f"line {i}\n" for i in range(10))))
-    assert target.logs(RECORD, tmp_path, tail=2) == "line 8\nline 9"
+    assert target.logs(rec(RECORD), tmp_path, tail=2) == "line 8\nline 9"
     assert client.log == [("online_deployments.get_logs", {"name": "blue", "endpoint_name": "sklearn-mnist-online", "lines": 2})]
 
 

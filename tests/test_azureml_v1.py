@@ -29,7 +29,7 @@ from pipeline.targets import azureml_common as common
 from pipeline.targets import keys  # noqa: E402
 from pipeline.targets import azureml_v1  # noqa: E402
 from pipeline.targets.azureml_v1 import AciTarget, AksTarget, AzureMLv1Api  # noqa: E402
-from pipeline.targets.base import DeployRequest  # noqa: E402
+from pipeline.targets.base import DeployRequest, ServiceRecord  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl"
@@ -281,7 +281,7 @@ def test_shipped_azure_specs_are_valid():
     for name in ("mnist-aci.yaml", "mnist-aks.yaml", "mnist-online.yaml"):
         loaded = specs.load(ROOT / "specs" / name)
         assert loaded.model.sha256 == specs.load(ROOT / "specs" / "mnist.yaml").model.sha256
-        assert loaded.deploy.azureml.get("workspace_config") is None  # the SDK's own config.json search
+        assert loaded.deploy.settings().get("workspace_config") is None  # the SDK's own config.json search
 
 
 # -- deploy through fakes: the exact calls the tutorial makes ----------------------------------------
@@ -305,7 +305,7 @@ def test_deploy_fake_workspace_registers_the_model_and_deploys_like_the_tutorial
     assert (deployment_config.cpu_cores, deployment_config.memory_gb, deployment_config.auth_enabled) == (1, 1, False)
     assert inference_config.entry_script == str(req.build_dir / "score.py")
     assert api.svc.calls == [("wait_for_deployment", {"show_output": True, "timeout_sec": 1200})]
-    assert record == {
+    assert record.to_dict() == {
         "target": "aci", "service": "sklearn-mnist-aci",
         "workspace": {"name": "mlws", "resource_group": "ml-rg", "subscription_id": ws.subscription_id},
         "workspace_config": None,
@@ -316,7 +316,7 @@ def test_deploy_fake_workspace_registers_the_model_and_deploys_like_the_tutorial
         "tags": {"data": "MNIST", "method": "sklearn"}, "description": "Predict MNIST with sklearn",
         "cpu_cores": 1, "memory_gb": 1,
     }
-    json.dumps(record)  # the runner stores it as JSON
+    json.dumps(record.to_dict())  # the runner stores it as JSON
     assert not (req.service_dir / "keys.json").exists()
 
 
@@ -328,8 +328,8 @@ def test_deploy_fake_workspace_with_auth_stores_keys_0600_and_never_in_the_recor
     keys = req.service_dir / "keys.json"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
     assert json.loads(keys.read_text()) == {"primary": "primary-secret-key", "secondary": "secondary-secret-key"}
-    assert "secret" not in json.dumps(record)
-    assert record["auth"] is True
+    assert "secret" not in json.dumps(record.to_dict())
+    assert record.auth is True
     assert api.svc.calls[-1] == ("get_keys", {})
 
 
@@ -373,7 +373,7 @@ def test_deploy_fake_workspace_registry_model_is_used_not_registered(tmp_path):
     record = target.deploy(request(spec, tmp_path))
     assert [c[0] for c in api.calls] == ["get_model", "deploy"]
     assert api.calls[0][1] == (ws, "sklearn_mnist", 1)  # Model(ws, name='sklearn_mnist', version=1)
-    assert record["model_id"] == "sklearn_mnist:1"
+    assert record.extra["model_id"] == "sklearn_mnist:1"
 
 
 def test_redeploy_fake_workspace_reuses_the_registered_model(tmp_path):
@@ -381,7 +381,8 @@ def test_redeploy_fake_workspace_reuses_the_registered_model(tmp_path):
     digest = spec.model.sha256
     registry = {("sklearn_mnist", 7): FakeModel("sklearn_mnist", 7, {"sha256": digest})}
     target, api, ws, _ = fake_target(api=FakeApi(registry=registry))
-    previous = {"model_sha256": digest, "model_version": 7, "workspace": azureml_v1._workspace_info(ws)}
+    previous = rec({"target": "aci", "model_sha256": digest, "model_version": 7,
+                    "workspace": azureml_v1._workspace_info(ws)})
     target.deploy(request(spec, tmp_path, previous=previous))
     assert [c[0] for c in api.calls] == ["get_model", "deploy"]
 
@@ -395,7 +396,7 @@ def test_aks_deploy_fake_workspace_targets_the_attached_cluster(tmp_path):
     deployment_config, deployment_target = api.calls[2][1][4:]
     assert isinstance(deployment_config, AksServiceDeploymentConfiguration)
     assert deployment_target.name == "aks-mnist"
-    assert record["compute_target"] == "aks-mnist" and record["auth"] is True
+    assert record.extra["compute_target"] == "aks-mnist" and record.auth is True
     assert stat.S_IMODE((tmp_path / "service" / "keys.json").stat().st_mode) == 0o600
 
 
@@ -416,6 +417,10 @@ def test_real_api_shim_makes_the_tutorials_sdk_calls(monkeypatch):
 
 
 # -- probe: live, drifted, missing, unreachable ---------------------------------------------------
+def rec(data: dict) -> ServiceRecord:
+    return ServiceRecord.from_dict(data)
+
+
 RECORD = {"target": "aci", "service": "sklearn-mnist-aci", "workspace_config": None, "model_id": "sklearn_mnist:7",
           "scoring_uri": "http://sklearn-mnist-aci.westeurope.azurecontainer.io/score", "auth": False,
           "tags": {"data": "MNIST", "method": "sklearn"}, "cpu_cores": 1, "memory_gb": 1}
@@ -423,7 +428,7 @@ RECORD = {"target": "aci", "service": "sklearn-mnist-aci", "workspace_config": N
 
 def test_probe_fake_workspace_healthy_and_matching():
     target, api, ws, _ = fake_target()
-    live = target.probe(RECORD)
+    live = target.probe(rec(RECORD))
     assert (live.reachable, live.healthy, live.drift) == (True, True, ())
     assert live.detail == f"ACI service sklearn-mnist-aci is Healthy at {RECORD['scoring_uri']}"
     assert api.calls == [("service", (ws, "sklearn-mnist-aci"), {})]
@@ -434,7 +439,7 @@ def test_probe_fake_workspace_reports_drift():
     service.tags = {"data": "MNIST"}
     service.models = [FakeModel("sklearn_mnist", 8)]
     service.container_resource_requirements = SimpleNamespace(cpu=1, memory_in_gb=2)
-    live = fake_target(api=FakeApi(service))[0].probe(RECORD)
+    live = fake_target(api=FakeApi(service))[0].probe(rec(RECORD))
     assert live.reachable and live.healthy
     assert live.drift == ("tags: live {'data': 'MNIST'}, recorded {'data': 'MNIST', 'method': 'sklearn'}",
                           "models: live ['sklearn_mnist:8'], recorded ['sklearn_mnist:7']",
@@ -443,7 +448,7 @@ def test_probe_fake_workspace_reports_drift():
 
 def test_probe_fake_workspace_missing_service():
     missing = RuntimeError("WebserviceNotFound: Webservice with name sklearn-mnist-aci not found in provided workspace")
-    live = fake_target(api=FakeApi(missing=missing))[0].probe(RECORD)
+    live = fake_target(api=FakeApi(missing=missing))[0].probe(rec(RECORD))
     assert (live.reachable, live.healthy) == (True, False)
     assert live.detail == "ACI service sklearn-mnist-aci not found in workspace mlws"
     assert live.drift == ("service: recorded, but missing from the workspace",)
@@ -452,15 +457,15 @@ def test_probe_fake_workspace_missing_service():
 def test_probe_fake_workspace_before_the_first_deploy(tmp_path):
     spec = load(tmp_path)
     missing = RuntimeError("WebserviceNotFound: Webservice with name sklearn-mnist-aci not found in provided workspace")
-    live = fake_target(api=FakeApi(missing=missing))[0].probe({}, spec)
+    live = fake_target(api=FakeApi(missing=missing))[0].probe(None, spec)
     assert (live.reachable, live.healthy, live.drift) == (True, False, ())
     assert live.detail == "workspace mlws is reachable; ACI service sklearn-mnist-aci does not exist yet"
-    live = fake_target()[0].probe({}, spec)  # someone else's service with the same name
+    live = fake_target()[0].probe(None, spec)  # someone else's service with the same name
     assert live.detail.endswith("it is not recorded here, and deploy will overwrite it in workspace mlws")
 
 
 def test_probe_fake_workspace_unhealthy():
-    live = fake_target(api=FakeApi(FakeService(state="Unhealthy")))[0].probe(RECORD)
+    live = fake_target(api=FakeApi(FakeService(state="Unhealthy")))[0].probe(rec(RECORD))
     assert (live.reachable, live.healthy, live.detail) == (True, False, "ACI service sklearn-mnist-aci is Unhealthy")
 
 
@@ -468,7 +473,7 @@ def test_probe_without_credentials_is_unreachable_with_a_reason(tmp_path, monkey
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in (*common.SP_ENV, "MSI_ENDPOINT", "AZUREML_AUTH_CONFIG_DIR", "AZURE_CONFIG_DIR"):
         monkeypatch.delenv(name, raising=False)
-    live = AciTarget().probe({}, load(tmp_path))
+    live = AciTarget().probe(None, load(tmp_path))
     assert (live.reachable, live.healthy, live.drift) == (False, False, ())
     assert live.detail == ("cannot reach the Azure ML workspace: no Azure credentials: run `az login`, or set "
                            "AZUREML_SERVICE_PRINCIPAL_ID, AZUREML_SERVICE_PRINCIPAL_PASSWORD, "
@@ -483,7 +488,7 @@ def test_probe_without_config_json_is_unreachable_with_a_reason(tmp_path, monkey
     monkeypatch.chdir(tmp_path / "home")  # Workspace.from_config() searches here and upwards
     if any((parent / "config.json").exists() for parent in (tmp_path / "home").parents):
         pytest.skip("a config.json above the temporary folder would be found")
-    live = AciTarget().probe({}, load(tmp_path))
+    live = AciTarget().probe(None, load(tmp_path))
     assert (live.reachable, live.healthy) == (False, False)
     assert live.detail == ("cannot reach the Azure ML workspace: no workspace config.json found in the working folder "
                            "or its parents (set deploy.azureml.workspace_config)")
@@ -493,7 +498,7 @@ def test_probe_fake_workspace_network_failure_is_unreachable(tmp_path):
     def offline(config):
         raise OSError("HTTPSConnectionPool(host='management.azure.com', port=443): Max retries exceeded")
 
-    live = AciTarget(workspace_factory=offline, api=FakeApi()).probe(RECORD)
+    live = AciTarget(workspace_factory=offline, api=FakeApi()).probe(rec(RECORD))
     assert (live.reachable, live.detail) == (False, "cannot reach the Azure ML workspace: no network connection to Azure "
                                                     "(management.azure.com)")
 
@@ -503,7 +508,7 @@ def test_probe_workspace_config_from_the_spec_fake_workspace(tmp_path):
     (tmp_path / "specs" / "ws" / "config.json").write_text("{}")
     spec = load(tmp_path, replace={"  ready_timeout_s: 1200": "  ready_timeout_s: 1200\n  azureml: {workspace_config: ws/config.json}"})
     target, _, _, configs = fake_target()
-    target.probe({"service": "sklearn-mnist-aci"}, spec)
+    target.probe(rec({"target": "aci", "service": "sklearn-mnist-aci"}), spec)
     assert configs == [tmp_path / "specs" / "ws" / "config.json"]
 
 
@@ -513,7 +518,7 @@ def test_missing_sdk_is_a_usage_error_and_an_unreachable_probe(tmp_path, monkeyp
     with pytest.raises(UsageError) as caught:
         AciTarget().deployment_config(spec)
     assert str(caught.value) == "target 'aci' needs the azure extra: pip install '.[azure]'"
-    live = AciTarget().probe(RECORD, spec)
+    live = AciTarget().probe(rec(RECORD), spec)
     assert (live.reachable, live.detail) == (False, "target 'aci' needs the azure extra: pip install '.[azure]'")
 
 
@@ -549,12 +554,12 @@ def test_invoke_posts_with_the_stored_key(tmp_path, scoring_server):
     uri, seen = scoring_server
     keys.write(tmp_path, "primary-secret-key", "secondary-secret-key")
     target = AciTarget(workspace_factory=lambda c: pytest.fail("invoke with a key needs no workspace"))
-    reply = target.invoke({**RECORD, "scoring_uri": uri, "auth": True}, b'{"data": [[0]]}', timeout=5, service_dir=tmp_path)
+    reply = target.invoke(rec({**RECORD, "scoring_uri": uri, "auth": True}), b'{"data": [[0]]}', timeout=5, service_dir=tmp_path)
     assert (reply.status, reply.body) == (200, b"[7, 2]")
     assert reply.seconds > 0
     assert seen[0]["headers"]["Authorization"] == "Bearer primary-secret-key"
     assert seen[0]["headers"]["Content-Type"] == "application/json" and seen[0]["body"] == b'{"data": [[0]]}'
-    bad = target.invoke({**RECORD, "scoring_uri": uri}, b'{"bad": 1}', timeout=5, service_dir=tmp_path)
+    bad = target.invoke(rec({**RECORD, "scoring_uri": uri}), b'{"bad": 1}', timeout=5, service_dir=tmp_path)
     assert (bad.status, bad.body) == (400, b'{"error": "bad"}')
     assert "Authorization" not in seen[1]["headers"]
 
@@ -562,20 +567,20 @@ def test_invoke_posts_with_the_stored_key(tmp_path, scoring_server):
 def test_invoke_fake_workspace_token_auth_fetches_a_fresh_token(tmp_path, scoring_server):
     uri, seen = scoring_server
     target, api, _, _ = fake_target(AksTarget)
-    target.invoke({**RECORD, "scoring_uri": uri, "token_auth": True}, b"{}", timeout=5, service_dir=tmp_path)
+    target.invoke(rec({**RECORD, "scoring_uri": uri, "token_auth": True}), b"{}", timeout=5, service_dir=tmp_path)
     assert seen[0]["headers"]["Authorization"] == "Bearer aad-token"
     assert api.svc.calls == [("get_access_token", {})]
 
 
 def test_invoke_without_keys_file_says_deploy_again(tmp_path):
     with pytest.raises(TargetError, match="deploy again"):
-        AciTarget().invoke({**RECORD, "auth": True}, b"{}", timeout=1, service_dir=tmp_path)
+        AciTarget().invoke(rec({**RECORD, "auth": True}), b"{}", timeout=1, service_dir=tmp_path)
 
 
 def test_delete_fake_workspace_deletes_the_service_and_its_keys(tmp_path):
     keys.write(tmp_path, "k1", "k2")
     target, api, ws, _ = fake_target()
-    line = target.delete(RECORD, tmp_path)
+    line = target.delete(rec(RECORD), tmp_path)
     assert line == "deleted ACI service sklearn-mnist-aci from workspace mlws (registered model sklearn_mnist:7 kept)"
     assert api.calls == [("service", (ws, "sklearn-mnist-aci"), {})] and api.svc.calls == [("delete", {})]
     assert not (tmp_path / "keys.json").exists()
@@ -583,14 +588,14 @@ def test_delete_fake_workspace_deletes_the_service_and_its_keys(tmp_path):
 
 def test_delete_fake_workspace_already_gone(tmp_path):
     missing = RuntimeError("WebserviceNotFound: Webservice with name sklearn-mnist-aci not found in provided workspace")
-    line = fake_target(api=FakeApi(missing=missing))[0].delete(RECORD, tmp_path)
+    line = fake_target(api=FakeApi(missing=missing))[0].delete(rec(RECORD), tmp_path)
     assert line == "ACI service sklearn-mnist-aci was not found in workspace mlws (already deleted)"
 
 
 def test_logs_fake_workspace_is_the_services_get_logs_tail(tmp_path):
     service = FakeService(logs="".join(f"line {i}\n" for i in range(10)))
     target, api, _, _ = fake_target(api=FakeApi(service))
-    assert target.logs(RECORD, tmp_path, tail=3) == "line 7\nline 8\nline 9"
+    assert target.logs(rec(RECORD), tmp_path, tail=3) == "line 7\nline 8\nline 9"
     assert service.calls == [("get_logs", {"num_lines": 3})]
 
 

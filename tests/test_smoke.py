@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.errors import StageFailed
 from pipeline.stages import smoke
-from pipeline.targets.base import Reply
+from pipeline.targets.base import Reply, ServiceRecord
 
 
 def test_samples_are_the_same_every_run_and_differ_by_seed():
@@ -41,7 +41,7 @@ def test_connection_errors_are_retried_with_a_bounded_back_off(monkeypatch):
     sleeps: list[float] = []
     monkeypatch.setattr(smoke.time, "sleep", sleeps.append)
     target = FlakyTarget(3, ConnectionRefusedError(111, "Connection refused"))
-    reply = smoke._invoke(_ctx(target), {"scoring_uri": "http://127.0.0.1:9/score"}, b"{}")
+    reply = smoke._invoke(_ctx(target), ServiceRecord("local", "http://127.0.0.1:9/score"), b"{}")
     assert reply.status == 200 and target.calls == 4
     assert sleeps == [0.2, 0.4, 0.8]
 
@@ -51,7 +51,7 @@ def test_a_service_that_never_answers_fails_cleanly_after_the_retries(monkeypatc
     monkeypatch.setattr(smoke.time, "sleep", sleeps.append)
     target = FlakyTarget(99, urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")))
     with pytest.raises(StageFailed, match=r"cannot reach http://127.0.0.1:9/score: .*Connection refused"):
-        smoke._invoke(_ctx(target), {"scoring_uri": "http://127.0.0.1:9/score"}, b"{}")
+        smoke._invoke(_ctx(target), ServiceRecord("local", "http://127.0.0.1:9/score"), b"{}")
     assert target.calls == smoke.RETRIES + 1
     assert max(sleeps) <= 2.0 and sum(sleeps) < 10  # bounded
 
@@ -60,7 +60,7 @@ def test_a_timeout_is_not_retried(monkeypatch):
     monkeypatch.setattr(smoke.time, "sleep", lambda s: None)
     target = FlakyTarget(99, TimeoutError("timed out"))
     with pytest.raises(StageFailed, match="did not answer within the timeout"):
-        smoke._invoke(_ctx(target), {"scoring_uri": "http://127.0.0.1:9/score"}, b"{}")
+        smoke._invoke(_ctx(target), ServiceRecord("local", "http://127.0.0.1:9/score"), b"{}")
     assert target.calls == 1
 
 

@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline import service as services
 from pipeline import state as states
 from pipeline.commands._common import context
 from pipeline.console import Console
-from pipeline.stages import deploy
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
     ctx = context(args, console, check_files=False)
     with states.locked(ctx.paths, f"delete {args.spec}"):
         ctx.state = states.load(ctx.paths)
-        if not ctx.state.get("service"):
+        if ctx.service is None:
             console.print(f"{ctx.spec.name}: no service is deployed; nothing to delete")
             return 0
-        detail = deploy.remove(ctx)
+        detail = services.remove(ctx)
         ctx.state.setdefault("history", []).append({"at": ctx.clock(), "command": f"delete {args.spec}",
                                                     "stages": [], "ok": True, "detail": detail})
         states.save(ctx.paths, ctx.state)

@@ -13,20 +13,20 @@ from pipeline.errors import UsageError
 
 def main(args: argparse.Namespace, console: Console) -> int:
     ctx = context(args, console, check_files=False)
-    record = ctx.state.get("service")
-    if not record:
+    record = ctx.service
+    if record is None:
         raise UsageError(f"{ctx.spec.name}: no service is deployed; `run` it first")
     from pipeline import targets
 
-    target = targets.get(record.get("target", ctx.spec.deploy.target))
+    target = targets.get(record.target)
     text = target.logs(record, ctx.paths.service, tail=args.tail)
     if text:
         console.always(text)
     if not args.follow:
         return 0
-    log = Path(record.get("log", ""))
-    if not log.is_file():
-        raise UsageError(f"--follow needs a local log file; target {record.get('target')!r} has none")
+    log = Path(str(record.extra.get("log", "")))
+    if not record.extra.get("log") or not log.is_file():
+        raise UsageError(f"--follow needs a local log file; target {record.target!r} has none")
     try:
         with open(log, "rb") as f:
             f.seek(0, 2)

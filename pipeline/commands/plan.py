@@ -7,6 +7,7 @@ import json
 from pipeline import runner
 from pipeline.commands._common import context, selection, show
 from pipeline.console import Console
+from pipeline.records import COLOURS, Plan, StepAction
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
@@ -25,16 +26,12 @@ def main(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def print_plan(console: Console, the_plan: runner.Plan, name: str, path: str, target: str) -> None:
+def print_plan(console: Console, the_plan: Plan, name: str, path: str, target: str) -> None:
     console.print(f"plan for {console.paint(name, 'bold')} ({path}), target {target}")
     console.print()
     for step in the_plan.steps:
-        colour = {"run": "yellow", "skip": "dim"}.get(step.action, "dim")
-        label = step.action
-        if step.change and step.action == "run":
-            label = step.change.action if step.change.action != "no-op" else "redeploy"  # --force
-        console.print(f"  {step.stage:<9} {console.paint(f'{label:<13}', colour)} {step.reason}")
-        if step.change and step.stage == "deploy" and step.action != "not selected":
+        console.print(f"  {step.stage:<9} {console.paint(f'{step.label:<13}', COLOURS[step.action])} {step.reason}")
+        if step.change and step.action is not StepAction.NOT_SELECTED:
             for path_, old, new in step.change.fields:
                 if old is None:
                     line = console.paint(f"+ {path_}: {show(new)}", "green")
@@ -45,10 +42,13 @@ def print_plan(console: Console, the_plan: runner.Plan, name: str, path: str, ta
                 console.print(f"      {line}")
             for _name, diff in step.change.files:
                 for line in diff.rstrip("\n").splitlines():
-                    colour = "green" if line.startswith("+") else "red" if line.startswith("-") else "cyan" if line.startswith("@") else "dim"
-                    console.print("      " + console.paint(line, colour))
-    running = sum(s.action == "run" for s in the_plan.steps)
-    skipped = sum(s.action == "skip" for s in the_plan.steps)
+                    console.print("      " + console.paint(line, _diff_colour(line)))
+    running = sum(s.action is StepAction.RUN for s in the_plan.steps)
+    skipped = sum(s.action is StepAction.SKIP for s in the_plan.steps)
     console.print()
     console.print(f"Plan: {running} stage(s) to run, {skipped} unchanged." if running else
                   "No changes: the service matches the spec.")
+
+
+def _diff_colour(line: str) -> str:
+    return {"+": "green", "-": "red", "@": "cyan"}.get(line[:1], "dim")

@@ -18,8 +18,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
     from pipeline import targets
 
     # files a rendered config names beside itself (the online deployment's model), so the folder is usable as is
-    assets = getattr(targets.get(loaded.deploy.target), "assets", None)
-    for name, source in (assets(loaded) if assets else {}).items():
+    for name, source in targets.get(loaded.deploy.target).assets(loaded).items():
         shutil.copyfile(source, folder / name)
         console.print(f"copied {source} -> {folder / name}")
     return 0

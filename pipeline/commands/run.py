@@ -10,6 +10,7 @@ from pipeline import runner
 from pipeline import state as states
 from pipeline.commands._common import context, selection
 from pipeline.console import Console
+from pipeline.records import Status
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
@@ -24,18 +25,17 @@ def main(args: argparse.Namespace, console: Console) -> int:
         results = runner.execute(ctx, the_plan, command=f"run {args.spec}", cleanup=args.cleanup)
     code = runner.exit_code(results)
     seconds = time.perf_counter() - start
+    service = ctx.service
     if args.json:
         print(json.dumps({"spec": ctx.spec.name, "ok": code == 0, "seconds": round(seconds, 3),
-                                   "service": (ctx.state.get("service") or {}).get("scoring_uri"),
-                                   "stages": [{"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3),
-                                               "detail": r.detail} for r in results]}, indent=2, default=str))
+                          "service": service.scoring_uri if service else None,
+                          "stages": [r.to_dict() for r in results]}, indent=2, default=str))
         return code
-    ran = sum(r.status == "ran" for r in results)
-    skipped = sum(r.status == "skipped" for r in results)
-    service = ctx.state.get("service")
-    where = f"; service {service['scoring_uri']}" if service and service.get("scoring_uri") else ""
+    ran = sum(r.status is Status.RAN for r in results)
+    skipped = sum(r.status is Status.SKIPPED for r in results)
+    where = f"; service {service.scoring_uri}" if service and service.scoring_uri else ""
     if code:
-        failed = next(r for r in results if r.status == "failed")
+        failed = next(r for r in results if r.status is Status.FAILED)
         console.error(console.paint(f"run failed at {failed.stage} after {seconds:.1f} s", "red") + where)
     else:
         console.print(f"done in {seconds:.1f} s: {ran} ran, {skipped} skipped{where}")

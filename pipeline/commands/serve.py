@@ -17,7 +17,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
     path = models.fetch_model(fetch.source_for(ctx.spec), ctx.paths.models, spec.name, spec.version, spec.sha256)
     app_dir = ctx.paths.root / "serve"
     render.write_files(app_dir, render.render(ctx.spec))
-    port = ctx.spec.deploy.local["port"] if args.port is None else args.port
+    port = ctx.spec.deploy.block("local")["port"] if args.port is None else args.port
     keys = auth_keys.ensure(ctx.paths.root / "serve-keys", ctx.spec.deploy.auth)
     config = local.service_config(ctx.spec, app_dir, path.parent, keys, None, port)
     from pipeline.serve.config import ServeConfig

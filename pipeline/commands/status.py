@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 from pipeline.commands._common import context
 from pipeline.console import Console
 from pipeline.errors import StageFailed
+from pipeline.records import COLOURS
+from pipeline.targets import keys as keyfile
 
 
 def _mask(key: str) -> str:
@@ -16,32 +19,27 @@ def _mask(key: str) -> str:
 
 def main(args: argparse.Namespace, console: Console) -> int:
     ctx = context(args, console, check_files=False)
-    record = ctx.state.get("service")
+    record = ctx.service
     if args.uri:
-        if not record:
+        if record is None or not record.scoring_uri:
             raise StageFailed(f"{ctx.spec.name} is not deployed; `python -m pipeline run {args.spec}` deploys it")
-        console.always(record["scoring_uri"])
+        console.always(record.scoring_uri)
         return 0
-    smoke = (ctx.state["stages"].get("smoke") or {})
-    out: dict = {"spec": ctx.spec.name, "target": ctx.spec.deploy.target, "deployed": bool(record)}
-    if record:
+    out: dict[str, Any] = {"spec": ctx.spec.name, "target": ctx.spec.deploy.target, "deployed": record is not None}
+    if record is not None:
         from pipeline import targets
+        from pipeline.stages.smoke import SmokeOutput
 
-        live = targets.get(record.get("target", ctx.spec.deploy.target)).probe(record, ctx.spec)
-        state = "live" if live.healthy and not live.drift else "drifted" if live.healthy else "down" if live.reachable else "unknown"
-        out |= {"state": state, "detail": live.detail, "drift": list(live.drift), "scoring_uri": record.get("scoring_uri"),
-                "swagger_uri": record.get("swagger_uri"), "model": record.get("model"), "model_sha256": record.get("model_sha256"),
-                "deployed_at": record.get("deployed_at")}
-        if smoke:
-            so = smoke.get("outputs", {})
-            out["last_smoke"] = {"at": smoke.get("at"), "agree": so.get("agree"), "sample_accuracy": so.get("sample_accuracy"),
-                                 "latency_ms": so.get("latency_ms")}
-        if record.get("auth"):
-            keys_file = ctx.paths.service / "keys.json"
-            try:
-                keys = json.loads(keys_file.read_text())
-            except (OSError, ValueError):
-                keys = {}
+        live = targets.get(record.target).probe(record, ctx.spec)
+        out |= {"state": live.state, "detail": live.detail, "drift": list(live.drift),
+                "scoring_uri": record.scoring_uri, "swagger_uri": record.swagger_uri, "model": record.model,
+                "model_sha256": record.model_sha256, "deployed_at": record.deployed_at}
+        smoke = ctx.output(SmokeOutput)
+        if smoke is not None:
+            out["last_smoke"] = {"at": ctx.state["stages"]["smoke"].get("at"), "agree": smoke.agree,
+                                 "sample_accuracy": smoke.sample_accuracy, "latency_ms": smoke.latency_ms}
+        if record.auth:
+            keys = keyfile.read(ctx.paths.service)
             out["keys"] = keys if args.show_keys else {k: _mask(v) for k, v in keys.items()}
     history = ctx.state.get("history") or []
     if history:
@@ -52,8 +50,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
     if not record:
         console.print(f"{ctx.spec.name}: not deployed (target {ctx.spec.deploy.target})")
         return 0
-    colour = {"live": "green", "drifted": "yellow", "down": "red"}.get(out["state"], "yellow")
-    console.print(f"{ctx.spec.name}: {console.paint(out['state'], colour)} - {out['detail']}")
+    console.print(f"{ctx.spec.name}: {console.paint(out['state'], COLOURS[out['state']])} - {out['detail']}")
     console.print(f"  scoring URI  {out['scoring_uri']}")
     if out.get("swagger_uri"):
         console.print(f"  swagger      {out['swagger_uri']}")

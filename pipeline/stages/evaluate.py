@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.context import Context
 from pipeline.errors import StageFailed
 from pipeline.files import atomic_write
+from pipeline.stages import Outcome, Output, Stage
+
+if TYPE_CHECKING:
+    from pipeline.context import Context
+    from pipeline.data import Dataset
+    from pipeline.records import Step
 
 
 def test_inputs(ctx: Context) -> dict[str, Any]:
@@ -24,56 +30,85 @@ def model_digest(ctx: Context) -> str | None:
     if ctx.spec.model.sha256:
         return ctx.spec.model.sha256
     if isinstance(ctx.spec.model.source, RegistrySource):
-        return ctx.output("fetch").get("sha256")
+        from pipeline.stages.fetch import FetchOutput
+
+        fetched = ctx.output(FetchOutput)
+        return fetched.sha256 if fetched else None
     return ctx.file_digest(ctx.spec.model.source)
 
 
-def inputs(ctx: Context) -> dict[str, Any] | None:
-    model = model_digest(ctx)
-    if model is None:
-        return None
-    from pipeline.stages import check
-
-    return {"model": model, "format": ctx.spec.model.format, "trusted": list(ctx.spec.model.trusted_types),
-            "test": test_inputs(ctx), "min_accuracy": ctx.spec.test.min_accuracy, "runtime": check.model_runtime(ctx)}
-
-
-def stale(ctx: Context, record: dict[str, Any]) -> str:
-    missing = [p for p in (record["outputs"].get("evaluation"), record["outputs"].get("confusion_png")) if p and not Path(p).is_file()]
-    return f"its outputs are missing ({', '.join(missing)})" if missing else ""
-
-
-def run(ctx: Context, step: Any) -> Any:
-    from pipeline import data, evaluate, models
-    from pipeline.stages import Outcome
+def load_model_and_data(ctx: Context) -> tuple[Any, Dataset]:
+    """The fetched model (its pin checked again as it is read) and the test set: what evaluate and smoke both use."""
+    from pipeline import data, models
+    from pipeline.stages.fetch import FetchOutput
 
     spec = ctx.spec
-    fetched = ctx.output("fetch")
-    if not fetched.get("path"):
+    fetched = ctx.output(FetchOutput)
+    if fetched is None:
         raise StageFailed("no fetched model: run the fetch stage first")
-    model = models.load_model(Path(fetched["path"]), spec.model.format, spec.model.sha256, list(spec.model.trusted_types))
+    model = models.load_model(Path(fetched.path), spec.model.format, spec.model.sha256, list(spec.model.trusted_types))
     dataset = data.load_dataset(spec.test.images, spec.test.labels, format=spec.test.format,
                                 label_column=spec.test.label_column, scale=spec.test.scale)
+    return model, dataset
 
-    def progress(done: int, total: int) -> None:
-        ctx.console.progress(f"evaluate: {done:,} of {total:,} rows ({100 * done / max(total, 1):.0f}%)")
 
-    result = evaluate.evaluate(model, dataset, progress=progress)
-    passed = result.accuracy >= spec.test.min_accuracy
-    # a failed gate writes beside, never over, the outputs of the last success that later skips rely on
-    folder = ctx.paths.eval if passed else ctx.paths.eval / "failed"
-    folder.mkdir(parents=True, exist_ok=True)
-    plot = evaluate.plot_confusion(result.confusion, folder / "confusion.png", result.labels)
-    record = result.to_dict() | {"min_accuracy": spec.test.min_accuracy, "model_sha256": fetched.get("sha256")}
-    evaluation = folder / "evaluation.json"
-    atomic_write(evaluation, (json.dumps(record, indent=2) + "\n").encode())
-    matrix = evaluate.format_confusion(result.confusion)
-    outputs = {"accuracy": result.accuracy, "n": result.n, "evaluation": str(evaluation),
-               "confusion_png": str(plot), "model_sha256": fetched.get("sha256")}
-    try:
-        evaluate.check_gate(result, spec.test.min_accuracy)
-    except StageFailed as exc:
-        raise StageFailed(f"{exc}; nothing was deployed; confusion matrix in {plot}\n{matrix}", outputs) from None
-    detail = (f"accuracy {result.accuracy:.4f} on {result.n:,} test images (gate {spec.test.min_accuracy:g})\n"
-              f"{matrix}\nOverall accuracy: {result.accuracy:.4f}")
-    return Outcome(detail, outputs)
+@dataclass(frozen=True)
+class EvaluateOutput(Output):
+    stage = "evaluate"
+    accuracy: float
+    n: int
+    evaluation: str  # evaluation.json: the confusion matrix and per-class scores
+    confusion_png: str
+    model_sha256: str | None = None
+
+
+class Evaluate(Stage):
+    name = "evaluate"
+
+    def inputs(self, ctx: Context) -> dict[str, Any] | None:
+        model = model_digest(ctx)
+        if model is None:
+            return None
+        from pipeline.stages import check
+
+        return {"model": model, "format": ctx.spec.model.format, "trusted": list(ctx.spec.model.trusted_types),
+                "test": test_inputs(ctx), "min_accuracy": ctx.spec.test.min_accuracy,
+                "runtime": check.model_runtime(ctx)}
+
+    def stale(self, ctx: Context, record: dict[str, Any]) -> str:
+        out = EvaluateOutput.from_dict(record.get("outputs"))
+        if out is None:
+            return "its recorded outputs are unreadable"
+        missing = [p for p in (out.evaluation, out.confusion_png) if p and not Path(p).is_file()]
+        return f"its outputs are missing ({', '.join(missing)})" if missing else ""
+
+    def run(self, ctx: Context, step: Step) -> Outcome:
+        from pipeline import evaluate
+        from pipeline.stages.fetch import FetchOutput
+
+        spec = ctx.spec
+        model, dataset = load_model_and_data(ctx)
+        fetched = ctx.output(FetchOutput)
+
+        def progress(done: int, total: int) -> None:
+            ctx.console.progress(f"evaluate: {done:,} of {total:,} rows ({100 * done / max(total, 1):.0f}%)")
+
+        result = evaluate.evaluate(model, dataset, progress=progress)
+        passed = result.accuracy >= spec.test.min_accuracy
+        # a failed gate writes beside, never over, the outputs of the last success that later skips rely on
+        folder = ctx.paths.eval if passed else ctx.paths.eval / "failed"
+        folder.mkdir(parents=True, exist_ok=True)
+        plot = evaluate.plot_confusion(result.confusion, folder / "confusion.png", result.labels)
+        sha = fetched.sha256 if fetched else None
+        record = result.to_dict() | {"min_accuracy": spec.test.min_accuracy, "model_sha256": sha}
+        evaluation = folder / "evaluation.json"
+        atomic_write(evaluation, (json.dumps(record, indent=2) + "\n").encode())
+        matrix = evaluate.format_confusion(result.confusion)
+        outputs = EvaluateOutput(result.accuracy, result.n, str(evaluation), str(plot), sha)
+        try:
+            evaluate.check_gate(result, spec.test.min_accuracy)
+        except StageFailed as exc:
+            raise StageFailed(f"{exc}; nothing was deployed; confusion matrix in {plot}\n{matrix}", outputs) from None
+        detail = (f"accuracy {result.accuracy:.4f} on {result.n:,} test images (gate {spec.test.min_accuracy:g})\n"
+                  f"{matrix}\nOverall accuracy: {result.accuracy:.4f}")
+        return Outcome(detail, outputs)

@@ -1,36 +1,59 @@
 """Stage render: write score.py, myenv.yml and the target's configs into the build folder."""
+
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pipeline.context import Context
 from pipeline.files import sha256_bytes, sha256_path
+from pipeline.stages import Outcome, Output, Stage
+
+if TYPE_CHECKING:
+    from pipeline.context import Context
+    from pipeline.records import Step
 
 
-def inputs(ctx: Context) -> dict[str, Any]:
-    # rendering is pure and cheap, so the rendered bytes themselves are the inputs: templates, spec
-    # fields and the target's settings all count exactly as far as they change the output
-    return {"files": {name: sha256_bytes(text.encode()) for name, text in ctx.rendered.items()}}
+@dataclass(frozen=True)
+class RenderOutput(Output):
+    stage = "render"
+    dir: str
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256 of what was written
 
 
-def stale(ctx: Context, record: dict[str, Any]) -> str:
-    for name, digest in record["outputs"].get("files", {}).items():
-        path = ctx.paths.build / name
-        if not path.is_file() or sha256_path(path) != digest:
-            return f"{path} was changed or removed since it was rendered"
-    return ""
+def digests(files: dict[str, str]) -> dict[str, str]:
+    return {name: sha256_bytes(text.encode()) for name, text in files.items()}
 
 
-def run(ctx: Context, step: Any) -> Any:
-    from pipeline import render
-    from pipeline.stages import Outcome
+class Render(Stage):
+    name = "render"
 
-    files = ctx.rendered
-    build = ctx.paths.build
-    if build.is_dir():
-        for old in build.iterdir():
-            if old.is_file() and old.name not in files:
-                old.unlink()
-    render.write_files(build, files)
-    digests = {name: sha256_bytes(text.encode()) for name, text in files.items()}
-    return Outcome(f"{', '.join(sorted(files))} -> {build}", {"files": digests, "dir": str(build)})
+    def inputs(self, ctx: Context) -> dict[str, Any]:
+        # rendering is pure and cheap, so the rendered bytes themselves are the inputs: templates, spec
+        # fields and the target's settings all count exactly as far as they change the output
+        return {"files": digests(ctx.rendered)}
+
+    def stale(self, ctx: Context, record: dict[str, Any]) -> str:
+        out = RenderOutput.from_dict(record.get("outputs"))
+        for name, digest in (out.files if out else {}).items():
+            path = ctx.paths.build / name
+            if not path.is_file() or sha256_path(path) != digest:
+                return f"{path} was changed or removed since it was rendered"
+        return "" if out else "its recorded outputs are unreadable"
+
+    def run(self, ctx: Context, step: Step) -> Outcome:
+        from pipeline import render
+
+        files = ctx.rendered
+        build = ctx.paths.build
+        if build.is_dir():
+            for old in build.iterdir():
+                if old.is_file() and old.name not in files:
+                    old.unlink()
+        render.write_files(build, files)
+        return Outcome(f"{', '.join(sorted(files))} -> {build}", RenderOutput(str(build), digests(files)))
+
+
+def build_dir(ctx: Context) -> Path | None:
+    out = ctx.output(RenderOutput)
+    return Path(out.dir) if out else None

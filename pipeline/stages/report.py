@@ -4,26 +4,47 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import state as states
-from pipeline.context import Context
 from pipeline.files import atomic_write
+from pipeline.stages import STAGES, Outcome, Output, Stage
+from pipeline.stages.check import CheckOutput
+from pipeline.stages.evaluate import EvaluateOutput
+from pipeline.stages.smoke import SmokeOutput
 
-AFTER = ("check", "fetch", "evaluate", "render", "deploy", "smoke")
+if TYPE_CHECKING:
+    from pipeline.context import Context
+    from pipeline.records import Step
+
 SERVICE_FIELDS = ("target", "scoring_uri", "swagger_uri", "model", "model_sha256", "deployed_at", "workers", "auth")
 
 
-def inputs(ctx: Context) -> dict[str, Any]:
-    return {"stages": {s: (ctx.state["stages"].get(s) or {}).get("digest") for s in AFTER}}
+@dataclass(frozen=True)
+class ReportOutput(Output):
+    stage = "report"
+    dir: str
 
 
-def stale(ctx: Context, record: dict[str, Any]) -> str:
-    where = record["outputs"].get("dir")
-    if where != str(folder(ctx)) or not (folder(ctx) / "report.md").is_file():
-        return f"{folder(ctx) / 'report.md'} is missing"
-    return ""
+class Report(Stage):
+    name = "report"
+    after = STAGES[:-1]  # it reports on every other stage: any of them running changes the report
+    always = True  # a failed run is reported too: the report says what failed
+
+    def inputs(self, ctx: Context) -> dict[str, Any]:
+        return {"stages": {s: (ctx.state["stages"].get(s) or {}).get("digest") for s in self.after}}
+
+    def stale(self, ctx: Context, record: dict[str, Any]) -> str:
+        out = ReportOutput.from_dict(record.get("outputs"))
+        if out is None or out.dir != str(folder(ctx)) or not (folder(ctx) / "report.md").is_file():
+            return f"{folder(ctx) / 'report.md'} is missing"
+        return ""
+
+    def run(self, ctx: Context, step: Step) -> Outcome:
+        out = write(ctx)
+        return Outcome(f"{out / 'report.md'}", ReportOutput(str(out)))
 
 
 def folder(ctx: Context) -> Path:
@@ -33,20 +54,19 @@ def folder(ctx: Context) -> Path:
 def collect(ctx: Context) -> dict[str, Any]:
     """Everything a machine needs, from this run and the recorded state; never the keys."""
     evaluation = None
-    path = ctx.output("evaluate").get("evaluation")
-    if path and Path(path).is_file():
-        evaluation = json.loads(Path(path).read_text())
+    evaluated = ctx.output(EvaluateOutput)
+    if evaluated and Path(evaluated.evaluation).is_file():
+        evaluation = json.loads(Path(evaluated.evaluation).read_text())
     service = ctx.state.get("service") or {}
-    plan = getattr(ctx, "plan", None)
+    check, smoke = ctx.output(CheckOutput), ctx.output(SmokeOutput)
     return {
         "spec": ctx.spec.name, "spec_file": str(ctx.spec.path), "generated_at": ctx.clock(),
         "description": ctx.spec.description, "tags": dict(ctx.spec.tags),
-        "plan": plan.to_dict() if plan is not None else None,
-        "stages": [{"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3), "detail": r.detail}
-                   for r in getattr(ctx, "results", [])],
-        "versions": ctx.output("check"),
+        "plan": ctx.plan.to_dict() if ctx.plan is not None else None,
+        "stages": [r.to_dict() for r in ctx.results],
+        "versions": check.to_dict() if check else {},
         "evaluation": evaluation,
-        "smoke": ctx.output("smoke") or None,
+        "smoke": smoke.to_dict() if smoke else None,
         "service": {k: service.get(k) for k in SERVICE_FIELDS if k in service} or None,
     }
 
@@ -125,8 +145,9 @@ def write(ctx: Context) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     report = collect(ctx)
     plots = {}
-    for key, source in (("confusion", ctx.output("evaluate").get("confusion_png")),
-                        ("samples", (ctx.output("smoke") or {}).get("samples_png"))):
+    evaluated, smoke = ctx.output(EvaluateOutput), ctx.output(SmokeOutput)
+    for key, source in (("confusion", evaluated.confusion_png if evaluated else None),
+                        ("samples", smoke.samples_png if smoke else None)):
         if source and Path(source).is_file():
             shutil.copyfile(source, out / Path(source).name)
             plots[key] = Path(source).name
@@ -135,9 +156,3 @@ def write(ctx: Context) -> Path:
     atomic_write(out / "report.md", markdown(report, plots).encode())
     return out
 
-
-def run(ctx: Context, step: Any) -> Any:
-    from pipeline.stages import Outcome
-
-    out = write(ctx)
-    return Outcome(f"{out / 'report.md'}", {"dir": str(out)})

@@ -5,29 +5,58 @@ import json
 import math
 import time
 import urllib.error
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.context import Context
 from pipeline.errors import StageFailed, TargetError
+from pipeline.stages import Outcome, Output, Stage
 
-AFTER = ("deploy",)      # a (re)deployed service is always smoke-tested again
-REPEATS = 5              # timed repetitions of the sample request
-RETRIES = 5              # connection errors only, with a doubling back-off
+if TYPE_CHECKING:
+    from pipeline.context import Context
+    from pipeline.records import Reply, Step
+    from pipeline.targets.base import ServiceRecord
+
+REPEATS = 5  # timed repetitions of the sample request
+RETRIES = 5  # connection errors only, with a doubling back-off
 PROBABILITY_TOLERANCE = 1e-9
 
 
-def inputs(ctx: Context) -> dict[str, Any] | None:
-    from pipeline.stages import check, evaluate
+@dataclass(frozen=True)
+class SmokeOutput(Output):
+    stage = "smoke"
+    uri: str
+    indices: list[int]
+    answers: list[Any]
+    local: list[Any]
+    labels: list[Any] | None
+    agree: bool
+    sample_accuracy: float | None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    bytes_sent: int = 0
+    requests: int = 0
+    samples_png: str | None = None
 
-    service = ctx.state.get("service")
-    if not service:
-        return None
-    test = ctx.spec.test
-    return {"service": {"uri": service.get("scoring_uri"), "deployed_at": service.get("deployed_at")},
-            "model": evaluate.model_digest(ctx), "test": evaluate.test_inputs(ctx),
-            "sample_size": test.sample_size, "seed": test.seed, "output": ctx.spec.scoring.output,
-            "runtime": check.model_runtime(ctx)}
+
+class Smoke(Stage):
+    name = "smoke"
+    after = ("deploy",)  # a (re)deployed service is always smoke-tested again
+    needs_service = True
+
+    def inputs(self, ctx: Context) -> dict[str, Any] | None:
+        from pipeline.stages import check, evaluate
+
+        service = ctx.service
+        if service is None:
+            return None
+        test = ctx.spec.test
+        return {"service": {"uri": service.scoring_uri, "deployed_at": service.deployed_at},
+                "model": evaluate.model_digest(ctx), "test": evaluate.test_inputs(ctx),
+                "sample_size": test.sample_size, "seed": test.seed, "output": ctx.spec.scoring.output,
+                "runtime": check.model_runtime(ctx)}
+
+    def run(self, ctx: Context, step: Step) -> Outcome:
+        return run(ctx)
 
 
 def sample_indices(n: int, size: int, seed: int) -> list[int]:
@@ -37,7 +66,7 @@ def sample_indices(n: int, size: int, seed: int) -> list[int]:
     return np.random.RandomState(seed).permutation(n)[:size].tolist()
 
 
-def _invoke(ctx: Context, record: dict[str, Any], body: bytes) -> Any:
+def _invoke(ctx: Context, record: ServiceRecord, body: bytes) -> Reply:
     delay = 0.2
     for attempt in range(RETRIES + 1):
         try:
@@ -46,15 +75,15 @@ def _invoke(ctx: Context, record: dict[str, Any], body: bytes) -> Any:
         except (ConnectionError, urllib.error.URLError) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, TimeoutError) or attempt == RETRIES:
-                raise StageFailed(f"cannot reach {record.get('scoring_uri')}: {reason}") from None
+                raise StageFailed(f"cannot reach {record.scoring_uri}: {reason}") from None
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
         except TimeoutError:
-            raise StageFailed(f"{record.get('scoring_uri')} did not answer within the timeout") from None
+            raise StageFailed(f"{record.scoring_uri} did not answer within the timeout") from None
     raise AssertionError("unreachable")
 
 
-def _answers(reply: Any, uri: str) -> list[Any]:
+def _answers(reply: Reply, uri: str) -> list[Any]:
     if reply.status != 200:
         raise StageFailed(f"{uri} answered HTTP {reply.status}: {reply.body[:300].decode('utf-8', 'replace')}")
     try:
@@ -75,25 +104,22 @@ def _same(a: Any, b: Any, output: str) -> bool:
     return a == b
 
 
-def run(ctx: Context, step: Any) -> Any:
+def run(ctx: Context) -> Outcome:
+    """Send the seeded samples to the recorded service; every answer must equal the local model's."""
     import numpy as np
 
-    from pipeline import data, models
-    from pipeline.stages import Outcome
+    from pipeline.stages.evaluate import load_model_and_data
 
     spec = ctx.spec
-    record = ctx.state.get("service")
-    if not record:
+    record = ctx.service
+    if record is None:
         raise StageFailed("no service is deployed: run the deploy stage first")
-    fetched = ctx.output("fetch")
-    dataset = data.load_dataset(spec.test.images, spec.test.labels, format=spec.test.format,
-                                label_column=spec.test.label_column, scale=spec.test.scale)
+    model, dataset = load_model_and_data(ctx)
     indices = sample_indices(dataset.n, spec.test.sample_size, spec.test.seed)
     X = np.stack([dataset.rows(i, i + 1)[0] for i in indices])
-    model = models.load_model(Path(fetched["path"]), spec.model.format, spec.model.sha256, list(spec.model.trusted_types))
     local = (model.predict_proba(X) if spec.scoring.output == "probabilities" else model.predict(X)).tolist()
     body = json.dumps({"data": X.tolist()}).encode("utf-8")
-    uri = record.get("scoring_uri", "the service")
+    uri = record.scoring_uri or "the service"
 
     try:
         replies = [_invoke(ctx, record, body) for _ in range(REPEATS)]
@@ -123,9 +149,8 @@ def run(ctx: Context, step: Any) -> Any:
     seconds = sorted(r.seconds for r in replies)
     latency = {"min": seconds[0] * 1000, "p50": seconds[len(seconds) // 2] * 1000, "max": seconds[-1] * 1000}
     accuracy = float(np.mean(np.asarray(shown) == np.asarray(labels))) if labels is not None else None
-    outputs = {"uri": uri, "indices": indices, "answers": answers, "local": local, "labels": labels,
-               "agree": agree, "sample_accuracy": accuracy, "latency_ms": latency, "bytes_sent": len(body),
-               "requests": REPEATS + 1, "samples_png": str(png) if png else None}
+    outputs = SmokeOutput(uri, indices, answers, local, labels, agree, accuracy, latency, len(body), REPEATS + 1,
+                          str(png) if png else None)
     if wrong or not single_ok:
         listed = "; ".join(f"test image #{i}: service {g!r}, local {w!r}" for i, g, w in wrong[:5])
         what = f"{len(wrong)} of {len(indices)} answers differ from the local model's ({listed})" if wrong else \

@@ -1,4 +1,5 @@
 """Deployment targets, one module each, listed in one plain dict (no import-time registration)."""
+
 from __future__ import annotations
 
 import importlib
@@ -9,26 +10,30 @@ from pipeline.errors import UsageError
 if TYPE_CHECKING:
     from pipeline.targets.base import Target
 
-# target name -> module path and the class in it; imported only when used, so the cloud SDKs stay optional
-TARGETS: dict[str, tuple[str, str]] = {
-    "local": ("pipeline.targets.local", "LocalTarget"),
-    "aci": ("pipeline.targets.azureml_v1", "AciTarget"),
-    "aks": ("pipeline.targets.azureml_v1", "AksTarget"),
-    "azureml-online": ("pipeline.targets.azureml_online", "OnlineTarget"),
-    "kubernetes": ("pipeline.targets.kubernetes", "KubernetesTarget"),
+# target name -> "module:Class"; a cloud SDK is imported only when the target uses it, so the extras stay optional
+TARGETS: dict[str, str] = {
+    "local": "pipeline.targets.local:LocalTarget",
+    "aci": "pipeline.targets.azureml_v1:AciTarget",
+    "aks": "pipeline.targets.azureml_v1:AksTarget",
+    "azureml-online": "pipeline.targets.azureml_online:OnlineTarget",
 }
 
 
-def get(name: str) -> "Target":
-    """The target object for a `deploy.target` value."""
+def target_class(name: str) -> type[Target]:
+    """The class of a `deploy.target` value (its settings, rules and capabilities), without instantiating it."""
     try:
-        module_name, class_name = TARGETS[name]
+        module_name, _, class_name = TARGETS[name].partition(":")
     except KeyError:
-        raise UsageError(f"unknown target {name!r}; known: {', '.join(sorted(TARGETS))}") from None
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith(module_name):
-            raise UsageError(f"target {name!r} is not available in this version of pipeline") from None
-        raise
-    return getattr(module, class_name)()
+        raise UsageError(f"unknown target {name!r}; known: {', '.join(TARGETS)}") from None
+    cls: type[Target] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def get(name: str) -> Target:
+    """The target object for a `deploy.target` value."""
+    return target_class(name)()
+
+
+def classes() -> dict[str, type[Target]]:
+    """Every target's class, in TARGETS order: what the schema and the docs are assembled from."""
+    return {name: target_class(name) for name in TARGETS}

@@ -7,15 +7,12 @@ import json
 import os
 import re
 import sys
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from pipeline.errors import UsageError
-
-# Imported by pipeline.rules, so this module must not import pipeline.spec or pipeline.targets.base.
+from pipeline.targets.base import AddProblem
 
 EXTRA_V1 = "azure"
 EXTRA_V2 = "azure-v2"
@@ -50,6 +47,64 @@ INSTANCE_TYPES: tuple[tuple[str, int, float], ...] = (
 SP_ENV = ("AZUREML_SERVICE_PRINCIPAL_ID", "AZUREML_SERVICE_PRINCIPAL_PASSWORD", "AZUREML_SERVICE_PRINCIPAL_TENANT_ID")
 
 
+# The settings block the three Azure ML targets share: deploy.azureml.
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "description": "Settings of the Azure ML targets (aci, aks, azureml-online).",
+    "type": "object",
+    "additionalProperties": False,
+    "default": {},
+    "properties": {
+        "workspace_config": {"description": "Path, relative to the spec, of the workspace config.json; default: the "
+                             "SDK's search (./config.json, .azureml/config.json).", "type": "string", "minLength": 1},
+        "compute_target": {"description": "aks: name of the attached AKS compute target.", "type": "string",
+                           "minLength": 2, "maxLength": 16},
+        "replicas": {"description": "aks / azureml-online: fixed number of replicas (instances).", "type": "integer",
+                     "minimum": 1, "maximum": 100},
+        "autoscale": {
+            "description": "aks: autoscaling (excludes replicas).",
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "min_replicas": {"description": "Lowest replica count.", "type": "integer", "minimum": 1, "default": 1},
+                "max_replicas": {"description": "Highest replica count.", "type": "integer", "minimum": 1,
+                                 "default": 10},
+                "target_utilization": {"description": "Target utilization in percent.", "type": "integer",
+                                       "minimum": 1, "maximum": 100, "default": 70},
+            },
+        },
+        "token_auth": {"description": "aks: Azure AD token authentication (excludes deploy.auth key auth).",
+                       "type": "boolean", "default": False},
+        "instance_type": {"description": "azureml-online: VM size; default chosen from cpu_cores and memory_gb "
+                          "(see README).", "type": "string", "pattern": "^Standard_[A-Za-z0-9_]+$",
+                          "errorMessage": "must be an Azure VM size such as Standard_DS3_v2"},
+        "base_image": {"description": "azureml-online: base image of the environment.", "type": "string",
+                       "minLength": 1, "default": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"},
+    },
+}
+# Azure Resource Manager tags: at most 50 per resource, and these characters are rejected in names.
+ARM_MAX_TAGS = 50
+ARM_TAG_FORBIDDEN = "<>%&\\?/"
+
+
+def check_workspace_config(data: Mapping[str, Any], add: AddProblem, folder: Path | None) -> None:
+    """deploy.azureml.workspace_config must name a file, when files are checked."""
+    from pipeline import rules
+
+    workspace = data["deploy"]["azureml"].get("workspace_config")
+    if workspace is not None and folder is not None:
+        rules.exists(folder, workspace, add, ("deploy", "azureml", "workspace_config"))
+
+
+def check_arm_tags(data: Mapping[str, Any], add: AddProblem) -> None:
+    """An Azure Resource Manager resource takes at most 50 tags, without some characters in their names."""
+    if len(data["tags"]) > ARM_MAX_TAGS:
+        add(("tags",), f"Azure resources allow at most {ARM_MAX_TAGS} tags, got {len(data['tags'])}")
+    for key in data["tags"]:
+        bad = sorted(set(key) & set(ARM_TAG_FORBIDDEN))
+        if bad:
+            add(("tags", key), f"Azure rejects tag names containing {' '.join(bad)}")
+
+
 def choose_instance_type(cpu_cores: float, memory_gb: float) -> str | None:
     """The cheapest VM size in INSTANCE_TYPES with enough cores and memory; None when none is big enough."""
     for name, cores, memory in INSTANCE_TYPES:
@@ -79,7 +134,7 @@ def recorded_config(record: Mapping[str, Any], spec: Any = None) -> Path | None:
         return Path(record["workspace_config"])
     if spec is None:
         return None
-    return workspace_config(spec.deploy.azureml, spec.folder, spec.model.source)
+    return workspace_config(spec.deploy.block("azureml"), spec.folder, spec.model.source)
 
 
 def tags_drift(live_tags: Mapping[str, Any] | None, record: Mapping[str, Any]) -> list[str]:
@@ -166,21 +221,6 @@ def logs_section(read: Callable[[int], str | None], what: str) -> str:
 def log_tail(text: str | None, lines: int) -> str:
     rows = (text or "").rstrip("\n").splitlines()
     return "\n".join(rows[-lines:]) if lines > 0 else ""
-
-
-def http_post(uri: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes, float, dict[str, str]]:
-    """POST to a scoring URI: (status, body, seconds, headers); an HTTP error status is an answer, not an exception.
-
-    Connection errors and timeouts propagate as urllib raises them: the smoke stage retries those.
-    """
-    req = urllib.request.Request(uri, data=body, headers={"Content-Type": "application/json", **headers}, method="POST")
-    start = time.perf_counter()
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            data = response.read()
-            return response.status, data, time.perf_counter() - start, dict(response.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), time.perf_counter() - start, dict(exc.headers or {})
 
 
 class _ProgressWriter(io.TextIOBase):

@@ -4,15 +4,27 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, ClassVar
 
+from pipeline import http
 from pipeline.errors import RenderError, TargetError, UsageError
 from pipeline.render import check_yaml, render_template
 from pipeline.spec import RegistrySource, Spec
 from pipeline.targets import azureml_common as common
 from pipeline.targets import keys as keyfile
-from pipeline.targets.base import DeployRequest, Live, Reply
+from pipeline.targets.base import (
+    AddProblem,
+    Auth,
+    BaseTarget,
+    Capabilities,
+    DeployRequest,
+    Live,
+    Reply,
+    Rollout,
+    ServiceRecord,
+)
 
 ClientFactory = Callable[[Path | None], Any]
 DEPLOYMENT = "blue"  # one deployment per endpoint, taking all traffic
@@ -45,7 +57,7 @@ def _sdk() -> Any:
 
 def instance_type(spec: Spec) -> tuple[str, str]:
     """The VM size and why: deploy.azureml.instance_type, else the table's cheapest size that fits."""
-    given = spec.deploy.azureml.get("instance_type")
+    given = spec.deploy.settings().get("instance_type")
     if given:
         return given, "instance_type: from deploy.azureml.instance_type"
     chosen = common.choose_instance_type(spec.deploy.cpu_cores, spec.deploy.memory_gb)
@@ -97,16 +109,43 @@ def _flatten(node: Any, path: tuple[str, ...], out: list[str]) -> None:
         out.append(f"{'.'.join(path)}: {message}" if path else message)
 
 
-class OnlineTarget:
+class OnlineTarget(BaseTarget):
     """A managed online endpoint with one deployment (blue) taking all traffic."""
 
-    name = "azureml-online"
+    name: ClassVar[str] = "azureml-online"
+    summary: ClassVar[str] = "an Azure ML managed online endpoint, SDK v2"
+    settings_key: ClassVar[str] = "azureml"
+    settings_schema: ClassVar[Mapping[str, Any]] = common.SETTINGS_SCHEMA
+    extra: ClassVar[str | None] = common.EXTRA_V2
+    packages: ClassVar[Mapping[str, str]] = {"azure-ai-ml": "azure.ai.ml", "azure-identity": "azure.identity"}
+    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=True, rollout=Rollout.IN_PLACE,
+                                                        auth=frozenset({Auth.KEY, Auth.TOKEN}))
     kind = "managed online endpoint"
 
     def __init__(self, client_factory: ClientFactory | None = None) -> None:
         self.client_factory = client_factory or default_client
 
     # -- offline ---------------------------------------------------------------------------------
+    def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
+        common.check_workspace_config(data, add, folder)
+        deploy, azure = data["deploy"], data["deploy"]["azureml"]
+        for key in ("compute_target", "autoscale"):
+            if key in azure:
+                add(("deploy", "azureml", key), "not used by target 'azureml-online'")
+        if deploy["auth"] and azure.get("token_auth"):
+            add(("deploy", "azureml", "token_auth"),
+                "cannot be combined with deploy.auth: an endpoint uses key or token auth, not both")
+        if deploy["request_timeout_ms"] > 180000:
+            add(("deploy", "request_timeout_ms"),
+                f"managed online endpoints allow at most 180000 ms, got {deploy['request_timeout_ms']}")
+        if not deploy["auth"] and not azure.get("token_auth"):
+            add(("deploy", "auth"), "managed online endpoints always authenticate: set deploy.auth: true (key auth) "
+                "or deploy.azureml.token_auth: true (Azure ML tokens)")
+        if "instance_type" not in azure and common.choose_instance_type(deploy["cpu_cores"], deploy["memory_gb"]) is None:
+            add(("deploy", "cpu_cores"), f"no VM size in the instance_type table has {deploy['cpu_cores']} cores and "
+                f"{deploy['memory_gb']} GB; set deploy.azureml.instance_type")
+        common.check_arm_tags(data, add)  # an endpoint is an Azure Resource Manager resource
+
     def extra_pip_packages(self, spec: Spec) -> list[str]:
         return ["azureml-inference-server-http"]  # the v2 images' scoring server
 
@@ -117,7 +156,7 @@ class OnlineTarget:
         return {spec.model.file_name: spec.model.source}
 
     def template_values(self, spec: Spec) -> dict[str, Any]:
-        azure = spec.deploy.azureml
+        azure = spec.deploy.settings()
         size, why = instance_type(spec)
         registry = isinstance(spec.model.source, RegistrySource)
         return {
@@ -148,20 +187,20 @@ class OnlineTarget:
         return files
 
     # -- deploy ----------------------------------------------------------------------------------
-    def deploy(self, request: DeployRequest) -> dict[str, Any]:
+    def deploy(self, request: DeployRequest) -> ServiceRecord:
         try:
             return self._deploy(request)
         finally:
             request.console.clear_progress()
 
-    def _deploy(self, request: DeployRequest) -> dict[str, Any]:
+    def _deploy(self, request: DeployRequest) -> ServiceRecord:
         spec, console = request.spec, request.console
         registry = isinstance(spec.model.source, RegistrySource)
         try:
             endpoint, deployment = load(request.build_dir, None if registry else request.model_path)
         except RenderError as exc:
             raise TargetError(f"{request.build_dir}: {exc}") from None
-        config = common.workspace_config(spec.deploy.azureml, spec.folder, spec.model.source)
+        config = common.workspace_config(spec.deploy.settings(), spec.folder, spec.model.source)
         client = self._client(config)
         name = endpoint.name
         try:
@@ -201,34 +240,37 @@ class OnlineTarget:
             raise TargetError(f"endpoint {name}: {common.excerpt(exc)}") from None
         from pipeline.files import sha256_path
 
-        return {
-            "target": self.name,
-            "endpoint": name,
-            "deployment": DEPLOYMENT,
-            "workspace": {"name": client.workspace_name, "resource_group": client.resource_group_name,
-                          "subscription_id": client.subscription_id},
-            "workspace_config": str(config) if config else None,
-            "scoring_uri": live.scoring_uri,
-            "swagger_uri": live.openapi_uri,
-            "state": live_deployment.provisioning_state,
-            "auth_mode": endpoint.auth_mode,
-            "auth": endpoint.auth_mode == "key",
-            "model_id": _model_id(live_deployment.model),
-            "model_sha256": spec.model.sha256 or (None if registry else sha256_path(request.model_path)),
-            "instance_type": deployment.instance_type,
-            "instance_count": deployment.instance_count,
-            "traffic": {DEPLOYMENT: 100},
-            "tags": dict(spec.tags),
-            "description": spec.description,
-        }
+        return ServiceRecord(
+            target=self.name,
+            scoring_uri=live.scoring_uri,
+            auth=endpoint.auth_mode == "key",
+            swagger_uri=live.openapi_uri,
+            model_sha256=spec.model.sha256 or (None if registry else sha256_path(request.model_path)),
+            extra={
+                "endpoint": name,
+                "deployment": DEPLOYMENT,
+                "workspace": {"name": client.workspace_name, "resource_group": client.resource_group_name,
+                              "subscription_id": client.subscription_id},
+                "workspace_config": str(config) if config else None,
+                "state": live_deployment.provisioning_state,
+                "auth_mode": endpoint.auth_mode,
+                "model_id": _model_id(live_deployment.model),
+                "instance_type": deployment.instance_type,
+                "instance_count": deployment.instance_count,
+                "traffic": {DEPLOYMENT: 100},
+                "tags": dict(spec.tags),
+                "description": spec.description,
+            },
+        )
 
     # -- the live endpoint -----------------------------------------------------------------------
-    def probe(self, record: Mapping[str, Any], spec: Spec | None = None) -> Live:
-        name = record.get("endpoint") or (spec.name if spec else "")
-        recorded = bool(record.get("endpoint"))  # plan may ask before the first deploy, with an empty record
+    def probe(self, record: ServiceRecord | None, spec: Spec | None = None) -> Live:
+        info = record.to_dict() if record else {}
+        name = info.get("endpoint") or (spec.name if spec else "")
+        recorded = bool(info.get("endpoint"))  # plan may ask before the first deploy, with no record
         try:
             _sdk()
-            client = self._client(common.recorded_config(record, spec))
+            client = self._client(common.recorded_config(info, spec))
             endpoint = client.online_endpoints.get(name=name)
         except (TargetError, UsageError) as exc:
             return Live(False, False, str(exc))
@@ -240,13 +282,13 @@ class OnlineTarget:
             return Live(True, False, f"endpoint {name} not found in the workspace",
                         ("endpoint: recorded, but missing from the workspace",))
         try:
-            deployment = client.online_deployments.get(name=record.get("deployment", DEPLOYMENT), endpoint_name=name)
+            deployment = client.online_deployments.get(name=info.get("deployment", DEPLOYMENT), endpoint_name=name)
         except Exception as exc:  # noqa: BLE001
             if common.is_not_found(exc):
                 return Live(True, False, f"endpoint {name} has no deployment {DEPLOYMENT}",
                             (f"deployment: {DEPLOYMENT} recorded, but missing from the endpoint",))
             return Live(False, False, f"cannot read deployment {DEPLOYMENT} of {name}: {common.reason(exc)}")
-        drift = _drift(endpoint, deployment, record)
+        drift = _drift(endpoint, deployment, info)
         states = (endpoint.provisioning_state, deployment.provisioning_state)
         healthy = states == ("Succeeded", "Succeeded") and (endpoint.traffic or {}).get(DEPLOYMENT) == 100
         detail = (f"endpoint {name} is {states[0]}, deployment {DEPLOYMENT} is {states[1]}"
@@ -255,24 +297,27 @@ class OnlineTarget:
             detail += "; it is not recorded here, and deploy will update it"
         return Live(True, healthy, detail, tuple(drift))
 
-    def invoke(self, record: Mapping[str, Any], body: bytes, *, timeout: float, service_dir: Path) -> Reply:
+    def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         """An HTTP POST with the endpoint key (or a fresh aml_token), pinned to the recorded deployment."""
-        headers = {"azureml-model-deployment": record.get("deployment", DEPLOYMENT)}
-        if record.get("auth_mode") == "aml_token":
-            client = self._client(common.recorded_config(record))
+        info = record.extra
+        headers = {"azureml-model-deployment": info.get("deployment", DEPLOYMENT)}
+        if info.get("auth_mode") == "aml_token":
+            client = self._client(common.recorded_config(info))
             try:
-                token = client.online_endpoints.get_keys(name=record["endpoint"]).access_token
+                token = client.online_endpoints.get_keys(name=info["endpoint"]).access_token
             except Exception as exc:  # noqa: BLE001
-                raise TargetError(f"cannot get a token for endpoint {record['endpoint']}: {common.reason(exc)}") from None
+                raise TargetError(f"cannot get a token for endpoint {info['endpoint']}: "
+                                  f"{common.reason(exc)}") from None
             headers["Authorization"] = "Bearer " + token
         else:
             headers["Authorization"] = "Bearer " + keyfile.read_primary(service_dir)
-        status, data, seconds, got = common.http_post(record["scoring_uri"], body, headers, timeout)
-        return Reply(status, data, seconds, got)
+        assert record.scoring_uri is not None
+        return http.post(record.scoring_uri, body, headers, timeout)
 
-    def delete(self, record: Mapping[str, Any], service_dir: Path) -> str:
-        name = record.get("endpoint", "")
-        client = self._client(common.recorded_config(record))
+    def delete(self, record: ServiceRecord, service_dir: Path) -> str:
+        info = record.extra
+        name = info.get("endpoint", "")
+        client = self._client(common.recorded_config(info))
         try:
             client.online_endpoints.begin_delete(name=name).result()
         except Exception as exc:  # noqa: BLE001
@@ -281,13 +326,14 @@ class OnlineTarget:
             keyfile.remove(service_dir)
             return f"endpoint {name} was not found in the workspace (already deleted)"
         keyfile.remove(service_dir)
-        return f"deleted endpoint {name} and its deployment {record.get('deployment', DEPLOYMENT)}"
+        return f"deleted endpoint {name} and its deployment {info.get('deployment', DEPLOYMENT)}"
 
-    def logs(self, record: Mapping[str, Any], service_dir: Path, *, tail: int) -> str:
-        name = record.get("endpoint", "")
-        client = self._client(common.recorded_config(record))
+    def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
+        info = record.extra
+        name = info.get("endpoint", "")
+        client = self._client(common.recorded_config(info))
         try:
-            text = client.online_deployments.get_logs(name=record.get("deployment", DEPLOYMENT), endpoint_name=name,
+            text = client.online_deployments.get_logs(name=info.get("deployment", DEPLOYMENT), endpoint_name=name,
                                                       lines=tail)
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"cannot read the logs of {name}: {common.reason(exc)}") from None

@@ -4,27 +4,57 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
+from pipeline import http
 from pipeline.errors import RenderError, TargetError, UsageError
 from pipeline.render import render_template
 from pipeline.spec import RegistrySource, Spec
 from pipeline.targets import azureml_common as common
 from pipeline.targets import keys as keyfile
 from pipeline.targets.azureml_v1_api import AzureMLv1Api, WorkspaceFactory, default_workspace
-from pipeline.targets.base import DeployRequest, Live, Reply
+from pipeline.targets.base import (
+    AddProblem,
+    Auth,
+    BaseTarget,
+    Capabilities,
+    DeployRequest,
+    Live,
+    Reply,
+    Rollout,
+    ServiceRecord,
+)
 
 __all__ = ["AciTarget", "AksTarget", "AzureMLv1Api", "WorkspaceFactory", "default_workspace"]
 
+# Azure Container Instances: the largest container group a standard Linux region offers.
+ACI_MAX_CPU_CORES = 4
+ACI_MAX_MEMORY_GB = 16
+# Azure ML compute target names (azureml.core.compute checks the same pattern).
+COMPUTE_NAME = r"[A-Za-z][A-Za-z0-9-]{0,14}[A-Za-z0-9]"
 
-class _WebserviceTarget:
+
+class _WebserviceTarget(BaseTarget):
     """What ACI and AKS share; the subclasses differ in their deployment configuration."""
 
-    name = ""
-    kind = ""          # how Azure names the compute, for messages
-    config_file = ""   # the rendered deploy configuration, in `az ml model deploy --deploy-config-file` form
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    settings_key: ClassVar[str] = "azureml"
+    settings_schema: ClassVar[Mapping[str, Any]] = common.SETTINGS_SCHEMA
+    extra: ClassVar[str | None] = common.EXTRA_V1
+    packages: ClassVar[Mapping[str, str]] = {"azureml-core": "azureml.core"}
+    # Model.deploy(overwrite=True) updates the service where it runs; Azure reports no staged version to test first.
+    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=True, rollout=Rollout.IN_PLACE,
+                                                        auth=frozenset({Auth.KEY}))
+    kind = ""  # how Azure names the compute, for messages
+    config_file = ""  # the rendered deploy configuration, in `az ml model deploy --deploy-config-file` form
     compared: tuple[str, ...] = ("cpu_cores", "memory_gb", "auth_enabled", "tags", "description")
+
+    def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
+        common.check_workspace_config(data, add, folder)
 
     def __init__(self, workspace_factory: WorkspaceFactory | None = None, api: AzureMLv1Api | None = None) -> None:
         self.workspace_factory = workspace_factory or default_workspace
@@ -115,26 +145,28 @@ class _WebserviceTarget:
             keyfile.write(request.service_dir, primary, secondary)
         else:
             keyfile.remove(request.service_dir)  # a key from an earlier deploy would only mislead
-        return {
-            "target": self.name,
-            "service": spec.name,
-            "workspace": _workspace_info(ws),
-            "workspace_config": str(config_path) if config_path else None,
-            "scoring_uri": service.scoring_uri,
-            "swagger_uri": getattr(service, "swagger_uri", None),
-            "state": service.state,
-            "model_id": model.id,
-            "model_name": model.name,
-            "model_version": model.version,
-            "model_sha256": digest,
-            "auth": bool(spec.deploy.auth),
-            "token_auth": bool(spec.deploy.azureml.get("token_auth")),
-            "tags": dict(spec.tags),
-            "description": spec.description,
-            "cpu_cores": spec.deploy.cpu_cores,
-            "memory_gb": spec.deploy.memory_gb,
-            **self._record_extra(spec),
-        }
+        return ServiceRecord(
+            target=self.name,
+            scoring_uri=service.scoring_uri,
+            auth=bool(spec.deploy.auth),
+            swagger_uri=getattr(service, "swagger_uri", None),
+            model_sha256=digest,
+            extra={
+                "service": spec.name,
+                "workspace": _workspace_info(ws),
+                "workspace_config": str(config_path) if config_path else None,
+                "state": service.state,
+                "model_id": model.id,
+                "model_name": model.name,
+                "model_version": model.version,
+                "token_auth": bool(spec.deploy.settings().get("token_auth")),
+                "tags": dict(spec.tags),
+                "description": spec.description,
+                "cpu_cores": spec.deploy.cpu_cores,
+                "memory_gb": spec.deploy.memory_gb,
+                **self._record_extra(spec),
+            },
+        )
 
     def _record_extra(self, spec: Spec) -> dict[str, Any]:
         return {}
@@ -154,7 +186,7 @@ class _WebserviceTarget:
         from pipeline.files import sha256_path
 
         digest = spec.model.sha256 or sha256_path(request.model_path)
-        previous = request.previous or {}
+        previous = request.previous.to_dict() if request.previous else {}
         if previous.get("model_sha256") == digest and previous.get("model_version") and \
                 previous.get("workspace") == _workspace_info(ws):
             # The same bytes were registered by the last deploy: reuse that version, don't pile up new ones.
@@ -172,14 +204,15 @@ class _WebserviceTarget:
         return model, digest
 
     # -- the live service ------------------------------------------------------------------------
-    def probe(self, record: Mapping[str, Any], spec: Spec | None = None) -> Live:
-        name = record.get("service") or (spec.name if spec else "")
+    def probe(self, record: ServiceRecord | None, spec: Spec | None = None) -> Live:
+        info = record.to_dict() if record else {}
+        name = info.get("service") or (spec.name if spec else "")
         try:
             self._sdk()
-            ws = self._workspace(common.recorded_config(record, spec))
+            ws = self._workspace(common.recorded_config(info, spec))
         except (TargetError, UsageError) as exc:
             return Live(False, False, str(exc))
-        recorded = bool(record.get("service"))  # plan may ask before the first deploy, with an empty record
+        recorded = bool(info.get("service"))  # plan may ask before the first deploy, with no record
         try:
             service = self.api.service(ws, name)
         except Exception as exc:  # noqa: BLE001
@@ -194,25 +227,27 @@ class _WebserviceTarget:
         detail = f"{self.kind} service {name} is {state}" + (f" at {service.scoring_uri}" if healthy else "")
         if not recorded:
             detail += f"; it is not recorded here, and deploy will overwrite it in workspace {ws.name}"
-        return Live(True, healthy, detail, tuple(_drift(service, record)))
+        return Live(True, healthy, detail, tuple(_drift(service, info)))
 
-    def invoke(self, record: Mapping[str, Any], body: bytes, *, timeout: float, service_dir: Path) -> Reply:
+    def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         """An HTTP POST as the tutorial's requests.post: service.run() would hide the status and the raw body."""
         headers = {}
-        if record.get("auth"):
+        if record.auth:
             headers["Authorization"] = "Bearer " + keyfile.read_primary(service_dir)
-        elif record.get("token_auth"):  # AKS tokens expire: fetch a fresh one through the SDK
+        elif record.extra.get("token_auth"):  # AKS tokens expire: fetch a fresh one through the SDK
             service = self._service(record)
             try:
                 headers["Authorization"] = "Bearer " + service.get_access_token().access_token
             except Exception as exc:  # noqa: BLE001
-                raise TargetError(f"cannot get a token for {record.get('service')}: {common.reason(exc)}") from None
-        status, data, seconds, got = common.http_post(record["scoring_uri"], body, headers, timeout)
-        return Reply(status, data, seconds, got)
+                raise TargetError(f"cannot get a token for {record.extra.get('service')}: "
+                                  f"{common.reason(exc)}") from None
+        assert record.scoring_uri is not None
+        return http.post(record.scoring_uri, body, headers, timeout)
 
-    def delete(self, record: Mapping[str, Any], service_dir: Path) -> str:
-        name = record.get("service", "")
-        ws = self._workspace(common.recorded_config(record))
+    def delete(self, record: ServiceRecord, service_dir: Path) -> str:
+        info = record.to_dict()
+        name = info.get("service", "")
+        ws = self._workspace(common.recorded_config(info))
         try:
             service = self.api.service(ws, name)
         except Exception as exc:  # noqa: BLE001
@@ -226,22 +261,23 @@ class _WebserviceTarget:
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"deleting {self.kind} service {name}: {common.reason(exc)}") from None
         keyfile.remove(service_dir)
-        kept = f" (registered model {record['model_id']} kept)" if record.get("model_id") else ""
+        kept = f" (registered model {info['model_id']} kept)" if info.get("model_id") else ""
         return f"deleted {self.kind} service {name} from workspace {ws.name}{kept}"
 
-    def logs(self, record: Mapping[str, Any], service_dir: Path, *, tail: int) -> str:
+    def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
         service = self._service(record)
         try:
             return common.log_tail(service.get_logs(num_lines=tail), tail)
         except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"cannot read the logs of {record.get('service')}: {common.reason(exc)}") from None
+            raise TargetError(f"cannot read the logs of {record.extra.get('service')}: "
+                              f"{common.reason(exc)}") from None
 
     # -- helpers ---------------------------------------------------------------------------------
     def _sdk(self) -> None:
         common.require("azureml.core", self.name, common.EXTRA_V1)
 
     def _config_path(self, spec: Spec) -> Path | None:
-        return common.workspace_config(spec.deploy.azureml, spec.folder, spec.model.source)
+        return common.workspace_config(spec.deploy.settings(), spec.folder, spec.model.source)
 
     def _workspace(self, config: Path | None) -> Any:
         try:
@@ -252,20 +288,38 @@ class _WebserviceTarget:
         except Exception as exc:  # noqa: BLE001  auth, network, missing config.json: all mean "cannot ask"
             raise TargetError(f"{common.UNREACHABLE}: {common.reason(exc)}") from None
 
-    def _service(self, record: Mapping[str, Any]) -> Any:
-        ws = self._workspace(common.recorded_config(record))
+    def _service(self, record: ServiceRecord) -> Any:
+        name = record.extra.get("service", "")
+        ws = self._workspace(common.recorded_config(record.extra))
         try:
-            return self.api.service(ws, record.get("service", ""))
+            return self.api.service(ws, name)
         except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"cannot read {self.kind} service {record.get('service')}: {common.reason(exc)}") from None
+            raise TargetError(f"cannot read {self.kind} service {name}: {common.reason(exc)}") from None
 
 
 class AciTarget(_WebserviceTarget):
     """Azure Container Instances, as in the tutorial."""
 
     name = "aci"
+    summary = "Azure Container Instances through Azure ML SDK v1, as in the tutorial"
     kind = "ACI"
     config_file = "aciconfig.json"
+
+    def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
+        super().rules(data, add, folder=folder)
+        deploy, azure = data["deploy"], data["deploy"]["azureml"]
+        if deploy["cpu_cores"] > ACI_MAX_CPU_CORES:
+            add(("deploy", "cpu_cores"),
+                f"Azure Container Instances allows at most {ACI_MAX_CPU_CORES} cores, got {deploy['cpu_cores']}")
+        if deploy["memory_gb"] > ACI_MAX_MEMORY_GB:
+            add(("deploy", "memory_gb"),
+                f"Azure Container Instances allows at most {ACI_MAX_MEMORY_GB} GB, got {deploy['memory_gb']}")
+        for key in ("compute_target", "replicas", "autoscale", "instance_type"):
+            if key in azure:
+                owner = "azureml-online" if key == "instance_type" else "aks"
+                add(("deploy", "azureml", key), f"not used by target 'aci' ({owner} only)")
+        if azure.get("token_auth"):
+            add(("deploy", "azureml", "token_auth"), "Azure Container Instances supports key auth only (deploy.auth)")
 
     def deployment_config(self, spec: Spec) -> Any:
         """The tutorial's AciWebservice.deploy_configuration(cpu_cores, memory_gb, tags, description)."""
@@ -284,14 +338,38 @@ class AksTarget(_WebserviceTarget):
     """An Azure Kubernetes Service cluster attached to the workspace (deploy.azureml.compute_target)."""
 
     name = "aks"
+    summary = "an AKS cluster attached to an Azure ML workspace, SDK v1"
     kind = "AKS"
     config_file = "aksconfig.json"
+    capabilities = Capabilities(probe_unrecorded=True, rollout=Rollout.IN_PLACE, auth=frozenset({Auth.KEY, Auth.TOKEN}))
     compared = _WebserviceTarget.compared + (
         "token_auth_enabled", "num_replicas", "autoscale_enabled", "autoscale_min_replicas",
         "autoscale_max_replicas", "autoscale_target_utilization", "scoring_timeout_ms", "compute_target_name")
 
+    def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
+        super().rules(data, add, folder=folder)
+        deploy, azure = data["deploy"], data["deploy"]["azureml"]
+        if "compute_target" not in azure:
+            add(("deploy", "azureml", "compute_target"),
+                "required for target 'aks': the name of the attached AKS cluster")
+        elif not re.fullmatch(COMPUTE_NAME, azure["compute_target"]):
+            add(("deploy", "azureml", "compute_target"),
+                f"{azure['compute_target']!r} is not a name Azure ML accepts for a compute target: "
+                "2-16 letters, digits and '-', starting with a letter and not ending with '-'")
+        if "replicas" in azure and "autoscale" in azure:
+            add(("deploy", "azureml", "autoscale"),
+                "cannot be combined with deploy.azureml.replicas (a fixed count disables autoscaling)")
+        if deploy["auth"] and azure.get("token_auth"):
+            add(("deploy", "azureml", "token_auth"),
+                "cannot be combined with deploy.auth: AKS allows key auth or token auth, not both")
+        scale = azure.get("autoscale")
+        if scale and scale.get("min_replicas", 1) > scale.get("max_replicas", 10):
+            add(("deploy", "azureml", "autoscale", "min_replicas"), "must not exceed max_replicas")
+        if "instance_type" in azure:
+            add(("deploy", "azureml", "instance_type"), "not used by target 'aks' (azureml-online only)")
+
     def template_values(self, spec: Spec) -> dict[str, Any]:
-        azure = spec.deploy.azureml
+        azure = spec.deploy.settings()
         scale = azure.get("autoscale")
         return {"compute_target": azure["compute_target"], "replicas": azure.get("replicas"),
                 "autoscale": dict(scale) if scale is not None else None, "token_auth": bool(azure.get("token_auth"))}
@@ -300,7 +378,7 @@ class AksTarget(_WebserviceTarget):
         self._sdk()
         from azureml.core.webservice import AksWebservice
 
-        azure = spec.deploy.azureml
+        azure = spec.deploy.settings()
         scaling: dict[str, Any] = {}
         if azure.get("replicas") is not None:
             scaling = {"autoscale_enabled": False, "num_replicas": azure["replicas"]}
@@ -319,7 +397,7 @@ class AksTarget(_WebserviceTarget):
             raise TargetError(f"AKS deploy configuration: {common.reason(exc)}") from None
 
     def _deployment_target(self, ws: Any, spec: Spec) -> Any:
-        name = spec.deploy.azureml["compute_target"]
+        name = spec.deploy.settings()["compute_target"]
         try:
             return self.api.compute_target(ws, name)
         except Exception as exc:  # noqa: BLE001  ComputeTargetException
@@ -327,7 +405,7 @@ class AksTarget(_WebserviceTarget):
                               f"{common.reason(exc)}") from None
 
     def _record_extra(self, spec: Spec) -> dict[str, Any]:
-        azure = spec.deploy.azureml
+        azure = spec.deploy.settings()
         scale = azure.get("autoscale")
         return {"compute_target": azure["compute_target"], "replicas": azure.get("replicas"),
                 "autoscale": dict(scale) if scale is not None else None}

@@ -1,12 +1,103 @@
-"""The one small protocol every deployment target satisfies, and the records it exchanges."""
+"""What a deployment target is: its settings, rules, capabilities, and the records it exchanges with the stages."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pipeline.console import Console
-from pipeline.spec import Spec
+from pipeline.errors import StateError
+from pipeline.records import Live, Reply
+
+if TYPE_CHECKING:
+    from pipeline.console import Console
+    from pipeline.spec import Spec
+
+__all__ = ["AddProblem", "Capabilities", "DeployRequest", "Live", "Reply", "Rollout", "ServiceRecord", "Target"]
+
+# rules() reports a problem as add(field path, message); the spec loader adds the file and line.
+AddProblem = Callable[[tuple[Any, ...], str], None]
+
+
+class Rollout(enum.StrEnum):
+    """How a target replaces a running version with a new one."""
+
+    STOP_START = "stop-start"  # the old one stops before the new one starts: a failed start leaves nothing
+    IN_PLACE = "in-place"  # the service is updated where it runs, by the platform
+    SIDE_BY_SIDE = "side-by-side"  # the new one starts beside the old, which stops only after the cutover
+
+
+class Auth(enum.StrEnum):
+    KEY = "key"  # deploy.auth: a Bearer key generated or fetched at deploy
+    TOKEN = "token"  # a short-lived token fetched for each request
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the stages may expect of a target, in place of comparing its name."""
+
+    probe_unrecorded: bool  # can find a live service by name when nothing is recorded (plan before a first deploy)
+    rollout: Rollout
+    auth: frozenset[Auth] = frozenset({Auth.KEY})
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """The recorded service: the fields every target has, the target's own `extra`, and the deploy stage's stamp."""
+
+    target: str
+    scoring_uri: str | None
+    auth: bool = False
+    swagger_uri: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # target-specific, JSON-able (pid, endpoint, ...)
+    # set by the deploy stage once the target has deployed
+    digest: str | None = None  # of the deploy stage's inputs: what plan compares
+    inputs: Mapping[str, Any] | None = None
+    deployed_at: float | None = None
+    model: str | None = None  # name:version
+    model_sha256: str | None = None
+
+    def stamped(self, **values: Any) -> ServiceRecord:
+        return replace(self, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form kept in the state file: the common fields with the target's own beside them."""
+        out: dict[str, Any] = dict(self.extra)
+        for f in fields(self):
+            if f.name != "extra":
+                value = getattr(self, f.name)
+                if value is not None or f.name in ("target", "scoring_uri", "auth"):
+                    out[f.name] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "service record") -> ServiceRecord:
+        """Read a record back, checking the types of the common fields; a damaged record is a StateError."""
+        if not isinstance(data, Mapping):
+            raise StateError(f"{where} is damaged: expected a mapping, found {type(data).__name__}")
+        kinds: dict[str, tuple[type, ...]] = {
+            "target": (str,),
+            "scoring_uri": (str, type(None)),
+            "auth": (bool,),
+            "swagger_uri": (str, type(None)),
+            "digest": (str, type(None)),
+            "inputs": (dict, type(None)),
+            "deployed_at": (int, float, type(None)),
+            "model": (str, type(None)),
+            "model_sha256": (str, type(None)),
+        }
+        if "target" not in data:
+            raise StateError(f"{where} is damaged: it names no target")
+        values: dict[str, Any] = {}
+        for key, allowed in kinds.items():
+            value = data.get(key, False if key == "auth" else None)
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise StateError(f"{where} is damaged: {key} is {value!r}")
+            values[key] = value
+        extra = {k: v for k, v in data.items() if k not in kinds}
+        return cls(extra=extra, **values)
 
 
 @dataclass(frozen=True)
@@ -14,36 +105,30 @@ class DeployRequest:
     """Everything a target needs to deploy: the spec, the rendered files and the fetched model."""
 
     spec: Spec
-    build_dir: Path          # rendered files: score.py, myenv.yml and the target's own configs
-    model_path: Path         # the fetched model file: <store>/<name>/<version>/<file>
-    model_dir: Path          # <store>/<name>/<version>, what AZUREML_MODEL_DIR means in Azure
-    service_dir: Path        # .pipeline/<name>/service: the target's own files (logs, keys, configs)
-    previous: Mapping[str, Any] | None  # the service record of the last deploy, if any
+    build_dir: Path  # rendered files: score.py, myenv.yml and the target's own configs
+    model_path: Path  # the fetched model file: <store>/<name>/<version>/<file>
+    model_dir: Path  # <store>/<name>/<version>, what AZUREML_MODEL_DIR means in Azure
+    service_dir: Path  # .pipeline/<name>/service: the target's own files (logs, keys, configs)
+    previous: ServiceRecord | None  # the service record of the last deploy, if any
     console: Console
 
 
-@dataclass(frozen=True)
-class Live:
-    """What a probe of the deployed service found."""
-
-    reachable: bool                       # False: could not ask (e.g. no network to the cloud)
-    healthy: bool                         # the service answers its health route
-    detail: str                           # one line for the user
-    drift: tuple[str, ...] = field(default=())  # how the live service differs from its record
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One scoring answer, as the smoke test sees it."""
-
-    status: int
-    body: bytes
-    seconds: float
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
 class Target(Protocol):
-    name: str
+    """One deployment target: everything the spec, the stages and the commands need to know of it."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # a few words for the schema's description of deploy.target
+    settings_key: ClassVar[str]  # its settings block: deploy.<settings_key>
+    settings_schema: ClassVar[Mapping[str, Any]]  # the JSON Schema of that block
+    extra: ClassVar[str | None]  # the pip extra that installs what it needs, if any
+    packages: ClassVar[Mapping[str, str]]  # distribution -> module the check stage imports
+    capabilities: ClassVar[Capabilities]
+
+    def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
+        """Problems the schema cannot see, for a spec that chose this target (data has the defaults).
+
+        `folder` is the spec's folder when files may be checked, else None.
+        """
 
     def extra_pip_packages(self, spec: Spec) -> list[str]:
         """pip packages the target's runtime needs in myenv.yml (e.g. Azure's inference server)."""
@@ -51,17 +136,36 @@ class Target(Protocol):
     def render(self, spec: Spec, env: Any, values: Mapping[str, Any]) -> dict[str, str]:
         """The target's own config files, rendered from templates; nothing is written."""
 
-    def deploy(self, request: DeployRequest) -> dict[str, Any]:
-        """Create or update the service; wait until it is ready; return its JSON-able record."""
+    def assets(self, spec: Spec) -> dict[str, Path]:
+        """Files the rendered folder needs beside it to be usable on its own (file name -> source)."""
 
-    def probe(self, record: Mapping[str, Any], spec: Spec | None = None) -> Live:
-        """Is the recorded service alive, and does it still match its record?"""
+    def deploy(self, request: DeployRequest) -> ServiceRecord:
+        """Create or update the service; wait until it is ready; return its record."""
 
-    def invoke(self, record: Mapping[str, Any], body: bytes, *, timeout: float, service_dir: Path) -> Reply:
+    def probe(self, record: ServiceRecord | None, spec: Spec | None = None) -> Live:
+        """Is the recorded service alive, and does it still match its record? None: look for the spec's by name."""
+
+    def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         """POST one scoring request through the target's own path (HTTP, SDK, endpoint key)."""
 
-    def delete(self, record: Mapping[str, Any], service_dir: Path) -> str:
+    def delete(self, record: ServiceRecord, service_dir: Path) -> str:
         """Stop and remove the service; return one line saying what was removed."""
 
-    def logs(self, record: Mapping[str, Any], service_dir: Path, *, tail: int) -> str:
+    def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
         """The tail of the service's own log."""
+
+
+class BaseTarget:
+    """Defaults for the optional parts of the protocol; a target overrides what it has."""
+
+    extra: ClassVar[str | None] = None
+    packages: ClassVar[Mapping[str, str]] = {}
+
+    def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
+        return None
+
+    def extra_pip_packages(self, spec: Spec) -> list[str]:
+        return []
+
+    def assets(self, spec: Spec) -> dict[str, Path]:
+        return {}

@@ -26,6 +26,15 @@ def read_primary(service_dir: Path) -> str:
         raise TargetError(f"cannot read the service key in {path} ({type(exc).__name__}); deploy again to fetch it") from None
 
 
+def read(service_dir: Path) -> dict[str, str]:
+    """Both keys for `status --show-keys`, or {} when there are none (or the file is unreadable)."""
+    try:
+        data = json.loads((service_dir / KEYS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str) and v} if isinstance(data, dict) else {}
+
+
 def remove(service_dir: Path) -> None:
     (service_dir / KEYS_FILE).unlink(missing_ok=True)
 

@@ -9,20 +9,32 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipeline import openapi
-from pipeline.errors import TargetError
+from pipeline import http, openapi
+from pipeline.errors import StateError, TargetError
 from pipeline.files import atomic_write, sha256_path
-from pipeline.spec import Spec
 from pipeline.targets import keys
-from pipeline.targets.base import DeployRequest, Live, Reply
+from pipeline.targets.base import Auth, BaseTarget, Capabilities, DeployRequest, Live, Reply, Rollout, ServiceRecord
+
+if TYPE_CHECKING:
+    from pipeline.spec import Spec
 
 APP_FILES = ("score.py", "myenv.yml")
 DEPLOY_MARKER = "--- deploy"
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "description": "Settings of the local target.",
+    "type": "object",
+    "additionalProperties": False,
+    "default": {},
+    "properties": {
+        "port": {"description": "Port on 127.0.0.1; 0 = any free port.", "type": "integer", "minimum": 0,
+                 "maximum": 65535, "default": 0},
+    },
+}
 
 
 def workers_for(cpu_cores: float) -> int:
@@ -30,21 +42,56 @@ def workers_for(cpu_cores: float) -> int:
     return max(1, math.ceil(cpu_cores))
 
 
-class LocalTarget:
-    name = "local"
+@dataclass(frozen=True)
+class LocalService:
+    """The local target's part of a service record, read back with its types checked."""
 
-    def extra_pip_packages(self, spec: Spec) -> list[str]:
-        return []
+    pid: int
+    config: str
+    health_uri: str
+    log: str
+    app_files: Mapping[str, str]
+    model_file: str | None
+    model_stamp: list[int] | None
+
+    @classmethod
+    def of(cls, record: ServiceRecord) -> LocalService:
+        extra = record.extra
+        try:
+            values = {"pid": extra["pid"], "config": extra["config"], "health_uri": extra["health_uri"],
+                      "log": extra.get("log") or str(Path(extra["config"]).parent / "service.log"),
+                      "app_files": extra.get("app_files") or {}, "model_file": extra.get("model_file"),
+                      "model_stamp": extra.get("model_stamp")}
+        except (KeyError, TypeError) as exc:
+            raise StateError(f"the local service record is damaged: {exc} is missing") from None
+        kinds = {"pid": int, "config": str, "health_uri": str, "log": str, "app_files": dict}
+        for key, kind in kinds.items():
+            if not isinstance(values[key], kind) or isinstance(values[key], bool):
+                raise StateError(f"the local service record is damaged: {key} is {values[key]!r}")
+        return cls(**values)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config).parent
+
+
+class LocalTarget(BaseTarget):
+    name: ClassVar[str] = "local"
+    summary: ClassVar[str] = "this machine, no cloud and no Docker"
+    settings_key: ClassVar[str] = "local"
+    settings_schema: ClassVar[Mapping[str, Any]] = SETTINGS_SCHEMA
+    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=False, rollout=Rollout.STOP_START,
+                                                        auth=frozenset({Auth.KEY}))
 
     def render(self, spec: Spec, env: Any, values: Mapping[str, Any]) -> dict[str, str]:
         """local.json: the service settings a reviewer should see change (workers, memory, timeout, port)."""
-        settings = {**resources(spec), "port": spec.deploy.local["port"], "auth": spec.deploy.auth,
+        settings = {**resources(spec), "port": spec.deploy.block("local")["port"], "auth": spec.deploy.auth,
                     "tags": dict(spec.tags), "description": spec.description}
         return {"local.json": json.dumps(settings, indent=2, sort_keys=True) + "\n",
                 "swagger.json": json.dumps(openapi.document(spec), indent=2, sort_keys=True) + "\n"}
 
     # -- deploy ---------------------------------------------------------------------------------
-    def deploy(self, request: DeployRequest, *, port: int | None = None) -> dict[str, Any]:
+    def deploy(self, request: DeployRequest, *, port: int | None = None) -> ServiceRecord:
         """Stop the previous service, copy the app, start the host detached, wait until it is ready."""
         spec = request.spec
         if request.previous:
@@ -61,7 +108,7 @@ class LocalTarget:
         ready_file = service_dir / "ready.json"
         ready_file.unlink(missing_ok=True)
         config = service_config(spec, app_dir, model_dir, keys_file, ready_file,
-                                spec.deploy.local["port"] if port is None else port)
+                                spec.deploy.block("local")["port"] if port is None else port)
         config_file = service_dir / "config.json"
         atomic_write(config_file, json.dumps(config, indent=2).encode())
         log_file = service_dir / "service.log"
@@ -86,72 +133,69 @@ class LocalTarget:
             if process is not None and process.poll() is None:
                 _stop(process)  # an interrupted or failed deploy leaves no half-started service behind
             raise
-        return {
-            "target": self.name,
-            "pid": process.pid,
-            "workers": ready.get("workers", []),
-            "port": ready["port"],
-            "scoring_uri": f"http://127.0.0.1:{ready['port']}/score",
-            "swagger_uri": f"http://127.0.0.1:{ready['port']}/swagger.json",
-            "health_uri": f"http://127.0.0.1:{ready['port']}/",
-            "log": str(log_file),
-            "config": str(config_file),
-            "auth": spec.deploy.auth,
-            "app_files": {name: sha256_path(app_dir / name) for name in APP_FILES},
-            "model_file": str(model_dir / request.model_path.name),
-            "model_stamp": _stamp(model_dir / request.model_path.name),
-        }
+        base = f"http://127.0.0.1:{ready['port']}"
+        return ServiceRecord(
+            target=self.name,
+            scoring_uri=f"{base}/score",
+            auth=spec.deploy.auth,
+            swagger_uri=f"{base}/swagger.json",
+            extra={
+                "pid": process.pid,
+                "workers": ready.get("workers", []),
+                "port": ready["port"],
+                "health_uri": f"{base}/",
+                "log": str(log_file),
+                "config": str(config_file),
+                "app_files": {name: sha256_path(app_dir / name) for name in APP_FILES},
+                "model_file": str(model_dir / request.model_path.name),
+                "model_stamp": _stamp(model_dir / request.model_path.name),
+            },
+        )
 
     # -- probe, invoke ---------------------------------------------------------------------------
-    def probe(self, record: Mapping[str, Any], spec: Spec | None = None) -> Live:
-        pid = int(record.get("pid", 0))
-        if not _is_our_process(pid, record.get("config", "")):
-            return Live(True, False, f"service process {pid} is not running")
+    def probe(self, record: ServiceRecord | None, spec: Spec | None = None) -> Live:
+        if record is None:
+            return Live(False, False, "a local service is only known by its record")
+        service = LocalService.of(record)
+        if not _is_our_process(service.pid, service.config):
+            return Live(True, False, f"service process {service.pid} is not running")
         drift = []
-        app_dir = Path(record["config"]).parent / "app"
-        model_file = record.get("model_file")
-        if model_file and _stamp(Path(model_file)) != record.get("model_stamp"):
-            drift.append(f"the served model file {model_file} was changed or removed after deploy")
-        for name, digest in record.get("app_files", {}).items():
+        app_dir = service.folder / "app"
+        if service.model_file and _stamp(Path(service.model_file)) != service.model_stamp:
+            drift.append(f"the served model file {service.model_file} was changed or removed after deploy")
+        for name, digest in service.app_files.items():
             path = app_dir / name
             if not path.is_file():
                 drift.append(f"{name} was removed from {app_dir}")
             elif sha256_path(path) != digest:
                 drift.append(f"{name} in {app_dir} was edited after deploy")
         try:
-            with urllib.request.urlopen(record["health_uri"], timeout=2) as response:
-                body = response.read(200)
-        except (OSError, urllib.error.URLError) as exc:
-            return Live(True, False, f"process {pid} is running but {record['health_uri']} does not answer ({_reason(exc)})", tuple(drift))
+            body = http.get(service.health_uri, timeout=2, limit=200).body
+        except OSError as exc:
+            return Live(True, False, f"process {service.pid} is running but {service.health_uri} does not answer "
+                        f"({_reason(exc)})", tuple(drift))
         if body.strip() != b"Healthy":
-            return Live(True, False, f"{record['health_uri']} answered {body[:40]!r}, not Healthy", tuple(drift))
-        return Live(True, True, f"healthy at {record['scoring_uri']} (pid {pid}){_incidents(Path(record['config']).parent)}",
+            return Live(True, False, f"{service.health_uri} answered {body[:40]!r}, not Healthy", tuple(drift))
+        return Live(True, True, f"healthy at {record.scoring_uri} (pid {service.pid}){_incidents(service.folder)}",
                     tuple(drift))
 
-    def invoke(self, record: Mapping[str, Any], body: bytes, *, timeout: float, service_dir: Path) -> Reply:
-        headers = {"Content-Type": "application/json"}
-        if record.get("auth"):
-            headers["Authorization"] = "Bearer " + keys.read_primary(service_dir)
-        req = urllib.request.Request(record["scoring_uri"], data=body, headers=headers, method="POST")
-        start = time.perf_counter()
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as response:
-                data = response.read()
-                return Reply(response.status, data, time.perf_counter() - start, dict(response.headers))
-        except urllib.error.HTTPError as exc:
-            return Reply(exc.code, exc.read(), time.perf_counter() - start, dict(exc.headers))
+    def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
+        headers = {"Authorization": "Bearer " + keys.read_primary(service_dir)} if record.auth else {}
+        assert record.scoring_uri is not None
+        return http.post(record.scoring_uri, body, headers, timeout)
 
     # -- delete, logs ----------------------------------------------------------------------------
-    def delete(self, record: Mapping[str, Any], service_dir: Path) -> str:
+    def delete(self, record: ServiceRecord, service_dir: Path) -> str:
         """Stop the service and remove its keys: a deleted service's keys open nothing."""
         detail = self.stop(record)
         keys.remove(service_dir)
         return detail
 
-    def stop(self, record: Mapping[str, Any]) -> str:
+    def stop(self, record: ServiceRecord) -> str:
         """SIGTERM the service's process group, wait, then SIGKILL what is left."""
-        pid = int(record.get("pid", 0))
-        if not _is_our_process(pid, record.get("config", "")):
+        service = LocalService.of(record)
+        pid = service.pid
+        if not _is_our_process(pid, service.config):
             return f"service process {pid} was not running"
         _signal_group(pid, signal.SIGTERM)
         how = ""
@@ -161,8 +205,8 @@ class LocalTarget:
             how = " (forcefully, after 10 s)"
         return f"stopped service process {pid}{how}"
 
-    def logs(self, record: Mapping[str, Any], service_dir: Path, *, tail: int) -> str:
-        return tail_file(Path(record.get("log", service_dir / "service.log")), tail)
+    def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
+        return tail_file(Path(LocalService.of(record).log), tail)
 
 
 def resources(spec: Spec) -> dict[str, Any]:

@@ -1,0 +1,162 @@
+"""The pipeline's records: what plan decides (Step, Change, Plan), what a run did (Result), what a service said (Live, Reply)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from collections.abc import Mapping
+from typing import Any
+
+
+class StepAction(enum.StrEnum):
+    """What plan decided for a stage."""
+
+    RUN = "run"
+    SKIP = "skip"
+    NOT_SELECTED = "not selected"
+
+
+class Status(enum.StrEnum):
+    """What happened to a stage in a run."""
+
+    RAN = "ran"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    NOT_RUN = "not run"
+
+
+class DeployAction(enum.StrEnum):
+    """What deploy does to the service."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"
+    NOOP = "no-op"
+
+
+# One colour per word, wherever a command prints it (plan, run, status).
+COLOURS: dict[str, str] = {
+    StepAction.RUN: "yellow",
+    StepAction.SKIP: "dim",
+    StepAction.NOT_SELECTED: "dim",
+    Status.RAN: "green",
+    Status.SKIPPED: "dim",
+    Status.FAILED: "red",
+    Status.NOT_RUN: "dim",
+    "live": "green",
+    "drifted": "yellow",
+    "down": "red",
+    "unknown": "yellow",
+}
+
+
+@dataclass(frozen=True)
+class Live:
+    """What a probe of the deployed service found."""
+
+    reachable: bool  # False: could not ask (e.g. no network to the cloud)
+    healthy: bool  # the service answers its health route
+    detail: str  # one line for the user
+    drift: tuple[str, ...] = field(default=())  # how the live service differs from its record
+
+    @property
+    def state(self) -> str:
+        """One word for status: live, drifted, down or unknown."""
+        if not self.reachable:
+            return "unknown"
+        if not self.healthy:
+            return "down"
+        return "drifted" if self.drift else "live"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scoring answer, as the smoke test sees it."""
+
+    status: int
+    body: bytes
+    seconds: float
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Change:
+    """For a stage that changes a live service: the action, and the field-level and file-level differences."""
+
+    action: DeployAction
+    live: str  # one line from the probe
+    fields: tuple[tuple[str, Any, Any], ...] = ()  # (path, old, new); old/new None = added/removed
+    files: tuple[tuple[str, str], ...] = ()  # (file name, unified diff)
+    drift: tuple[str, ...] = ()
+    checked: bool = True  # False: the live service could not be asked, so the action is the record's guess
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: str
+    action: StepAction
+    reason: str
+    digest: str | None
+    inputs: Any = None
+    change: Change | None = None
+    error: str | None = None  # the stage is already known to fail, and why
+
+    @property
+    def label(self) -> str:
+        """The word plan shows: the deploy action for a stage that changes the service, else the step's action."""
+        if self.change is not None and self.action is StepAction.RUN:
+            return "redeploy" if self.change.action is DeployAction.NOOP else str(self.change.action)
+        return str(self.action)
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec_name: str
+    steps: tuple[Step, ...]
+
+    @property
+    def changes(self) -> bool:
+        """True when run would do anything (for --detailed-exitcode)."""
+        return any(s.action is StepAction.RUN for s in self.steps)
+
+    @property
+    def failures(self) -> list[str]:
+        """Stages already known to fail: plan cannot be applied as it stands."""
+        return [f"{s.stage}: {s.reason}" for s in self.steps if s.action is StepAction.RUN and s.error is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = []
+        for s in self.steps:
+            item: dict[str, Any] = {"stage": s.stage, "action": str(s.action), "reason": s.reason}
+            if s.change:
+                item["deploy"] = {
+                    "action": str(s.change.action),
+                    "live": s.change.live,
+                    "drift": list(s.change.drift),
+                    "fields": [{"path": p, "old": o, "new": n} for p, o, n in s.change.fields],
+                    "files": {name: diff for name, diff in s.change.files},
+                }
+            out.append(item)
+        return {"spec": self.spec_name, "changes": self.changes, "steps": out}
+
+
+@dataclass(frozen=True)
+class Result:
+    stage: str
+    status: Status
+    seconds: float
+    detail: str
+    outputs: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "status": str(self.status), "seconds": round(self.seconds, 3), "detail": self.detail}
+
+
+@dataclass
+class Facts:
+    """Everything plan() needs that touches the world, gathered once: per-stage input digests and live probes."""
+
+    inputs: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    stale: dict[str, str] = field(default_factory=dict)
+    live: dict[str, Any] = field(default_factory=dict)  # per stage that changes a service: what its probe saw
