@@ -81,7 +81,16 @@ def environment(override: Path | None = None) -> Any:
     env.filters["py"] = _py
     env.filters["yaml"] = _yaml
     env.filters["json"] = _json
+    env.globals["contract"] = contract_source()
     return env
+
+
+def contract_source() -> Escaped:
+    """The input rules of pipeline/contract.py, as code for score.py: our own source, not a spec value."""
+    from pipeline import contract
+
+    text = Path(contract.__file__).read_text(encoding="utf-8")
+    return Escaped(text.split("# --- contract ---\n", 1)[1])
 
 
 def context(spec: Spec) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from pipeline import spec as specs
+from pipeline import targets
 from pipeline.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -474,6 +475,13 @@ def test_schema_command_prints_a_valid_draft_2020_12_schema(run_cli) -> None:
     # every spec we ship is valid against it, before our own rules run
     for path in [MNIST, *sorted(VALID.glob("*.yaml"))]:
         assert list(Draft202012Validator(schema).iter_errors(yaml.safe_load(path.read_text()))) == []
+
+
+def test_the_published_schema_file_is_the_assembled_schema() -> None:
+    # editors read pipeline/schema/spec.schema.json; it must say what validate enforces
+    assert specs.SCHEMA_PATH.read_text(encoding="utf-8") == specs.schema_text(), \
+        "regenerate it: python -m pipeline schema > pipeline/schema/spec.schema.json"
+    assert specs.schema()["properties"]["deploy"]["properties"]["target"]["enum"] == list(targets.TARGETS)
 
 
 def test_property_walk_finds_a_missing_description() -> None:

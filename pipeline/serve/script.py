@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
-import math
 import signal
 import sys
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any, Callable
 
 import orjson
 
+from pipeline import contract
 from pipeline.errors import TargetError
 
 JSON_TYPE = b"application/json"
@@ -136,57 +136,20 @@ def describe_bad_input(body: bytes, exc: BaseException, features: int | None = N
     Only called after run() failed, so the success path pays nothing.  Bodies that are not
     UTF-8 JSON are always the client's; a ValueError/KeyError/TypeError/IndexError on a body
     that is not `{"data": [[numbers...], ...]}` with equal-length rows of finite numbers is
-    too.  Anything else stays a 500: the host can't tell a bug from bad data.
+    too.  Anything else stays a 500: the host can't tell a bug from bad data.  The words are
+    the rendered score.py's own (pipeline.contract), so a client sees one contract.
     """
     # the exception first: an AttributeError (say) is the script's bug whatever the body looks like
     if not isinstance(exc, (ValueError, KeyError, TypeError, IndexError)):
         return None
     try:
-        text = body.decode("utf-8")
+        body.decode("utf-8")
     except UnicodeDecodeError as error:
         return f"body is not UTF-8: {error}"
     try:
-        document = orjson.loads(text)
-    except orjson.JSONDecodeError as error:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
         if not isinstance(exc, ValueError):  # json.loads fails with ValueError; a KeyError is the script's own
             return None
-        if _has_non_finite_constant(text):
-            return "body has NaN or Infinity, which JSON does not allow"
-        return f"body is not valid JSON: {error}"
-    return describe_rows(document, features)
-
-
-def _has_non_finite_constant(text: str) -> bool:
-    def refuse(constant: str) -> None:
-        raise ValueError(constant)
-
-    try:
-        json.loads(text, parse_constant=refuse)
-    except ValueError as error:
-        return str(error) in ("NaN", "Infinity", "-Infinity")
-    return False
-
-
-def describe_rows(document: Any, features: int | None = None) -> str | None:
-    """The first thing wrong with `{"data": [[...], ...]}`, or None when it is well formed."""
-    if not isinstance(document, dict) or "data" not in document:
-        return 'body must be a JSON object with a "data" field'
-    rows = document["data"]
-    if not isinstance(rows, list) or not rows:
-        return '"data" must be a non-empty list of rows'
-    width = None
-    for index, row in enumerate(rows):
-        if not isinstance(row, list):
-            return f"row {index} is not a list of numbers"
-        if features is not None and len(row) != features:
-            return f"row {index} has {len(row)} values, expected {features}"
-        if width is None:
-            width = len(row)
-        elif len(row) != width:
-            return f"row {index} has {len(row)} values, expected {width} like row 0"
-        for column, value in enumerate(row):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return f"row {index} column {column} is not a number: {repr(value)[:40]}"
-            if isinstance(value, float) and not math.isfinite(value):
-                return f"row {index} column {column} is not finite"
-    return None
+        return contract.body_problem(body, features, orjson.loads)
+    return contract.rows_problem(document, features)

@@ -66,14 +66,14 @@ def _describe(document):
         return '"data" must be a non-empty list of rows'
     for index, row in enumerate(rows):
         if not isinstance(row, list):
-            return f"row {index} is not a list of numbers"
+            return f"data[{index}] must be an array of {FEATURES} numbers"
         if len(row) != FEATURES:
-            return f"row {index} has {len(row)} values, expected {FEATURES}"
+            return f"data[{index}] has {len(row)} values, expected {FEATURES}"
         for column, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return f"row {index} column {column} is not a number: {json.dumps(value)[:40]}"
+                return f"data[{index}][{column}] is not a number: {json.dumps(value)[:40]}"
             if not math.isfinite(value):
-                return f"row {index} column {column} is not finite"
+                return f"data[{index}][{column}] is not a finite number"
     return None
 
 

@@ -1,0 +1,87 @@
+"""The scoring contract's input rules, in one place: the host imports them, the rendered score.py embeds them."""
+
+from __future__ import annotations
+
+# Everything below the marker is copied verbatim into the rendered score.py, which must run without this
+# package installed (as on Azure): standard library and numpy only, no annotations that need this module's
+# imports, and nothing that looks like template syntax.
+# --- contract ---
+import json as _json
+import math
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """The request body is not what this service accepts: a client error (HTTP 400)."""
+
+
+def rows_problem(body, features=None):
+    """The first thing wrong with a parsed body {"data": [[...], ...]}, or None when it is well formed."""
+    if not isinstance(body, dict) or "data" not in body:
+        return 'body must be a JSON object with a "data" array of rows'
+    data = body["data"]
+    of = " of %d numbers" % features if features else " of numbers"
+    if not isinstance(data, list) or not data:
+        return '"data" must be a non-empty array of rows' + (of if features else "")
+    width = features or (len(data[0]) if isinstance(data[0], list) else None)
+    for i, row in enumerate(data):
+        if not isinstance(row, list):
+            return "data[%d] must be an array%s, got %s" % (i, of, type(row).__name__)
+        if width is not None and len(row) != width:
+            return "data[%d] has %d values, expected %d" % (i, len(row), width)
+        for j, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return "data[%d][%d] is not a number: %s" % (i, j, _json.dumps(value)[:40])
+            try:
+                if not math.isfinite(float(value)):
+                    return "data[%d][%d] is not a finite number" % (i, j)
+            except OverflowError:
+                return "data[%d][%d] is too large for a float64" % (i, j)
+    return None
+
+
+def _has_non_finite(raw_data):
+    def refuse(constant):
+        raise ValueError("non-finite constant")
+
+    try:
+        _json.loads(raw_data, parse_constant=refuse)
+    except ValueError as error:
+        return str(error) == "non-finite constant"
+    return False
+
+
+def body_problem(raw_data, features, loads):
+    """Why a raw request body is not one this service accepts, or None when it is well formed (the slow path)."""
+    try:
+        body = loads(raw_data)
+    except ValueError as exc:
+        if _has_non_finite(raw_data):
+            return "body holds NaN or Infinity, which are not JSON numbers"
+        return "body is not valid JSON: %s" % exc
+    return rows_problem(body, features)
+
+
+def parse_body(raw_data, features, loads):
+    """The body {"data": [[...], ...]} as a float64 array of shape (rows, features); InputError says why not."""
+    if isinstance(raw_data, str):
+        raw_data = raw_data.encode("utf-8")
+    try:
+        body = loads(raw_data)
+    except ValueError:
+        raise InputError(body_problem(raw_data, features, loads)) from None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not data:
+        raise InputError(rows_problem(body, features))
+    # numpy would quietly turn "0.5" or true into numbers: when nothing after "data" is quoted and no
+    # true/false/null can be there (no 'u' or 'l' anywhere), only numbers and arrays remain.
+    plain = raw_data.find(b'"', raw_data.find(b'"data"') + 6) == -1 and b"u" not in raw_data and b"l" not in raw_data
+    if plain or rows_problem(body, features) is None:
+        try:
+            X = np.array(data, dtype=np.float64)
+        except (ValueError, TypeError):
+            X = None
+        if X is not None and X.ndim == 2 and X.shape[1] == features and np.isfinite(X).all():
+            return X
+    raise InputError(rows_problem(body, features) or "data must be rows of %d numbers" % features)
