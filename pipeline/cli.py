@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import signal
 import sys
-import threading
 import traceback
-from typing import Any, Iterator, Sequence
+from collections.abc import Sequence
 
-from pipeline import __version__
+from pipeline import __version__, interrupts
 from pipeline.console import Console
 from pipeline.errors import PipelineError, SpecError
 from pipeline.stages import STAGES
-
 
 EPILOG = """exit codes: 0 success; 1 a stage failed; 2 invalid spec or usage, nothing ran; 130 interrupted.
 plan --detailed-exitcode: 0 no changes, 2 changes pending, 1 error."""
@@ -133,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise _ArgError("pipeline: error: --only cannot be combined with --to")
         console = Console(quiet=getattr(args, "quiet", False))
         module = importlib.import_module(f"pipeline.commands.{args.command}")
-        with _sigterm_interrupts():
+        with interrupts.installed():
             return int(module.main(args, console))
     except _Exit as exc:
         return exc.status
@@ -154,28 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
-    except Exception:  # an unexpected error is a bug: say so, with what a bug report needs
+    except Exception:  # noqa: BLE001  an unexpected error is a bug: say so, with what a bug report needs
         console.clear_progress()
         console.error("internal error: this is a bug in pipeline; please report it with the traceback below")
         console.error(traceback.format_exc().rstrip())
         return 1
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a cancelled CI job, `timeout`) cleans up like Ctrl-C: no half-started service is left."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main_exit() -> None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pipeline.stages import Output
     from pipeline.targets.base import ServiceRecord, Target
 
-O = TypeVar("O", bound="Output")
+OutputT = TypeVar("OutputT", bound="Output")
 
 
 def plain(value: Any) -> Any:
@@ -85,7 +85,7 @@ class Context:
 
         return render.render_all(self.spec)
 
-    def output(self, kind: type[O]) -> O | None:
+    def output(self, kind: type[OutputT]) -> OutputT | None:
         """A stage's outputs: from this run if it ran, else from its last recorded success, else None."""
         mine = self.outputs.get(kind.stage)
         if isinstance(mine, kind):

@@ -5,9 +5,10 @@ import csv
 import gzip
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 from pipeline.errors import DataError
 
@@ -92,12 +93,12 @@ def read_idx(path: Path) -> np.ndarray:
             except (MemoryError, ValueError):
                 raise DataError(f"{path}: the IDX header declares {expected} bytes of data, "
                                 "more than can be allocated") from None
-            view = memoryview(arr).cast("B")
+            view = memoryview(arr).cast("B")  # type: ignore[arg-type]  # an ndarray is a buffer
             found = 0
             while found < expected:
                 # Bounded reads: GzipFile.readinto builds a temporary bytes object as large as
                 # the request, so one big read would briefly hold the payload twice.
-                got = stream.readinto(view[found:found + READ_BLOCK])
+                got = stream.readinto(view[found:found + READ_BLOCK])  # type: ignore[attr-defined]
                 if not got:
                     break
                 found += got

@@ -5,9 +5,10 @@ import io
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import DataError, ModelError, StageFailed
 

@@ -6,8 +6,9 @@ import io
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from pipeline.errors import ModelError
 
@@ -116,7 +117,7 @@ class AzureMLRegistrySource:
             ws = workspace_factory(self.workspace_config)
             model = model_factory(ws, self.name, self.version)
             got = model.download(target_dir=str(dest_dir), exist_ok=True)
-        except Exception as exc:  # noqa: BLE001  the SDK raises many unrelated types; say where
+        except Exception as exc:
             raise ModelError(f"{self.describe()}: download failed: "
                              f"{type(exc).__name__}: {exc}") from exc
         got = Path(got)
@@ -216,7 +217,7 @@ def load_model(path: Path, format: str, sha256: str | None,
         import pickle
 
         return pickle.loads(data)
-    except Exception as exc:  # noqa: BLE001  a pinned file can still fail in many ways
+    except Exception as exc:
         raise ModelError(f"{path}: cannot load as {format}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -234,5 +235,5 @@ def _load_skops(path: Path, data: bytes, trusted: list[str]) -> Any:
         return sio.loads(data, trusted=trusted)
     except ModelError:
         raise
-    except Exception as exc:  # noqa: BLE001  corrupt zip, bad schema, missing module
+    except Exception as exc:
         raise ModelError(f"{path}: cannot load as skops: {type(exc).__name__}: {exc}") from exc

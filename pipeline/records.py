@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -134,7 +134,7 @@ class Plan:
                     "live": s.change.live,
                     "drift": list(s.change.drift),
                     "fields": [{"path": p, "old": o, "new": n} for p, o, n in s.change.fields],
-                    "files": {name: diff for name, diff in s.change.files},
+                    "files": dict(s.change.files),
                 }
             out.append(item)
         return {"spec": self.spec_name, "changes": self.changes, "steps": out}

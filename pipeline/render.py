@@ -4,8 +4,9 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline.errors import RenderError
 from pipeline.files import atomic_write
@@ -65,14 +66,21 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-def environment(override: Path | None = None) -> Any:
-    """The one jinja2 environment: sandboxed, strict about undefined names, trailing newline kept."""
+def environment(override: Path | None = None, target_templates: Path | None = None) -> Any:
+    """The one jinja2 environment: sandboxed, strict about undefined names, trailing newline kept.
+
+    Templates are looked up in the spec's own folder first, then the shipped ones, then a target's own
+    folder (for a target that ships outside this package).
+    """
     from jinja2 import FileSystemLoader, StrictUndefined
     from jinja2.sandbox import SandboxedEnvironment
 
     search = [str(override)] if override else []
+    search.append(str(builtin_templates()))
+    if target_templates is not None:
+        search.append(str(target_templates))
     env = SandboxedEnvironment(
-        loader=FileSystemLoader(search + [str(builtin_templates())]),
+        loader=FileSystemLoader(search),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -86,10 +94,11 @@ def environment(override: Path | None = None) -> Any:
 
 
 def contract_source() -> Escaped:
-    """The input rules of pipeline/contract.py, as code for score.py: our own source, not a spec value."""
-    from pipeline import contract
+    """The input rules of pipeline/contract.py, as code for score.py: our own source, not a spec value.
 
-    text = Path(contract.__file__).read_text(encoding="utf-8")
+    Read as text, not imported: importing it would import numpy (and start its threads) in every render.
+    """
+    text = (Path(__file__).parent / "contract.py").read_text(encoding="utf-8")
     return Escaped(text.split("# --- contract ---\n", 1)[1])
 
 
@@ -119,7 +128,8 @@ def render_template(env: Any, name: str, values: Mapping[str, Any]) -> str:
     except RenderError as exc:
         raise RenderError(f"template {name}: {exc}") from None
     except TemplateError as exc:
-        where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+        line = getattr(exc, "lineno", None)  # TemplateSyntaxError and a few others know where
+        where = f" line {line}" if line else ""
         raise RenderError(f"template {name}{where}: {exc.message or exc}") from None
 
 
@@ -128,7 +138,7 @@ def render_all(spec: Spec) -> dict[str, str]:
     from pipeline import targets
 
     target = targets.get(spec.deploy.target)
-    env = environment(spec.templates)
+    env = environment(spec.templates, target.template_dir)
     files = render(spec, extra_pip=target.extra_pip_packages(spec), env=env)
     for name, text in target.render(spec, env, context(spec)).items():
         if name in files:

@@ -5,10 +5,11 @@ import copy
 import functools
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline import rules, yamlsource
 from pipeline.errors import SpecError
@@ -204,7 +205,7 @@ def load(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec:
 
 def format_problems(shown: str, problems: list[tuple[int, tuple, str]]) -> list[str]:
     """Sorted `file:line: field.path: message` lines, duplicates removed."""
-    lines = sorted(set((line, _dotted(p), msg) for line, p, msg in problems))
+    lines = sorted({(line, _dotted(p), msg) for line, p, msg in problems})
     return [f"{shown}:{line}: {dotted}: {msg}" if dotted else f"{shown}:{line}: {msg}" for line, dotted, msg in lines]
 
 
@@ -266,7 +267,7 @@ def _explain(error: Any, doc: yamlsource.Document) -> list[tuple[int, tuple, str
         return [(line, path, f"{sub['errorMessage']}, got {_got(error.instance)}{hint}")]
     if kind == "type":
         expected = error.validator_value
-        names = [_TYPE_NAMES.get(t, t) for t in (expected if isinstance(expected, list) else [expected])]
+        names = [_TYPE_NAMES.get(t, str(t)) for t in (expected if isinstance(expected, list) else [expected])]
         article = "an" if names[0][0] in "aeiou" else "a"
         return [(line, path, f"expected {article} {' or '.join(names)}, got {_got(error.instance)}{_quote_hint(error)}")]
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
@@ -356,7 +357,7 @@ def build(path: Path, data: dict[str, Any]) -> Spec:
         model=ModelSpec(m["name"], m["version"], source, m.get("sha256"), m["format"], tuple(m["trusted_types"])),
         environment=EnvironmentSpec(e["python"], tuple(e["channels"]), tuple(e["conda_packages"]), tuple(e["pip_packages"])),
         scoring=ScoringSpec(s["features"], s["output"], rel(s.get("entry_script"))),
-        test=TestSpec(rel(t["images"]), rel(t.get("labels")), t["format"], t.get("label_column"), float(t["scale"]),
+        test=TestSpec((folder / t["images"]).resolve(), rel(t.get("labels")), t["format"], t.get("label_column"), float(t["scale"]),
                       float(t["min_accuracy"]), t["sample_size"], t["seed"]),
         deploy=DeploySpec(d["target"], d["cpu_cores"], d["memory_gb"], d["auth"], d["request_timeout_ms"],
                           d["ready_timeout_s"], _freeze({k: v for k, v in d.items() if isinstance(v, dict)})),

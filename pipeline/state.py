@@ -6,10 +6,11 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-from contextlib import contextmanager
+from typing import Any
 
 from pipeline.errors import StateError
 from pipeline.files import atomic_write
@@ -34,7 +35,7 @@ class Paths:
     root: Path
 
     @classmethod
-    def for_name(cls, name: str) -> "Paths":
+    def for_name(cls, name: str) -> Paths:
         return cls(home() / name)
 
     @property

@@ -9,7 +9,7 @@ import yaml
 try:  # the C composer is several times faster; fall back when libyaml is missing
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+    from yaml import SafeLoader as _Loader
 
 Path_ = tuple  # a field path: ('deploy', 'cpu_cores') or ('tags', 'data') or ('channels', 0)
 

@@ -5,7 +5,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from pipeline import render, spec as specs
+from pipeline import render
+from pipeline import spec as specs
 from pipeline.console import Console
 
 

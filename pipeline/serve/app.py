@@ -5,7 +5,8 @@ import hmac
 import logging
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -54,7 +55,9 @@ class ScoringApp:
         self.auth = [f"Bearer {key}".encode() for key in keys if key]
         self.swagger = orjson.dumps(swagger) if swagger is not None else None
         self.slices = FairSlices()
-        self.batcher = MicroBatcher(script.predict_rows, self.timeout_s, self.slices) if script.batching else None
+        self.batcher = None
+        if script.predict_rows is not None and script.batching:
+            self.batcher = MicroBatcher(script.predict_rows, self.timeout_s, self.slices)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,7 +161,7 @@ class ScoringApp:
         failure: Exception | None = None
         try:
             rows = self.script.parse_rows(body)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  whatever the user's parse_rows raises is answered, not fatal
             failure = exc
         self.slices.used += time.perf_counter() - started
         if isinstance(failure, ValueError):
@@ -178,7 +181,7 @@ class ScoringApp:
             return
         try:
             body = dumps(labels)  # orjson, or json for what it refuses (e.g. an object array of strings)
-        except Exception:  # noqa: BLE001  an answer that cannot be JSON is predict_rows()'s bug: a JSON 500
+        except Exception:
             log.exception("predict_rows() returned something that cannot be encoded as JSON")
             await _internal(send, "predict_rows", request_id, ids)
             return
@@ -202,7 +205,7 @@ class ScoringApp:
         failure: BaseException | None = None
         try:
             output = call_with_timeout(self.script.run, self.timeout_s, *args)
-        except (Exception, RunTimeout) as exc:
+        except (Exception, RunTimeout) as exc:  # noqa: BLE001  the user's run(): answered 400/500/504, never fatal
             failure = exc
         ran = time.perf_counter() - started
         self.slices.used += ran

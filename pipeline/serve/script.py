@@ -6,9 +6,10 @@ import inspect
 import json
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType, ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 

@@ -15,8 +15,8 @@ import psutil
 from pipeline.errors import PipelineError, TargetError
 from pipeline.serve.config import ServeConfig
 from pipeline.serve.events import EventLog, write_json_atomic
-from pipeline.serve.logs import setup_logging
 from pipeline.serve.ipc import CONFIG_ENV, PORT_ENV, READY_FD_ENV, SUPERVISOR_ENV, claim_port
+from pipeline.serve.logs import setup_logging
 
 POLL_S = 0.2
 # A process tree's children are rescanned this often (it walks /proc); RSS itself every poll.

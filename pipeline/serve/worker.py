@@ -29,8 +29,8 @@ def read_keys(path: str | None) -> list[str]:
             data = json.load(handle)
     except (OSError, ValueError) as exc:
         raise TargetError(f"cannot read keys file {path}: {type(exc).__name__}") from None
-    keys = [data.get(name) for name in ("primary", "secondary")] if isinstance(data, dict) else []
-    keys = [key for key in keys if isinstance(key, str) and key]
+    found = [data.get(name) for name in ("primary", "secondary")] if isinstance(data, dict) else []
+    keys = [key for key in found if isinstance(key, str) and key]
     if not keys:
         raise TargetError(f"keys file {path} has no 'primary' or 'secondary' key")
     return keys
@@ -64,7 +64,7 @@ def main() -> int:
         step = "listen"
         sock = bind(config.host, port)
         sock.listen(2048)
-    except BaseException as exc:  # whatever score.py raises, the supervisor must hear why
+    except BaseException as exc:  # noqa: BLE001  whatever score.py raises, the supervisor must hear why
         if isinstance(exc, TargetError):
             log.error("worker %d: %s", os.getpid(), exc)
         else:
@@ -104,7 +104,7 @@ def _serve(app: object, sock: socket.socket, config: ServeConfig) -> int:
             server_header=False,
             timeout_keep_alive=5,
             # In-flight requests get their own timeout plus a margin to finish on SIGTERM.
-            timeout_graceful_shutdown=config.request_timeout_ms / 1000 + 5,
+            timeout_graceful_shutdown=config.request_timeout_ms // 1000 + 5,
             backlog=2048,
         )
     )

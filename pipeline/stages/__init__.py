@@ -23,7 +23,7 @@ REGISTRY: dict[str, str] = {
 }
 STAGES: tuple[str, ...] = tuple(REGISTRY)
 
-O = TypeVar("O", bound="Output")
+OutputT = TypeVar("OutputT", bound="Output")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Output:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls: type[O], data: Any) -> O | None:
+    def from_dict(cls: type[OutputT], data: Any) -> OutputT | None:
         """The record back from the state, or None when it is missing or not of this shape (the stage reruns)."""
         if not isinstance(data, dict):
             return None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import difflib
 import shutil
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import interrupts
 from pipeline import service as services
 from pipeline.context import digest, plain
 from pipeline.errors import StageFailed
@@ -135,14 +135,11 @@ class Deploy(Stage):
                 services.save(ctx)
             raise
         # a service that runs is recorded before anything else can happen: hold Ctrl-C/SIGTERM until it is saved
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
+        with interrupts.held():
             record = record.stamped(inputs=new_inputs, digest=digest(new_inputs), deployed_at=ctx.clock(),
                                     model_sha256=fetched.sha256, model=f"{ctx.spec.model.name}:{ctx.spec.model.version}")
             ctx.service = record
             services.save(ctx)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         _snapshot(ctx, build_dir)
         verb = {DeployAction.CREATE: "created", DeployAction.UPDATE: "updated", DeployAction.REPLACE: "replaced"}
         said = verb.get(step.change.action, "deployed") if step.change else "deployed"

@@ -95,7 +95,7 @@ def markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         lines += ["### Evaluation", "", f"Accuracy **{ev['accuracy']:.4f}** on {ev['n']:,} test images "
                   f"(gate: {ev.get('min_accuracy', 0):g}).", "", "Confusion matrix (rows: true label, columns: predicted):", ""]
         labels = ev["labels"]
-        lines.append("| true \\ predicted | " + " | ".join(str(l) for l in labels) + " |")
+        lines.append("| true \\ predicted | " + " | ".join(str(label) for label in labels) + " |")
         lines.append("|---" * (len(labels) + 1) + "|")
         for label, row in zip(labels, ev["confusion"]):
             lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row) + " |")

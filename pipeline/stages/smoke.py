@@ -142,7 +142,7 @@ def run(ctx: Context) -> Outcome:
     shown = answers if spec.scoring.output == "labels" else [int(np.argmax(a)) for a in answers]
     agree = not wrong and single_ok
     png = None
-    side = int(math.isqrt(spec.scoring.features))
+    side = math.isqrt(spec.scoring.features)
     if side * side == spec.scoring.features and labels is not None:
         folder = ctx.paths.eval if agree else ctx.paths.eval / "failed"  # never over the last success's figure
         png = plot_samples(X, labels, shown, folder / "samples.png", side)
@@ -180,8 +180,8 @@ def plot_samples(X: Any, labels: list[Any], predicted: list[Any], path: Path, si
     fig = Figure(figsize=(20, 1))
     for i in range(n):
         ax = fig.add_subplot(1, n, i + 1)
-        ax.axhline("")
-        ax.axvline("")
+        ax.axhline("")  # type: ignore[arg-type]  # the tutorial's own calls, kept for the same figure
+        ax.axvline("")  # type: ignore[arg-type]
         wrong = labels[i] != predicted[i]
         ax.text(x=10, y=-10, s=str(predicted[i]), fontsize=18, color="red" if wrong else "black")
         ax.imshow(X[i].reshape(side, side), cmap="gray" if wrong else "Greys")

@@ -106,13 +106,13 @@ class _WebserviceTarget(BaseTarget):
             raise TargetError(f"{path} does not match the spec ({'; '.join(differ)}); render again")
 
     # -- deploy ----------------------------------------------------------------------------------
-    def deploy(self, request: DeployRequest) -> dict[str, Any]:
+    def deploy(self, request: DeployRequest) -> ServiceRecord:
         try:
             return self._deploy(request)
         finally:
             request.console.clear_progress()
 
-    def _deploy(self, request: DeployRequest) -> dict[str, Any]:
+    def _deploy(self, request: DeployRequest) -> ServiceRecord:
         spec, console = request.spec, request.console
         deployment_config = self.deployment_config(spec)  # offline first: a bad config fails before any call
         self.check_rendered(request.build_dir, deployment_config)

@@ -1,8 +1,9 @@
 """The network boundary of the SDK v1 targets: every azureml-core call that talks to Azure, in one place."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.errors import TargetError
 from pipeline.targets import azureml_common as common

@@ -123,6 +123,7 @@ class Target(Protocol):
     extra: ClassVar[str | None]  # the pip extra that installs what it needs, if any
     packages: ClassVar[Mapping[str, str]]  # distribution -> module the check stage imports
     capabilities: ClassVar[Capabilities]
+    template_dir: ClassVar[Path | None]  # its templates when they are not shipped in templates/<name>/
 
     def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
         """Problems the schema cannot see, for a spec that chose this target (data has the defaults).
@@ -160,6 +161,7 @@ class BaseTarget:
 
     extra: ClassVar[str | None] = None
     packages: ClassVar[Mapping[str, str]] = {}
+    template_dir: ClassVar[Path | None] = None
 
     def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
         return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipeline import http, openapi
+from pipeline import http, interrupts, openapi
 from pipeline.errors import StateError, TargetError
 from pipeline.files import atomic_write, sha256_path
 from pipeline.targets import keys
@@ -115,19 +115,15 @@ class LocalTarget(BaseTarget):
         process = None
         try:
             # Ctrl-C or SIGTERM while the host starts must find it in `process` to stop it: hold both
-            # signals until Popen has returned (the host unblocks them for itself at start).
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            try:
-                with open(log_file, "ab") as log:
-                    log.write(f"{DEPLOY_MARKER} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
-                    log.flush()
-                    process = subprocess.Popen(
-                        [sys.executable, "-m", "pipeline.serve", str(config_file)],
-                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                        cwd=app_dir, start_new_session=True, env=_child_env(),
-                    )
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            # until Popen has returned and `process` is set.
+            with interrupts.held(), open(log_file, "ab") as log:
+                log.write(f"{DEPLOY_MARKER} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
+                log.flush()
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "pipeline.serve", str(config_file)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cwd=app_dir, start_new_session=True, env=_child_env(),
+                )
             ready = _wait_ready(process, ready_file, log_file, spec.deploy.ready_timeout_s, request)
         except BaseException:
             if process is not None and process.poll() is None:

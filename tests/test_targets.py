@@ -1,0 +1,202 @@
+"""The target conformance suite: every target in TARGETS, and a test-only one, honour the same protocol.
+
+A new target gets these tests by adding one line to HARNESSES. The local and threaded targets run for
+real (real processes or threads, real HTTP on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline import render
+from pipeline import spec as specs
+from pipeline import targets
+from pipeline.console import Console
+from pipeline.records import Live
+from pipeline.targets.base import Auth, DeployRequest, Rollout, ServiceRecord, Target
+from tests.conftest import EXAMPLE_MODEL, ROOT
+
+THREADED = "tests.targets.threaded:ThreadedTarget"
+
+
+@pytest.fixture
+def threaded_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test-only target, registered the one way a target is: a line in TARGETS."""
+    monkeypatch.setitem(targets.TARGETS, "threaded", THREADED)
+
+
+def spec_for(folder: Path, target: str, *, auth: bool = False, extra: str = "") -> Path:
+    """specs/mnist.yaml for `target`, with its example paths made absolute."""
+    text = (ROOT / "specs" / "mnist.yaml").read_text(encoding="utf-8").replace("../examples/", f"{ROOT}/examples/")
+    text = text.replace("target: local", f"target: {target}").replace("  local: {port: 0}\n", extra)
+    if auth:
+        text = text.replace("auth: false", "auth: true")
+    path = folder / "spec.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class Harness:
+    """How the suite meets one target: its name, and how to build the target object the tests drive."""
+
+    name: str
+    make: Callable[[], Target]
+    registered: bool = True  # False: a test-only target that the suite registers itself
+
+
+HARNESSES = [
+    Harness("local", lambda: targets.get("local")),
+    Harness("threaded", lambda: targets.get("threaded"), registered=False),
+]
+
+
+@pytest.fixture(params=HARNESSES, ids=lambda h: h.name)
+def harness(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Harness:
+    h: Harness = request.param
+    if not h.registered:
+        monkeypatch.setitem(targets.TARGETS, "threaded", THREADED)
+    return h
+
+
+@dataclass
+class Deployed:
+    target: Target
+    record: ServiceRecord
+    request: DeployRequest
+
+
+@pytest.fixture
+def deployed(harness: Harness, tmp_path: Path) -> Iterator[Callable[..., Deployed]]:
+    """Deploy the example model to the harness's target; every service made is deleted at the end."""
+    made: list[Deployed] = []
+
+    def deploy(*, auth: bool = False) -> Deployed:
+        folder = tmp_path / f"d{len(made)}"
+        folder.mkdir()
+        spec = specs.load(spec_for(folder, harness.name, auth=auth))
+        build = folder / "build"
+        render.write_files(build, render.render_all(spec))
+        model_dir = folder / "models" / spec.model.name / str(spec.model.version)
+        model_dir.mkdir(parents=True)
+        shutil.copy(EXAMPLE_MODEL, model_dir / EXAMPLE_MODEL.name)
+        request = DeployRequest(spec=spec, build_dir=build, model_path=model_dir / EXAMPLE_MODEL.name,
+                                model_dir=model_dir, service_dir=folder / "service", previous=None,
+                                console=Console())
+        request.service_dir.mkdir()
+        target = harness.make()
+        done = Deployed(target, target.deploy(request), request)
+        made.append(done)
+        return done
+
+    yield deploy
+    for done in made:
+        done.target.delete(done.record, done.request.service_dir)
+
+
+def one_image() -> bytes:
+    """examples/mnist/sample.json: a 2, a 5 and a 1, as the README's curl sends them."""
+    return (ROOT / "examples" / "mnist" / "sample.json").read_bytes()
+
+
+def test_the_class_declares_the_whole_protocol(harness: Harness) -> None:
+    cls = targets.target_class(harness.name)
+    assert cls.name == harness.name and cls.summary
+    schema = cls.settings_schema
+    assert schema["type"] == "object" and schema["additionalProperties"] is False and "default" in schema
+    assert all("description" in field for field in schema["properties"].values())
+    assert isinstance(cls.capabilities.rollout, Rollout) and cls.capabilities.auth <= set(Auth)
+    assert all(isinstance(dist, str) and isinstance(module, str) for dist, module in cls.packages.items())
+    block = specs.schema()["properties"]["deploy"]["properties"][cls.settings_key]
+    assert block == dict(schema)  # the schema is assembled from the target, not written beside it
+
+
+def test_render_is_deterministic(harness: Harness, tmp_path: Path) -> None:
+    spec = specs.load(spec_for(tmp_path, harness.name))
+    first, second = render.render_all(spec), render.render_all(specs.load(spec_for(tmp_path, harness.name)))
+    assert first == second and {"score.py", "myenv.yml"} <= set(first)
+    assert all(text.endswith("\n") for text in first.values())
+
+
+def test_deploy_returns_a_valid_record_that_survives_the_state_file(deployed: Callable[..., Deployed],
+                                                                    harness: Harness) -> None:
+    done = deployed()
+    assert isinstance(done.record, ServiceRecord) and done.record.target == harness.name
+    assert done.record.scoring_uri and done.record.scoring_uri.startswith("http")
+    again = ServiceRecord.from_dict(json.loads(json.dumps(done.record.to_dict())))
+    assert again == done.record
+    live = done.target.probe(again, done.request.spec)
+    assert (live.reachable, live.healthy, live.drift) == (True, True, ()), live.detail
+
+
+def test_invoke_scores_the_way_the_local_model_does(deployed: Callable[..., Deployed]) -> None:
+    done = deployed()
+    reply = done.target.invoke(done.record, one_image(), timeout=10, service_dir=done.request.service_dir)
+    assert reply.status == 200, reply.body
+    assert json.loads(reply.body) == [2, 5, 1]  # the three images of examples/mnist/sample.json
+    bad = done.target.invoke(done.record, b'{"data": [[1, 2]]}', timeout=10, service_dir=done.request.service_dir)
+    assert bad.status == 400 and "data[0] has 2 values, expected 784" in json.loads(bad.body)["error"]
+
+
+def test_delete_twice_then_probe_says_the_service_is_gone(deployed: Callable[..., Deployed]) -> None:
+    done = deployed()
+    first = done.target.delete(done.record, done.request.service_dir)
+    second = done.target.delete(done.record, done.request.service_dir)
+    assert first != second and isinstance(second, str)  # the second says there was nothing left to stop
+    live = done.target.probe(done.record, done.request.spec)
+    assert not live.healthy and live.reachable
+
+
+def test_logs_are_text(deployed: Callable[..., Deployed]) -> None:
+    done = deployed()
+    assert isinstance(done.target.logs(done.record, done.request.service_dir, tail=20), str)
+
+
+def test_key_auth_when_the_target_supports_it(deployed: Callable[..., Deployed], harness: Harness) -> None:
+    if Auth.KEY not in targets.target_class(harness.name).capabilities.auth:
+        pytest.skip(f"{harness.name} has no key auth")
+    done = deployed(auth=True)
+    assert done.record.auth
+    ok = done.target.invoke(done.record, one_image(), timeout=10, service_dir=done.request.service_dir)
+    assert ok.status == 200
+    from pipeline import http
+
+    assert done.record.scoring_uri is not None
+    assert http.post(done.record.scoring_uri, one_image(), {}, 10).status == 401
+
+
+def test_probe_without_a_record_only_where_the_target_can(harness: Harness, tmp_path: Path) -> None:
+    target = harness.make()
+    live = target.probe(None, specs.load(spec_for(tmp_path, harness.name)))
+    assert isinstance(live, Live)
+    if not target.capabilities.probe_unrecorded:
+        assert not live.reachable  # it cannot look a service up by name, and says so
+
+
+# -- a target is one module: the test-only target through the whole CLI, no other file edited ---------
+def test_a_new_target_passes_validate_plan_run_status_and_delete(project: Path, run_cli, threaded_registered) -> None:
+    spec = project / "specs" / "threaded.yaml"
+    text = (project / "specs" / "mnist.yaml").read_text().replace("target: local", "target: threaded")
+    spec.write_text(text.replace("  local: {port: 0}\n", "  threaded: {greeting: Healthy}\n"))
+    assert run_cli("validate", spec).code == 0
+    bad = project / "specs" / "bad.yaml"
+    bad.write_text(spec.read_text().replace("greeting: Healthy", "greeting: ' '"))
+    refused = run_cli("validate", bad)
+    assert refused.code == 2 and "deploy.threaded.greeting: must not be blank" in refused.err
+    plan = run_cli("plan", spec, "--detailed-exitcode")
+    assert plan.code == 2 and "deploy    create" in plan.out
+    first = run_cli("run", spec)
+    assert first.code == 0, first.out + first.err
+    assert "smoke     ran" in first.out and "images agree with the local model" in first.out
+    assert run_cli("plan", spec, "--detailed-exitcode").code == 0
+    status = run_cli("status", spec)
+    assert status.code == 0 and ": live - answered" in status.out
+    deleted = run_cli("delete", spec)
+    assert deleted.code == 0 and "stopped the server on port" in deleted.out
+    assert "nothing to delete" in run_cli("delete", spec).out
