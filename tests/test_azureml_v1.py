@@ -5,6 +5,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import socket
 import stat
 import sys
@@ -696,3 +697,27 @@ def test_live_aci_deploy_probe_score_delete(tmp_path):
         assert target.logs(record, req.service_dir, tail=20).strip()
     finally:
         print(target.delete(record, req.service_dir))
+
+
+# -- the whole pipeline, at the wire ---------------------------------------------------------------
+def test_run_json_at_the_wire_with_the_state_home_elsewhere_prints_one_document(tmp_path, fake_azure, project,
+                                                                                run_cli, monkeypatch):
+    """`run specs/mnist-aci.yaml --json`, as a user would: config.json where they run it, state kept elsewhere."""
+    home = tmp_path / "state"  # outside the working directory, where Model.register would refuse the model
+    monkeypatch.setenv("PIPELINE_HOME", str(home))
+    shutil.copy(ROOT / "specs" / "mnist-aci.yaml", project / "specs" / "mnist-aci.yaml")
+    shutil.copy(fake_azure.config_file, project / "config.json")  # Workspace.from_config()'s own search
+    fake_azure.containers = tmp_path / "containers"  # ACI runs the uploaded score.py and model on loopback
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+
+    result = run_cli("run", "specs/mnist-aci.yaml", "--json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)  # exactly one JSON document: nothing the SDK printed is in it
+    assert [(s["stage"], s["status"]) for s in document["stages"]] == [
+        (stage, "ran") for stage in ("check", "fetch", "evaluate", "render", "deploy", "smoke", "report")]
+    assert document["ok"] is True and document["service"] == fake_azure.services["sklearn-mnist-aci"]["scoringUri"]
+    body = created(fake_azure)
+    assert body["containerResourceRequirements"] == {"cpu": 1, "memoryInGB": 1} and body["overwrite"] is True
+    assert "Registering model sklearn_mnist" in (home / "sklearn-mnist-aci" / "service" / common.SDK_LOG).read_text()
+    after = sorted(p.relative_to(project) for p in project.rglob("*") if not p.is_relative_to(project / "reports"))
+    assert after == before  # nothing was copied into the user's tree to please the SDK
