@@ -47,7 +47,9 @@ def source_for(spec: Spec) -> Any:
         raise ModelError(f"model.sha256 is not pinned: loading a {model.format} file runs code stored in it, "
                          f"so review the file and pin its digest in the spec{detail}")
     if isinstance(model.source, RegistrySource):
-        return models.AzureMLRegistrySource(model.name, model.version, model.source.workspace_config)
+        # the v2 target fetches with its own SDK (azure-ai-ml); everything else with azureml-core, as the tutorial
+        sdk = "v2" if spec.deploy.target == "azureml-online" else "v1"
+        return models.AzureMLRegistrySource(model.name, model.version, model.source.workspace_config, sdk=sdk)
     return models.LocalSource(model.source)
 
 
