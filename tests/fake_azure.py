@@ -358,7 +358,27 @@ class FakeAzure:
         def get(call: Call, m: re.Match[str]) -> Answer:
             if key(m) not in self.blobs:
                 return 404, {"x-ms-error-code": "BlobNotFound"}, b""
-            return 200, properties(key(m)), self.blobs[key(m)]
+            data = self.blobs[key(m)]
+            wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", call.headers.get("x-ms-range") or call.headers.get("Range") or "")
+            if not wanted:
+                return 200, properties(key(m)), data
+            first = int(wanted[1])
+            last = min(int(wanted[2]) if wanted[2] else len(data) - 1, len(data) - 1)
+            part = data[first:last + 1]
+            return 206, {**properties(key(m)), "Content-Length": str(len(part)),
+                         "Content-Range": f"bytes {first}-{last}/{len(data)}"}, part
+
+        @self.route("GET", blob, r"/(?P<container>[^/]+)")
+        def list_blobs(call: Call, m: re.Match[str]) -> Answer:
+            if call.query.get("comp") != "list":
+                return error("UnsupportedQueryParameter", "the fake blob store lists blobs only", 400)
+            prefix = f"{m['container']}/{call.query.get('prefix', '')}"
+            items = "".join(f"<Blob><Name>{k.split('/', 1)[1]}</Name><Properties><Content-Length>{len(v)}"
+                            f"</Content-Length><BlobType>BlockBlob</BlobType></Properties></Blob>"
+                            for k, v in sorted(self.blobs.items()) if k.startswith(prefix))
+            return 200, {"Content-Type": "application/xml"}, (
+                f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults ContainerName="{m["container"]}">'
+                f"<Prefix>{call.query.get('prefix', '')}</Prefix><Blobs>{items}</Blobs><NextMarker /></EnumerationResults>")
 
     # -- SDK v1: artifacts, assets, models, images/environments, services, operations ------------
     def _v1_routes(self) -> None:
@@ -376,6 +396,16 @@ class FakeAzure:
                     p: {"contentUri": f"https://{STORAGE}.blob.core.windows.net/azureml/{where[p]}?sv=2019-07-07&sig=fake",
                         "origin": m["origin"], "container": m["container"], "path": p} for p in paths},
                 "errors": {}}
+
+        @self.route("GET", api, rf"/artifact/v2.0{ws}/artifacts/prefix/contentinfo/(?P<prefix>.+)")
+        def artifacts_under(call: Call, m: re.Match[str]) -> Answer:
+            found = sorted(k.removeprefix("azureml/") for k in self.blobs if k.startswith(f"azureml/{m['prefix']}"))
+            value = []
+            for path in found:
+                origin, container, name = path.split("/", 2)
+                value.append({"contentUri": f"https://{STORAGE}.blob.core.windows.net/azureml/{path}?sv=2019-07-07"
+                                            f"&sig=fake", "origin": origin, "container": container, "path": name})
+            return 200, {}, {"value": value, "continuationToken": None}
 
         mms = rf"/modelmanagement/v1.0{ws}"
 
@@ -781,6 +811,7 @@ def public(resource: dict[str, Any]) -> dict[str, Any]:
 # azure-core's bearer policy, azure-identity and msal). In tests their `time` is the fake's clock: a sleep costs
 # nothing and moves that clock on, so timeouts and token lifetimes still run their course, instantly.
 SDK_CLOCKS = ("azureml.core.webservice.webservice", "azureml._restclient.clientbase", "azureml.core.authentication",
+              "azureml._file_utils.file_utils",
               "azure.core.pipeline.policies._authentication", "azure.identity._internal.get_token_mixin",
               "msal.application", "msal.token_cache")
 

@@ -510,3 +510,35 @@ def test_render_command_writes_a_folder_the_sdk_loads_as_is(tmp_path, run_cli, m
     endpoint = load_online_endpoint(str(out / "endpoint.yml"))
     assert deployment.endpoint_name == endpoint.name == "sklearn-mnist-online"
     assert deployment.instance_type == "Standard_DS1_v2" and endpoint.auth_mode == "key"
+
+
+def test_fetch_registry_model_at_the_wire_with_azure_ai_ml_alone(tmp_path, fake_azure, monkeypatch):
+    """For azureml-online a registry model is fetched with azure-ai-ml: azureml-core need not be installed."""
+    import sys
+
+    from pipeline import models
+
+    path = "LocalUpload/registered/sklearn_mnist_model.pkl"
+    fake_azure.blobs[f"{fake.DATASTORE_CONTAINER}/{path}"] = MODEL.read_bytes()
+    version = f"{fake.WS_PATH}/models/sklearn_mnist/versions/1"
+    fake_azure.resources[version.lower()] = {
+        "id": version, "name": "1", "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
+        "properties": {"modelType": "custom_model", "flavors": {}, "tags": {}, "properties": {},
+                       "modelUri": f"azureml://subscriptions/{fake.SUBSCRIPTION}/resourcegroups/{fake.RESOURCE_GROUP}/"
+                                   f"workspaces/{fake.WORKSPACE}/datastores/workspaceblobstore/paths/{path}"}}
+    monkeypatch.setitem(sys.modules, "azureml.core", None)  # as if only the azure-v2 extra were installed
+    source = models.AzureMLRegistrySource("sklearn_mnist", 1, fake_azure.config_file, sdk="v2")
+    got = models.fetch_model(source, tmp_path / "store", "sklearn_mnist", 1, load(tmp_path).model.sha256)
+    assert got == tmp_path / "store" / "sklearn_mnist" / "1" / "sklearn_mnist_model.pkl"
+    assert got.read_bytes() == MODEL.read_bytes()
+    assert fake_azure.requests_to("GET", r"/models/sklearn_mnist/versions/1$")
+
+
+def test_fetch_stage_picks_the_sdk_of_the_target(tmp_path):
+    from pipeline.stages.fetch import source_for
+
+    registry = {SOURCE: "  source: {registry: azureml, file: sklearn_mnist_model.pkl}"}
+    assert source_for(load(tmp_path, registry)).sdk == "v2"
+    aci = specs.load(write_spec(tmp_path / "aci", "mnist-aci.yaml", {
+        f"  source: {ROOT}/examples/mnist/sklearn_mnist_model.pkl": "  source: {registry: azureml, file: m.pkl}"}))
+    assert source_for(aci).sdk == "v1"

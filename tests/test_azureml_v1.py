@@ -25,7 +25,7 @@ from azureml.core.webservice.aks import AksServiceDeploymentConfiguration  # noq
 
 from pipeline import render, spec as specs  # noqa: E402
 from pipeline.console import Console  # noqa: E402
-from pipeline.errors import SpecError, TargetError, UsageError  # noqa: E402
+from pipeline.errors import ModelError, SpecError, TargetError, UsageError  # noqa: E402
 from pipeline.targets import azureml_common as common
 from pipeline.targets import keys  # noqa: E402
 from pipeline.targets import azureml_v1  # noqa: E402
@@ -721,3 +721,31 @@ def test_run_json_at_the_wire_with_the_state_home_elsewhere_prints_one_document(
     assert "Registering model sklearn_mnist" in (home / "sklearn-mnist-aci" / "service" / common.SDK_LOG).read_text()
     after = sorted(p.relative_to(project) for p in project.rglob("*") if not p.is_relative_to(project / "reports"))
     assert after == before  # nothing was copied into the user's tree to please the SDK
+
+
+def test_fetch_registry_model_at_the_wire_with_the_service_principal(tmp_path, fake_azure):
+    """model.source {registry: azureml}: Model(ws, name, version).download(), signed in without a prompt."""
+    from pipeline import models
+
+    register_in_the_fake(fake_azure)
+    source = models.AzureMLRegistrySource("sklearn_mnist", 1, fake_azure.config_file)
+    path = models.fetch_model(source, tmp_path / "store", "sklearn_mnist", 1, load(tmp_path).model.sha256)
+    assert path == tmp_path / "store" / "sklearn_mnist" / "1" / "sklearn_mnist_model.pkl"
+    assert path.read_bytes() == MODEL.read_bytes()
+    [token] = fake_azure.requests_to("POST", r"/oauth2/v2.0/token$")
+    assert "grant_type=client_credentials" in token.body.decode()  # the service principal, not a device login
+
+
+def test_fetch_registry_model_without_credentials_never_prompts(tmp_path, monkeypatch):
+    from pipeline import models
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in (*common.SP_ENV, "MSI_ENDPOINT", "AZUREML_AUTH_CONFIG_DIR", "AZURE_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    source = models.AzureMLRegistrySource("sklearn_mnist", 1, tmp_path / "config.json")
+    with pytest.raises(ModelError) as caught:
+        source.fetch(tmp_path)
+    assert str(caught.value) == (f"azureml registry model sklearn_mnist:1 (workspace config {tmp_path}/config.json): "
+                                 "cannot reach the Azure ML workspace: no Azure credentials: run `az login`, or set "
+                                 "AZUREML_SERVICE_PRINCIPAL_ID, AZUREML_SERVICE_PRINCIPAL_PASSWORD, "
+                                 "AZUREML_SERVICE_PRINCIPAL_TENANT_ID for a service principal")
