@@ -85,7 +85,7 @@ def _download_v2(config: Path | None, name: str, version: int, dest_dir: Path) -
 
 
 class AzureMLRegistrySource:
-    """A model registered in an Azure ML workspace, as the tutorial's Model(ws, name) (or azure-ai-ml's models.download)."""
+    """A model registered in an Azure ML workspace: the tutorial's Model(ws, name), or azure-ai-ml's models.download."""
 
     def __init__(self, name: str, version: int, workspace_config: Path | None = None,
                  workspace_factory: WorkspaceFactory | None = None,

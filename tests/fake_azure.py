@@ -8,7 +8,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -121,7 +121,8 @@ class FakeAzure:
         self.deployment_logs: dict[str, str] = {}       # v2: "endpoint/deployment" -> its container log
         store = f"{WS_PATH}/datastores/workspaceblobstore"
         self.resources[store.lower()] = {
-            "id": store, "name": "workspaceblobstore", "type": "Microsoft.MachineLearningServices/workspaces/datastores",
+            "id": store, "name": "workspaceblobstore",
+            "type": "Microsoft.MachineLearningServices/workspaces/datastores",
             "properties": {"datastoreType": "AzureBlob", "accountName": STORAGE, "containerName": DATASTORE_CONTAINER,
                            "endpoint": "core.windows.net", "protocol": "https", "isDefault": True,
                            "credentials": {"credentialsType": "AccountKey"}, "serviceDataAccessAuthIdentity": "None"}}
@@ -257,7 +258,8 @@ class FakeAzure:
         def token(call: Call, m: re.Match[str]) -> Answer:
             form = {k: v[-1] for k, v in parse_qs(call.body.decode()).items()}
             if form.get("grant_type") != "client_credentials":
-                return 400, {}, {"error": "unsupported_grant_type", "error_description": "the fake issues app tokens only"}
+                return 400, {}, {"error": "unsupported_grant_type",
+                                 "error_description": "the fake issues app tokens only"}
             now = int(self.now())
             claims = {"aud": form.get("scope", "").split(" ")[0].removesuffix("/.default"), "tid": TENANT,
                       "appid": form.get("client_id"), "oid": str(uuid.uuid4()), "iat": now, "nbf": now,
@@ -269,7 +271,8 @@ class FakeAzure:
 
     # -- ARM: subscriptions and the workspace ------------------------------------------------------
     def workspace_json(self) -> dict[str, Any]:
-        storage = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Storage/storageAccounts/{STORAGE}"
+        group = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers"
+        storage = f"{group}/Microsoft.Storage/storageAccounts/{STORAGE}"
         return {
             "id": WS_PATH, "name": WORKSPACE, "type": "Microsoft.MachineLearningServices/workspaces",
             "location": REGION, "tags": {}, "sku": {"name": "Basic", "tier": "Basic"}, "kind": "Default",
@@ -277,9 +280,9 @@ class FakeAzure:
             "properties": {
                 "workspaceId": WS_ID, "friendlyName": WORKSPACE, "description": "", "provisioningState": "Succeeded",
                 "creationTime": "2026-01-01T00:00:00.0000000Z", "storageAccount": storage,
-                "keyVault": storage.replace("Microsoft.Storage/storageAccounts", "Microsoft.KeyVault/vaults"),
-                "applicationInsights": storage.replace("Microsoft.Storage/storageAccounts", "microsoft.insights/components"),
-                "containerRegistry": storage.replace("Microsoft.Storage/storageAccounts", "Microsoft.ContainerRegistry/registries"),
+                "keyVault": f"{group}/Microsoft.KeyVault/vaults/{STORAGE}",
+                "applicationInsights": f"{group}/microsoft.insights/components/{STORAGE}",
+                "containerRegistry": f"{group}/Microsoft.ContainerRegistry/registries/{STORAGE}",
                 "discoveryUrl": f"{API}/discovery", "hbiWorkspace": False, "v1LegacyMode": False,
                 "mlFlowTrackingUri": f"azureml://{REGION}.api.azureml.ms/mlflow/v1.0{WS_PATH}",
                 "publicNetworkAccess": "Enabled",
@@ -316,7 +319,8 @@ class FakeAzure:
         def properties(path: str) -> dict[str, str]:
             data = self.blobs[path]
             meta = {f"x-ms-meta-{k}": v for k, v in self.blob_metadata.get(path, {}).items()}
-            return {**meta, "Content-Length": str(len(data)), "ETag": f'"0x{len(data):X}"', "x-ms-blob-type": "BlockBlob",
+            return {**meta, "Content-Length": str(len(data)), "ETag": f'"0x{len(data):X}"',
+                    "x-ms-blob-type": "BlockBlob",
                     "Last-Modified": "Thu, 01 Jan 2026 00:00:00 GMT", "x-ms-request-id": str(uuid.uuid4()),
                     "x-ms-version": "2021-08-06", "Content-Type": "application/octet-stream"}
 
@@ -359,7 +363,8 @@ class FakeAzure:
             if key(m) not in self.blobs:
                 return 404, {"x-ms-error-code": "BlobNotFound"}, b""
             data = self.blobs[key(m)]
-            wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", call.headers.get("x-ms-range") or call.headers.get("Range") or "")
+            ranged = call.headers.get("x-ms-range") or call.headers.get("Range") or ""
+            wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", ranged)
             if not wanted:
                 return 200, properties(key(m)), data
             first = int(wanted[1])
@@ -378,7 +383,8 @@ class FakeAzure:
                             for k, v in sorted(self.blobs.items()) if k.startswith(prefix))
             return 200, {"Content-Type": "application/xml"}, (
                 f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults ContainerName="{m["container"]}">'
-                f"<Prefix>{call.query.get('prefix', '')}</Prefix><Blobs>{items}</Blobs><NextMarker /></EnumerationResults>")
+                f"<Prefix>{call.query.get('prefix', '')}</Prefix><Blobs>{items}</Blobs><NextMarker />"
+                "</EnumerationResults>")
 
     # -- SDK v1: artifacts, assets, models, images/environments, services, operations ------------
     def _v1_routes(self) -> None:
@@ -393,7 +399,7 @@ class FakeAzure:
                 "artifacts": {p: {"artifactId": where[p], "origin": m["origin"], "container": m["container"], "path": p}
                               for p in paths},
                 "artifactContentInformation": {
-                    p: {"contentUri": f"https://{STORAGE}.blob.core.windows.net/azureml/{where[p]}?sv=2019-07-07&sig=fake",
+                    p: {"contentUri": f"https://{STORAGE}.blob.core.windows.net/azureml/{where[p]}?sig=fake",
                         "origin": m["origin"], "container": m["container"], "path": p} for p in paths},
                 "errors": {}}
 
@@ -433,7 +439,8 @@ class FakeAzure:
             version = 1 + max((v["version"] for v in self.models.values() if v["name"] == body["name"]), default=0)
             model = {"framework": "Custom", "frameworkVersion": None, "unpack": False, "kvTags": {}, "properties": {},
                      "description": None, "experimentName": None, "runId": None, "datasets": [],
-                     "resourceRequirements": None, **body, "id": f"{body['name']}:{version}", "version": version, "createdTime": NOW,
+                     "resourceRequirements": None, **body, "id": f"{body['name']}:{version}", "version": version,
+                     "createdTime": NOW,
                      "modifiedTime": NOW, "createdBy": {"userName": "ci"}}
             self.models[model["id"]] = model
             return 200, {}, model
@@ -552,14 +559,15 @@ class FakeAzure:
             op = self._async_op(key, "Delete", Outcome())
             return 202, {"Location": op, "Azure-AsyncOperation": op, "Retry-After": "1"}, b""
 
-        @self.route("POST", arm, rf"{ws}/(?P<kind>codes|models)/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/startPendingUpload")
+        @self.route("POST", arm, rf"{ws}/(codes|models)/[^/]+/versions/[^/]+/startPendingUpload")
         def start_pending_upload(call: Call, m: re.Match[str]) -> Answer:
             blob_uri = f"https://{STORAGE}.blob.core.windows.net/{uuid.uuid4()}"  # a temporary container
             return 200, {}, {"pendingUploadId": uuid.uuid4().hex, "pendingUploadType": "TemporaryBlobReference",
                              "blobReferenceForConsumption": {
                                  "blobUri": blob_uri, "storageAccountArmId": f"/subscriptions/{SUBSCRIPTION}/"
-                                 f"resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Storage/storageAccounts/{STORAGE}",
-                                 "credential": {"credentialType": "SAS", "sasUri": f"{blob_uri}?sv=2021-08-06&sig=fake"}}}
+                                 f"resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Storage/"
+                                 f"storageAccounts/{STORAGE}",
+                                 "credential": {"credentialType": "SAS", "sasUri": f"{blob_uri}?sig=fake"}}}
 
         @self.route("POST", arm, rf"{ws}/datastores/(?P<name>[^/]+)/listSecrets")
         def datastore_secrets(call: Call, m: re.Match[str]) -> Answer:
@@ -691,7 +699,8 @@ class FakeAzure:
         folder = Path(self.containers) / f"{service['name']}-{len(self.servers)}"
         script = next(a for a in request["assets"] if a["id"] == request.get("entryScript", "score.py"))
         (folder / "app").mkdir(parents=True)
-        (folder / "app" / "score.py").write_bytes(self.blobs["azureml/" + script["url"].removeprefix("aml://artifact/")])
+        uploaded = self.blobs["azureml/" + script["url"].removeprefix("aml://artifact/")]
+        (folder / "app" / "score.py").write_bytes(uploaded)
         for model_id in request["modelIds"]:
             model = self.models[model_id]
             prefix = self.assets[model["url"].removeprefix("aml://asset/")]["artifacts"][0]["prefix"]
@@ -768,7 +777,8 @@ class FakeAzure:
             service.update({"appInsightsEnabled": False, "cname": body.get("cname"), "location": REGION,
                             "publicIp": "20.0.0.1", "sslCertificate": None, "sslEnabled": False, "sslKey": None})
         else:
-            service.update({"appInsightsEnabled": False, "dataCollection": {"eventHubEnabled": False, "storageEnabled": False},
+            service.update({"appInsightsEnabled": False,
+                            "dataCollection": {"eventHubEnabled": False, "storageEnabled": False},
                             "maxConcurrentRequestsPerContainer": 1, "maxQueueWaitMs": 500,
                             "livenessProbeRequirements": {"periodSeconds": 10, "initialDelaySeconds": 310,
                                                           "timeoutSeconds": 2, "failureThreshold": 3,
@@ -795,8 +805,9 @@ def aks_compute(name: str) -> dict[str, Any]:
                            "description": None, "resourceId": f"/subscriptions/{SUBSCRIPTION}/resourcegroups/"
                            f"{RESOURCE_GROUP}/providers/Microsoft.ContainerService/managedClusters/{name}",
                            "isAttachedCompute": True, "provisioningErrors": None,
-                           "properties": {"agentCount": 3, "agentVmSize": "Standard_D3_v2", "clusterPurpose": "FastProd",
-                                          "clusterFqdn": f"{name}.hcp.{REGION}.azmk8s.io", "loadBalancerType": "PublicIp",
+                           "properties": {"agentCount": 3, "agentVmSize": "Standard_D3_v2",
+                                          "clusterPurpose": "FastProd", "loadBalancerType": "PublicIp",
+                                          "clusterFqdn": f"{name}.hcp.{REGION}.azmk8s.io",
                                           "loadBalancerSubnet": None,
                                           "systemServices": [], "sslConfiguration": {"status": "Disabled"}}}}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import socket
 import stat
 import threading
 from pathlib import Path
@@ -215,7 +214,8 @@ def test_deploy_at_the_wire_creates_endpoint_uploads_deploys_then_routes_traffic
 
     [first, routed] = puts(fake_azure, ENDPOINT)
     assert first["location"] == "westeurope" and first["tags"] == {"data": "MNIST", "method": "sklearn"}
-    assert first["properties"]["authMode"] == "Key" and first["properties"]["description"] == "Predict MNIST with sklearn"
+    assert first["properties"]["authMode"] == "Key"
+    assert first["properties"]["description"] == "Predict MNIST with sklearn"
     assert first["properties"]["traffic"] == {}  # a new endpoint routes nothing until blue exists
     assert routed["properties"]["traffic"] == {"blue": 100}
     [deployment] = puts(fake_azure, DEPLOYMENT)
@@ -364,7 +364,8 @@ def test_probe_at_the_wire_failed_deployment_shows_the_state_by_name(tmp_path, f
     record, spec, _ = deployed(tmp_path, fake_azure)
     fake_azure.resources[DEPLOYMENT.lower()]["properties"]["provisioningState"] = "Failed"
     live = OnlineTarget().probe(record, spec)
-    assert (live.healthy, live.detail) == (False, "endpoint sklearn-mnist-online is Succeeded, deployment blue is Failed")
+    assert not live.healthy
+    assert live.detail == "endpoint sklearn-mnist-online is Succeeded, deployment blue is Failed"
 
 
 def test_probe_at_the_wire_missing_endpoint(tmp_path, fake_azure):
@@ -445,7 +446,8 @@ def test_invoke_at_the_wire_aml_token(tmp_path, fake_azure, scoring_server):
 def test_delete_at_the_wire_deletes_the_endpoint_and_its_keys(tmp_path, fake_azure, capsys):
     record, _, req = deployed(tmp_path, fake_azure)
     capsys.readouterr()
-    assert OnlineTarget().delete(record, req.service_dir) == "deleted endpoint sklearn-mnist-online and its deployment blue"
+    line = OnlineTarget().delete(record, req.service_dir)
+    assert line == "deleted endpoint sklearn-mnist-online and its deployment blue"
     assert [c.status for c in fake_azure.requests_to("DELETE", ENDPOINT + "$")] == [202]
     assert not [k for k in fake_azure.resources if k.startswith(ENDPOINT.lower())]
     assert not (req.service_dir / "keys.json").exists()

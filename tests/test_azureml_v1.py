@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import http.server
-import io
 import json
 import os
 import shutil
@@ -11,7 +10,6 @@ import stat
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -28,7 +26,6 @@ from pipeline.console import Console  # noqa: E402
 from pipeline.errors import ModelError, SpecError, TargetError, UsageError  # noqa: E402
 from pipeline.targets import azureml_common as common
 from pipeline.targets import keys  # noqa: E402
-from pipeline.targets import azureml_v1  # noqa: E402
 from pipeline.targets.azureml_v1 import AciTarget, AksTarget  # noqa: E402
 from pipeline.targets.base import DeployRequest  # noqa: E402
 from tests import fake_azure as fake  # noqa: E402
@@ -204,7 +201,8 @@ def wired(tmp_path: Path, fake, base: str = "mnist-aci.yaml", replace: dict[str,
     """specs/<base> for the fake workspace: its config.json named in deploy.azureml.workspace_config."""
     replace = dict(replace or {})
     if base == "mnist-aci.yaml":
-        replace["  ready_timeout_s: 1200"] = f"  ready_timeout_s: 1200\n  azureml: {{workspace_config: {fake.config_file}}}"
+        block = f"  azureml: {{workspace_config: {fake.config_file}}}"
+        replace["  ready_timeout_s: 1200"] = f"  ready_timeout_s: 1200\n{block}"
     else:
         replace["  azureml:\n"] = f"  azureml:\n    workspace_config: {fake.config_file}\n"
     return load(tmp_path, base, replace)
@@ -428,8 +426,9 @@ def test_redeploy_at_the_wire_reuses_the_registered_model(tmp_path, fake_azure):
 
 
 @pytest.mark.parametrize("settings, expected", [
-    (AKS["autoscale"], {"numReplicas": None, "autoScaler": {"autoscaleEnabled": True, "minReplicas": 1, "maxReplicas": 3,
-                                                            "targetUtilization": 70, "refreshPeriodInSeconds": None}}),
+    (AKS["autoscale"], {"numReplicas": None, "autoScaler": {"autoscaleEnabled": True, "minReplicas": 1,
+                                                            "maxReplicas": 3, "targetUtilization": 70,
+                                                            "refreshPeriodInSeconds": None}}),
     ("replicas: 2", {"numReplicas": 2, "autoScaler": {"autoscaleEnabled": False, "minReplicas": None,
                                                       "maxReplicas": None, "targetUtilization": None,
                                                       "refreshPeriodInSeconds": None}}),
@@ -444,7 +443,8 @@ def test_aks_deploy_at_the_wire_sends_the_spec(tmp_path, fake_azure, settings, e
     assert body["containerResourceRequirements"] == {"cpu": 1, "cpuLimit": None, "memoryInGB": 1,
                                                      "memoryInGBLimit": None, "gpu": None}
     assert (body["authEnabled"], body["aadAuthEnabled"], body["scoringTimeoutMs"]) == (True, False, 5000)
-    assert body["kvTags"] == {"data": "MNIST", "method": "sklearn"} and body["description"] == "Predict MNIST with sklearn"
+    assert body["kvTags"] == {"data": "MNIST", "method": "sklearn"}
+    assert body["description"] == "Predict MNIST with sklearn"
     for key, value in expected.items():
         assert body[key] == value, key
     assert record["compute_target"] == "aks-mnist" and record["auth"] is True
