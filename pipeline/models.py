@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.errors import ModelError
+from pipeline.errors import ModelError, PipelineError
 
 CHUNK = 1 << 20
 FORMATS = ("joblib", "pickle", "skops")
 AZURE_EXTRA = "model source 'azureml' needs the azure extra: pip install '.[azure]'"
+AZURE_V2_EXTRA = "model source 'azureml' for target azureml-online needs the azure-v2 extra: pip install '.[azure-v2]'"
 
 
 def sha256_file(path: Path) -> str:
@@ -34,7 +35,12 @@ def source_packages(spec: Any) -> dict[str, tuple[str, str | None]]:
     if spec.model.format == "skops":
         needed["skops"] = ("skops", "skops")
     if isinstance(spec.model.source, RegistrySource):
-        needed["azureml-core"] = ("azureml.core", "azure")
+        from pipeline import targets
+
+        if targets.target_class(spec.deploy.target).registry_sdk == "v2":
+            needed["azure-ai-ml"] = ("azure.ai.ml", "azure-v2")
+        else:
+            needed["azureml-core"] = ("azureml.core", "azure")
     return needed
 
 
@@ -75,10 +81,10 @@ ModelFactory = Callable[[Any, str, int], Any]
 
 
 def _default_workspace(config: Path | None) -> Any:
-    from azureml.core import Workspace
+    """The deploy targets' Workspace.from_config(): the same credentials check, never an interactive login."""
+    from pipeline.targets.azureml_v1_api import default_workspace
 
-    # from_config() without a path searches the current folder and its parents, like the tutorial.
-    return Workspace.from_config(path=str(config)) if config else Workspace.from_config()
+    return default_workspace(config)
 
 
 def _default_model(ws: Any, name: str, version: int) -> Any:
@@ -87,14 +93,24 @@ def _default_model(ws: Any, name: str, version: int) -> Any:
     return Model(ws, name=name, version=version)
 
 
+def _download_v2(config: Path | None, name: str, version: int, dest_dir: Path) -> Path:
+    """azure-ai-ml's models.download(): the model's files under dest_dir/<name>/, as the workspace stores them."""
+    from pipeline.targets.azureml_online import default_client
+
+    client = default_client(config)
+    client.models.download(name=name, version=str(version), download_path=str(dest_dir))
+    return dest_dir / name
+
+
 class AzureMLRegistrySource:
-    """A model registered in an Azure ML workspace (SDK v1), as the tutorial's Model(ws, name)."""
+    """A model registered in an Azure ML workspace: the tutorial's Model(ws, name), or azure-ai-ml's models.download."""
 
     def __init__(self, name: str, version: int, workspace_config: Path | None = None,
                  workspace_factory: WorkspaceFactory | None = None,
-                 model_factory: ModelFactory | None = None) -> None:
+                 model_factory: ModelFactory | None = None, sdk: str = "v1") -> None:
         self.name = name
         self.version = version
+        self.sdk = sdk  # "v1": azureml-core (aci, aks, local); "v2": azure-ai-ml, so azureml-online needs no v1 SDK
         self.workspace_config = Path(workspace_config) if workspace_config else None
         # Both factories are the network boundary: Workspace.from_config authenticates and
         # Model(...) queries the registry in its constructor, so tests hand in fakes here.
@@ -106,21 +122,17 @@ class AzureMLRegistrySource:
         return f"azureml registry model {self.name}:{self.version}{where}"
 
     def fetch(self, dest_dir: Path) -> Path:
-        workspace_factory = self.workspace_factory or _default_workspace
-        model_factory = self.model_factory or _default_model
-        if self.workspace_factory is None or self.model_factory is None:
-            try:
-                import azureml.core  # noqa: F401  (only to give the install hint early)
-            except ImportError:
-                raise ModelError(AZURE_EXTRA) from None
+        from pipeline.targets import azureml_common as common
+
         try:
-            ws = workspace_factory(self.workspace_config)
-            model = model_factory(ws, self.name, self.version)
-            got = model.download(target_dir=str(dest_dir), exist_ok=True)
-        except Exception as exc:
-            raise ModelError(f"{self.describe()}: download failed: "
-                             f"{type(exc).__name__}: {exc}") from exc
-        got = Path(got)
+            with common.sdk_output(None):  # the SDKs' prints and prompts never reach stdout
+                got = Path(self._download(Path(dest_dir)))
+        except ModelError:
+            raise
+        except PipelineError as exc:  # no credentials, no config.json, the SDK not installed
+            raise ModelError(f"{self.describe()}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001  the SDK raises many unrelated types; say where
+            raise ModelError(f"{self.describe()}: download failed: {common.reason(exc)}") from None
         if got.is_dir():  # a model registered from a folder: accept it only if it holds one file
             files = [p for p in got.rglob("*") if p.is_file()]
             if len(files) != 1:
@@ -128,6 +140,23 @@ class AzureMLRegistrySource:
                                  f"holds {len(files)}: {sorted(p.name for p in files)[:5]}")
             got = files[0]
         return got
+
+    def _download(self, dest_dir: Path) -> Any:
+        if self.sdk == "v2" and self.workspace_factory is None:
+            try:
+                import azure.ai.ml  # noqa: F401  (only to give the install hint early)
+            except ImportError:
+                raise ModelError(AZURE_V2_EXTRA) from None
+            return _download_v2(self.workspace_config, self.name, self.version, dest_dir)
+        workspace_factory = self.workspace_factory or _default_workspace
+        model_factory = self.model_factory or _default_model
+        if self.workspace_factory is None or self.model_factory is None:
+            try:
+                import azureml.core  # noqa: F401  (only to give the install hint early)
+            except ImportError:
+                raise ModelError(AZURE_EXTRA) from None
+        ws = workspace_factory(self.workspace_config)
+        return model_factory(ws, self.name, self.version).download(target_dir=str(dest_dir), exist_ok=True)
 
 
 def fetch_model(source: ModelSource, store: Path, name: str, version: int,

@@ -95,6 +95,15 @@ def _stop_services(home: Path) -> None:
                 pass
 
 
+@pytest.fixture
+def fake_azure(no_network, monkeypatch, tmp_path):
+    """Azure faked at the HTTP boundary (tests/fake_azure.py): the real SDKs run, with the network guard on."""
+    pytest.importorskip("responses")
+    from tests import fake_azure
+
+    yield from fake_azure.start(monkeypatch, tmp_path / "azure-home")
+
+
 # -- the network is off limits: a hidden call fails the test even when the code swallows the error --
 @pytest.fixture
 def no_network(request, monkeypatch):

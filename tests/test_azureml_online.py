@@ -1,15 +1,12 @@
-"""Target azureml-online (azure-ai-ml): YAML the SDK's own loaders accept, fakes only at the network."""
+"""Target azureml-online: YAML azure-ai-ml's own loaders accept, and the real SDK against a fake Azure at HTTP."""
 from __future__ import annotations
 
-import copy
 import http.server
 import json
 import os
-import socket
 import stat
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -19,7 +16,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:The `context` parameter is depre
 
 from azure.ai.ml import load_online_deployment, load_online_endpoint  # noqa: E402  (slow: imported once)
 from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint  # noqa: E402
-from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError  # noqa: E402
 
 from pipeline import render, spec as specs  # noqa: E402
 from pipeline.console import Console  # noqa: E402
@@ -28,6 +24,7 @@ from pipeline.targets import azureml_common as common
 from pipeline.targets import keys  # noqa: E402
 from pipeline.targets.azureml_online import OnlineTarget  # noqa: E402
 from pipeline.targets.base import DeployRequest, ServiceRecord  # noqa: E402
+from tests import fake_azure as fake  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl"
@@ -194,228 +191,205 @@ def test_spec_rules_reject_what_endpoints_reject(tmp_path):
     ], key=lambda m: int(m.split(":")[1]))
 
 
-# -- fakes at the network boundary ---------------------------------------------------------------
-class FakePoller:
-    def __init__(self, log: list, result=None, error: Exception | None = None, done: bool = True) -> None:
-        self.log, self._result, self._error, self._done = log, result, error, done
-
-    def result(self, timeout=None):
-        self.log.append(("result", {"timeout": timeout}))
-        if self._error:
-            raise self._error
-        return self._result
-
-    def done(self):
-        return self._done
+# -- deploy, at the wire: the real azure-ai-ml against tests/fake_azure.py --------------------------------
+ENDPOINT = rf"{fake.WS_PATH}/onlineEndpoints/sklearn-mnist-online"
+DEPLOYMENT = rf"{ENDPOINT}/deployments/blue"
 
 
-class FakeEndpoints:
-    def __init__(self, log: list, exists: bool = True) -> None:
-        self.log, self.exists, self.missing = log, exists, None  # missing: what get/begin_delete raise
-        self.live = SimpleNamespace(name="sklearn-mnist-online", provisioning_state="Succeeded",
-                                    scoring_uri="https://sklearn-mnist-online.westeurope.inference.ml.azure.com/score",
-                                    openapi_uri="https://sklearn-mnist-online.westeurope.inference.ml.azure.com/swagger.json",
-                                    traffic={"blue": 100}, tags={"data": "MNIST", "method": "sklearn"}, auth_mode="key")
-
-    def begin_create_or_update(self, endpoint):
-        # the entity is changed after the call (traffic), so record what it was at the time
-        self.log.append(("online_endpoints.begin_create_or_update", {"endpoint": copy.deepcopy(endpoint)}))
-        self.exists = True
-        return FakePoller(self.log, endpoint)
-
-    def get(self, name):
-        self.log.append(("online_endpoints.get", {"name": name}))
-        if self.missing:
-            raise self.missing
-        if not self.exists:
-            raise ResourceNotFoundError(f"(UserError) Endpoint {name} not found")
-        return self.live
-
-    def get_keys(self, name):
-        self.log.append(("online_endpoints.get_keys", {"name": name}))
-        return SimpleNamespace(primary_key="primary-secret-key", secondary_key="secondary-secret-key",
-                               access_token="aml-token")
-
-    def begin_delete(self, name=None):
-        self.log.append(("online_endpoints.begin_delete", {"name": name}))
-        if self.missing:
-            raise self.missing
-        return FakePoller(self.log)
+def wired(tmp_path: Path, fake_azure, replace: dict[str, str] | None = None) -> specs.Spec:
+    """specs/mnist-online.yaml for the fake workspace: its config.json named in deploy.azureml.workspace_config."""
+    return load(tmp_path, {"    replicas: 1": f"    replicas: 1\n    workspace_config: {fake_azure.config_file}",
+                           **(replace or {})})
 
 
-class FakeDeployments:
-    def __init__(self, log: list, error: Exception | None = None, done: bool = True, logs: str = "") -> None:
-        self.log, self.error, self._done, self._logs = log, error, done, logs
-        self.live = SimpleNamespace(name="blue", provisioning_state="Succeeded", instance_type="Standard_DS1_v2",
-                                    instance_count=1, model="azureml:/subscriptions/s/models/anon/versions/1")
-
-    def begin_create_or_update(self, deployment):
-        self.log.append(("online_deployments.begin_create_or_update", {"deployment": deployment}))
-        return FakePoller(self.log, deployment, self.error, self._done)
-
-    def get(self, name, endpoint_name):
-        self.log.append(("online_deployments.get", {"name": name, "endpoint_name": endpoint_name}))
-        return self.live
-
-    def get_logs(self, name, endpoint_name, lines):
-        self.log.append(("online_deployments.get_logs", {"name": name, "endpoint_name": endpoint_name, "lines": lines}))
-        return self._logs
+def puts(fake_azure, path: str) -> list:
+    """The bodies of the accepted PUTs to one ARM resource."""
+    return [c.json for c in fake_azure.requests_to("PUT", path + "$") if c.status in (200, 201)]
 
 
-class FakeClient:
-    """MLClient's surface that the target uses; every call lands in `log`."""
-
-    subscription_id = "00000000-0000-0000-0000-000000000000"
-    resource_group_name = "ml-rg"
-    workspace_name = "mlws"
-
-    def __init__(self, exists: bool = True, **deployments) -> None:
-        self.log: list = []
-        self.online_endpoints = FakeEndpoints(self.log, exists)
-        self.online_deployments = FakeDeployments(self.log, **deployments)
-
-
-def fake_client_target(client: FakeClient | None = None):
-    client = client or FakeClient()
-    configs: list = []
-    return OnlineTarget(client_factory=lambda config: configs.append(config) or client), client, configs
-
-
-# -- deploy -----------------------------------------------------------------------------------
-def test_deploy_fake_client_creates_endpoint_deployment_then_routes_traffic(tmp_path):
-    spec = load(tmp_path)
-    target, client, configs = fake_client_target(FakeClient(exists=False))
+def test_deploy_at_the_wire_creates_endpoint_uploads_deploys_then_routes_traffic(tmp_path, fake_azure):
+    spec = wired(tmp_path, fake_azure)
     req = request(spec, tmp_path)
-    record = target.deploy(req)
+    record = OnlineTarget().deploy(req)
 
-    assert configs == [None]  # MLClient.from_config()'s own search
-    assert [name for name, _ in client.log] == [
-        "online_endpoints.get",  # 404: a new endpoint, with no traffic until blue exists
-        "online_endpoints.begin_create_or_update", "result",
-        "online_deployments.begin_create_or_update", "result",
-        "online_endpoints.begin_create_or_update", "result",
-        "online_endpoints.get", "online_deployments.get", "online_endpoints.get_keys",
-    ]
-    del client.log[0]
-    first, deployment, second = client.log[0][1]["endpoint"], client.log[2][1]["deployment"], client.log[4][1]["endpoint"]
-    assert isinstance(first, ManagedOnlineEndpoint) and first.traffic == {}
-    assert (first.name, first.auth_mode, first.tags) == ("sklearn-mnist-online", "key", {"data": "MNIST", "method": "sklearn"})
-    assert second.traffic == {"blue": 100}
-    assert isinstance(deployment, ManagedOnlineDeployment)
-    assert Path(deployment.model.path) == MODEL  # the fetched, verified file, not the placeholder
-    assert (deployment.name, deployment.endpoint_name, deployment.instance_type) == ("blue", "sklearn-mnist-online", "Standard_DS1_v2")
-    assert (deployment.code_configuration.code, Path(deployment.base_path)) == (".", req.build_dir)  # uploads build/
-    assert client.log[3] == ("result", {"timeout": 1800})  # deploy.ready_timeout_s
-    assert client.log[6:] == [("online_endpoints.get", {"name": "sklearn-mnist-online"}),
-                              ("online_deployments.get", {"name": "blue", "endpoint_name": "sklearn-mnist-online"}),
-                              ("online_endpoints.get_keys", {"name": "sklearn-mnist-online"})]
+    [first, routed] = puts(fake_azure, ENDPOINT)
+    assert first["location"] == "westeurope" and first["tags"] == {"data": "MNIST", "method": "sklearn"}
+    assert first["properties"]["authMode"] == "Key"
+    assert first["properties"]["description"] == "Predict MNIST with sklearn"
+    assert first["properties"]["traffic"] == {}  # a new endpoint routes nothing until blue exists
+    assert routed["properties"]["traffic"] == {"blue": 100}
+    [deployment] = puts(fake_azure, DEPLOYMENT)
+    props = deployment["properties"]
+    assert deployment["sku"]["capacity"] == 1 and props["instanceType"] == "Standard_DS1_v2"
+    assert props["endpointComputeType"] == "Managed" and deployment["tags"] == {"data": "MNIST", "method": "sklearn"}
+    assert props["requestSettings"]["requestTimeout"] == "PT5S"  # deploy.request_timeout_ms: 5000
+    assert props["codeConfiguration"]["scoringScript"] == "score.py"
+    # the code: the rendered build folder, uploaded to the blob container the workspace handed out
+    [code] = [c.json for c in fake_azure.requests_to("PUT", r"/codes/[^/]+/versions/1$")]
+    assert props["codeConfiguration"]["codeId"].lower().startswith(f"{fake.WS_PATH}/codes/".lower())
+    uploaded = {key.split("/", 1)[1]: data for key, data in fake_azure.blobs.items()
+                if code["properties"]["codeUri"].endswith(key.split("/", 1)[0] + "/build")}
+    assert uploaded["build/score.py"] == (req.build_dir / "score.py").read_bytes()
+    # the model: the fetched, verified file, uploaded to the default datastore as an anonymous model version
+    [model] = [c for c in fake_azure.requests_to("PUT", r"/models/[^/]+/versions/1$")]
+    assert model.path.lower() in props["model"].lower()
+    model_uri = model.json["properties"]["modelUri"]
+    assert "/datastores/workspaceblobstore/paths/LocalUpload/" in model_uri
+    [blob] = [k for k in fake_azure.blobs if k.endswith("/sklearn_mnist_model.pkl")]
+    assert blob.startswith(fake.DATASTORE_CONTAINER + "/") and fake_azure.blobs[blob] == MODEL.read_bytes()
+    [environment] = [c.json for c in fake_azure.requests_to("PUT", r"/environments/[^/]+/versions/[^/]+$")]
+    assert environment["properties"]["image"] == "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
+    assert "azureml-inference-server-http" in environment["properties"]["condaFile"]
+    assert len(fake_azure.requests_to("POST", r"/onlineEndpoints/sklearn-mnist-online/listKeys$")) == 1
+    keys_now = fake_azure.resources[ENDPOINT.lower()]["_keys"]
     assert record.to_dict() == {
         "target": "azureml-online", "endpoint": "sklearn-mnist-online", "deployment": "blue",
-        "workspace": {"name": "mlws", "resource_group": "ml-rg", "subscription_id": FakeClient.subscription_id},
-        "workspace_config": None,
+        "workspace": {"name": "mlws", "resource_group": "ml-rg", "subscription_id": fake.SUBSCRIPTION},
+        "workspace_config": str(fake_azure.config_file),
         "scoring_uri": "https://sklearn-mnist-online.westeurope.inference.ml.azure.com/score",
         "swagger_uri": "https://sklearn-mnist-online.westeurope.inference.ml.azure.com/swagger.json",
         "state": "Succeeded", "auth_mode": "key", "auth": True,
-        "model_id": "azureml:/subscriptions/s/models/anon/versions/1", "model_sha256": spec.model.sha256,
+        "model_id": props["model"], "model_sha256": spec.model.sha256,
         "instance_type": "Standard_DS1_v2", "instance_count": 1, "traffic": {"blue": 100},
         "tags": {"data": "MNIST", "method": "sklearn"}, "description": "Predict MNIST with sklearn",
     }
-    keys = req.service_dir / "keys.json"
-    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
-    assert json.loads(keys.read_text())["primary"] == "primary-secret-key"
-    assert "secret" not in json.dumps(record.to_dict())
+    assert type(record.to_dict()["state"]) is str  # not the SDK's str enum: json, messages and comparisons see 'Succeeded'
+    path = req.service_dir / "keys.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text()) == {"primary": keys_now["primaryKey"], "secondary": keys_now["secondaryKey"]}
+    assert keys_now["primaryKey"] not in json.dumps(record.to_dict())
+    assert {c.status for c in fake_azure.calls} <= {200, 201, 202, 404}  # 404: the endpoint did not exist yet
 
 
-def test_redeploy_fake_client_keeps_traffic_on_blue_while_it_updates(tmp_path):
-    target, client, _ = fake_client_target(FakeClient(exists=True))
-    target.deploy(request(load(tmp_path), tmp_path))
-    assert client.log[0] == ("online_endpoints.get", {"name": "sklearn-mnist-online"})
-    assert client.log[1][1]["endpoint"].traffic == {"blue": 100}  # never 0% during the update
+def test_deploy_at_the_wire_prints_nothing_on_stdout_and_logs_what_the_sdk_said(tmp_path, fake_azure, capsys):
+    req = request(wired(tmp_path, fake_azure), tmp_path)
+    OnlineTarget().deploy(req)
+    assert capsys.readouterr().out == ""  # the poller's dots and the upload bars went to the log
+    log = (req.service_dir / common.SDK_LOG).read_text()
+    assert "Uploading sklearn_mnist_model.pkl" in log and ".." in log
 
 
-def test_deploy_failure_fake_client_shows_the_tail_of_the_deployment_log(tmp_path):
+def test_redeploy_at_the_wire_keeps_traffic_on_blue_while_it_updates(tmp_path, fake_azure):
+    spec = wired(tmp_path, fake_azure)
+    OnlineTarget().deploy(request(spec, tmp_path))
+    OnlineTarget().deploy(request(spec, tmp_path))
+    traffic = [body["properties"]["traffic"] for body in puts(fake_azure, ENDPOINT)]
+    assert traffic == [{}, {"blue": 100}, {"blue": 100}, {"blue": 100}]  # the update never routes 0% to blue
+    assert len(puts(fake_azure, DEPLOYMENT)) == 2
+
+
+def test_deploy_at_the_wire_failed_shows_azures_error_and_the_log_tail(tmp_path, fake_azure):
     logs = "".join(f"log line {i}\n" for i in range(100)) + "ModuleNotFoundError: No module named 'sklearn'\n"
-    error = HttpResponseError(message="(BadArgument) Deployment failed: the container crashed on startup")
-    target, client, _ = fake_client_target(FakeClient(error=error, logs=logs))
+    error = {"code": "BadArgument", "message": "Deployment failed: the container crashed on startup. "
+                                               "Please see troubleshooting guide."}
+    fake_azure.outcomes.append(fake.Outcome(state="Failed", error=error, logs=logs))
+    req = request(wired(tmp_path, fake_azure), tmp_path)
     with pytest.raises(TargetError) as caught:
-        target.deploy(request(load(tmp_path), tmp_path))
+        OnlineTarget().deploy(req)
     message = str(caught.value)
-    assert message.startswith("deployment blue of endpoint sklearn-mnist-online failed: (BadArgument) Deployment failed")
+    assert message.startswith("deployment blue of endpoint sklearn-mnist-online failed: ")
+    assert "(BadArgument) Deployment failed: the container crashed on startup" in message
     assert "ModuleNotFoundError: No module named 'sklearn'" in message and "log line 99" in message
     assert "log line 10\n" not in message
-    assert ("online_deployments.get_logs", {"name": "blue", "endpoint_name": "sklearn-mnist-online",
-                                            "lines": common.LOG_LINES}) in client.log
-    assert not any(name == "online_endpoints.get_keys" for name, _ in client.log)  # no traffic, no keys
+    [logs_call] = fake_azure.requests_to("POST", r"/deployments/blue/getLogs$")
+    assert logs_call.json["tail"] == common.LOG_LINES
+    assert not fake_azure.requests_to("POST", r"/listKeys$")  # no traffic, no keys
+    assert [b["properties"]["traffic"] for b in puts(fake_azure, ENDPOINT)] == [{}]
 
 
-def test_deploy_timeout_fake_client(tmp_path):
-    target, client, _ = fake_client_target(FakeClient(done=False, logs="still pulling the image\n"))
-    with pytest.raises(TargetError, match=r"still not ready after 1800 s(.|\n)*still pulling the image"):
-        target.deploy(request(load(tmp_path), tmp_path))
+@pytest.mark.parametrize("status", [429, 503])
+def test_deploy_at_the_wire_throttled_is_retried_after_retry_after_and_deployed_once(tmp_path, fake_azure, status):
+    busy = {"error": {"code": "TooManyRequests" if status == 429 else "ServiceUnavailable", "message": "later"}}
+    fake_azure.fail("PUT", DEPLOYMENT + "$", status, busy, headers={"Retry-After": "7"})
+    record = OnlineTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
+    assert [c.status for c in fake_azure.requests_to("PUT", DEPLOYMENT + "$")] == [status, 201]
+    assert 7.0 in fake_azure.sleeps  # azure-core waited as Azure asked
+    deploys = [op for op in fake_azure.async_ops.values() if op["resource"] == DEPLOYMENT.lower()]
+    assert len(deploys) == 1 and record.to_dict()["state"] == "Succeeded"
 
 
-def test_deploy_fake_client_rejects_a_build_folder_the_sdk_does_not_accept(tmp_path):
-    req = request(load(tmp_path), tmp_path)
+def test_deploy_at_the_wire_token_expiring_mid_run_is_renewed(tmp_path, fake_azure):
+    fake_azure.after("PUT", DEPLOYMENT + "$", fake_azure.expire_tokens)  # an hour passes while blue starts
+    record = OnlineTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
+    assert record.to_dict()["state"] == "Succeeded"
+    assert len(fake_azure.requests_to("POST", r"/oauth2/v2.0/token$")) == 2
+    assert not [c for c in fake_azure.calls if c.status == 401]
+
+
+def test_deploy_at_the_wire_name_taken_in_the_region(tmp_path, fake_azure):
+    taken = ("Endpoint name sklearn-mnist-online is already in use in region westeurope; endpoint names are unique "
+             "per region: choose another name")
+    fake_azure.fail("PUT", ENDPOINT + "$", 409, {"error": {"code": "Conflict", "message": taken}})
+    with pytest.raises(TargetError) as caught:
+        OnlineTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
+    assert str(caught.value).startswith(f"creating endpoint sklearn-mnist-online: (Conflict) {taken}")
+    assert not fake_azure.requests_to("PUT", DEPLOYMENT + "$")
+
+
+def test_deploy_at_the_wire_rejects_a_build_folder_the_sdk_does_not_accept(tmp_path, fake_azure):
+    req = request(wired(tmp_path, fake_azure), tmp_path)
     path = req.build_dir / "deployment.yml"
     path.write_text(path.read_text() + "surprise: 1\n")
-    target, client, _ = fake_client_target()
     with pytest.raises(TargetError, match="surprise: Unknown field"):
-        target.deploy(req)
-    assert client.log == []  # nothing was sent
+        OnlineTarget().deploy(req)
+    assert fake_azure.calls == []  # nothing was sent
 
 
 # -- probe -----------------------------------------------------------------------------------
-def rec(data: dict) -> ServiceRecord:
-    return ServiceRecord.from_dict(data)
+def deployed(tmp_path, fake_azure, replace=None):
+    spec = wired(tmp_path, fake_azure, replace)
+    req = request(spec, tmp_path)
+    return OnlineTarget().deploy(req), spec, req
 
 
-RECORD = {"target": "azureml-online", "endpoint": "sklearn-mnist-online", "deployment": "blue",
-          "workspace_config": None, "scoring_uri": "https://sklearn-mnist-online.westeurope.inference.ml.azure.com/score",
-          "auth_mode": "key", "auth": True, "model_id": "azureml:/subscriptions/s/models/anon/versions/1",
-          "instance_type": "Standard_DS1_v2", "instance_count": 1, "traffic": {"blue": 100},
-          "tags": {"data": "MNIST", "method": "sklearn"}}
-
-
-def test_probe_fake_client_healthy_and_matching():
-    target, client, _ = fake_client_target()
-    live = target.probe(rec(RECORD))
+def test_probe_at_the_wire_healthy_and_matching(tmp_path, fake_azure):
+    record, spec, _ = deployed(tmp_path, fake_azure)
+    live = OnlineTarget().probe(record, spec)
     assert (live.reachable, live.healthy, live.drift) == (True, True, ())
     assert live.detail == ("endpoint sklearn-mnist-online is Succeeded, deployment blue is Succeeded at "
-                           f"{RECORD['scoring_uri']}")
+                           f"{record.to_dict()['scoring_uri']}")
 
 
-def test_probe_fake_client_reports_drift():
-    client = FakeClient()
-    client.online_endpoints.live.traffic = {"blue": 50, "green": 50}
-    client.online_deployments.live.instance_count = 3
-    live = fake_client_target(client)[0].probe(rec(RECORD))
+def test_probe_at_the_wire_reports_drift(tmp_path, fake_azure):
+    record, spec, _ = deployed(tmp_path, fake_azure)
+    fake_azure.resources[ENDPOINT.lower()]["properties"]["traffic"] = {"blue": 50, "green": 50}
+    fake_azure.resources[DEPLOYMENT.lower()]["sku"]["capacity"] = 3
+    live = OnlineTarget().probe(record, spec)
     assert (live.reachable, live.healthy) == (True, False)
     assert live.drift == ("traffic: live {'blue': 50, 'green': 50}, recorded {'blue': 100}",
                           "instance_count: live 3, recorded 1")
 
 
-def test_probe_fake_client_missing_endpoint():
-    client = FakeClient()
-    client.online_endpoints.missing = ResourceNotFoundError("Endpoint sklearn-mnist-online not found")
-    live = fake_client_target(client)[0].probe(rec(RECORD))
+def test_probe_at_the_wire_failed_deployment_shows_the_state_by_name(tmp_path, fake_azure):
+    record, spec, _ = deployed(tmp_path, fake_azure)
+    fake_azure.resources[DEPLOYMENT.lower()]["properties"]["provisioningState"] = "Failed"
+    live = OnlineTarget().probe(record, spec)
+    assert not live.healthy
+    assert live.detail == "endpoint sklearn-mnist-online is Succeeded, deployment blue is Failed"
+
+
+def test_probe_at_the_wire_missing_endpoint(tmp_path, fake_azure):
+    record, spec, _ = deployed(tmp_path, fake_azure)
+    fake_azure.resources = {k: v for k, v in fake_azure.resources.items() if not k.startswith(ENDPOINT.lower())}
+    live = OnlineTarget().probe(record, spec)
     assert (live.reachable, live.healthy, live.drift) == (True, False, ("endpoint: recorded, but missing from the workspace",))
 
 
-def test_probe_fake_client_before_the_first_deploy(tmp_path):
-    live = fake_client_target(FakeClient(exists=False))[0].probe(None, load(tmp_path))
+def test_probe_at_the_wire_before_the_first_deploy(tmp_path, fake_azure):
+    live = OnlineTarget().probe(None, wired(tmp_path, fake_azure))
     assert (live.reachable, live.healthy, live.drift) == (True, False, ())
     assert live.detail == "workspace is reachable; endpoint sklearn-mnist-online does not exist yet"
 
 
-def test_probe_fake_client_without_credentials_is_unreachable():
-    client = FakeClient()
-    client.online_endpoints.missing = ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token "
-                                                               "from the included credentials.\nAzure CLI not found on path")
-    live = fake_client_target(client)[0].probe(rec(RECORD))
+def test_probe_at_the_wire_with_a_refused_secret_is_unreachable(tmp_path, fake_azure):
+    fake_azure.fail("POST", r"/oauth2/v2.0/token$", 401, {
+        "error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}, times=10)
+    live = OnlineTarget().probe(None, wired(tmp_path, fake_azure))
     assert (live.reachable, live.healthy) == (False, False)
     assert live.detail == ("cannot reach the Azure ML workspace: no usable Azure credentials (DefaultAzureCredential found "
                            "none): run `az login`, or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for "
                            "a service principal")
+    assert not fake_azure.requests_to("GET", r"/onlineEndpoints/")  # no token, no request
 
 
 def test_probe_without_config_json_is_unreachable_with_a_reason(tmp_path, monkeypatch):
@@ -441,6 +415,17 @@ def test_missing_sdk_is_a_usage_error_and_an_unreachable_probe(tmp_path, monkeyp
 
 
 # -- invoke, delete, logs ---------------------------------------------------------------------
+def rec(data: dict) -> ServiceRecord:
+    return ServiceRecord.from_dict(data)
+
+
+RECORD = {"target": "azureml-online", "endpoint": "sklearn-mnist-online", "deployment": "blue",
+          "workspace_config": None, "scoring_uri": "https://sklearn-mnist-online.westeurope.inference.ml.azure.com/score",
+          "auth_mode": "key", "auth": True, "model_id": "azureml:/subscriptions/s/models/anon/versions/1",
+          "instance_type": "Standard_DS1_v2", "instance_count": 1, "traffic": {"blue": 100},
+          "tags": {"data": "MNIST", "method": "sklearn"}}
+
+
 def test_invoke_posts_with_the_endpoint_key_to_the_deployment(tmp_path, scoring_server):
     uri, seen = scoring_server
     keys.write(tmp_path, "primary-secret-key", "secondary-secret-key")
@@ -451,36 +436,51 @@ def test_invoke_posts_with_the_endpoint_key_to_the_deployment(tmp_path, scoring_
     assert seen[0]["headers"]["azureml-model-deployment"] == "blue"
 
 
-def test_invoke_fake_client_aml_token(tmp_path, scoring_server):
+def test_invoke_at_the_wire_aml_token(tmp_path, fake_azure, scoring_server):
     uri, seen = scoring_server
-    target, client, _ = fake_client_target()
-    target.invoke(rec({**RECORD, "scoring_uri": uri, "auth_mode": "aml_token"}), b"{}", timeout=5, service_dir=tmp_path)
-    assert seen[0]["headers"]["authorization"] == "Bearer aml-token"
-    assert client.log == [("online_endpoints.get_keys", {"name": "sklearn-mnist-online"})]
+    record, _, req = deployed(tmp_path, fake_azure, {"  auth: true ": "  auth: false ",
+                                                     "  azureml:\n": "  azureml:\n    token_auth: true\n"})
+    assert puts(fake_azure, ENDPOINT)[0]["properties"]["authMode"] == "AMLToken"
+    assert not (req.service_dir / "keys.json").exists()
+    OnlineTarget().invoke(rec({**record.to_dict(), "scoring_uri": uri}), b"{}", timeout=5, service_dir=req.service_dir)
+    assert seen[0]["headers"]["authorization"] == "Bearer aml-token-for-sklearn-mnist-online"
+    assert len(fake_azure.requests_to("POST", r"/onlineEndpoints/sklearn-mnist-online/token$")) == 1
 
 
-def test_delete_fake_client_deletes_the_endpoint_and_its_keys(tmp_path):
+def test_delete_at_the_wire_deletes_the_endpoint_and_its_keys(tmp_path, fake_azure, capsys):
+    record, _, req = deployed(tmp_path, fake_azure)
+    capsys.readouterr()
+    line = OnlineTarget().delete(record, req.service_dir)
+    assert line == "deleted endpoint sklearn-mnist-online and its deployment blue"
+    assert [c.status for c in fake_azure.requests_to("DELETE", ENDPOINT + "$")] == [202]
+    assert not [k for k in fake_azure.resources if k.startswith(ENDPOINT.lower())]
+    assert not (req.service_dir / "keys.json").exists()
+    assert capsys.readouterr().out == ""
+
+
+def test_delete_at_the_wire_missing_endpoint_is_nothing_to_delete(tmp_path, fake_azure):
     keys.write(tmp_path, "k1", "k2")
-    target, client, _ = fake_client_target()
-    assert target.delete(rec(RECORD), tmp_path) == "deleted endpoint sklearn-mnist-online and its deployment blue"
-    assert client.log == [("online_endpoints.begin_delete", {"name": "sklearn-mnist-online"}), ("result", {"timeout": None})]
+    line = OnlineTarget().delete(rec({**RECORD, "workspace_config": str(fake_azure.config_file)}), tmp_path)
+    assert line == "endpoint sklearn-mnist-online was not found in the workspace (nothing to delete)"
     assert not (tmp_path / "keys.json").exists()
 
 
-def test_delete_fake_client_already_gone(tmp_path):
-    client = FakeClient()
-    client.online_endpoints.missing = ResourceNotFoundError("not there")
-    line = fake_client_target(client)[0].delete(rec(RECORD), tmp_path)
-    assert line == "endpoint sklearn-mnist-online was not found in the workspace (already deleted)"
+def test_delete_at_the_wire_204_is_nothing_to_delete(tmp_path, fake_azure):
+    record, _, req = deployed(tmp_path, fake_azure)
+    fake_azure.fail("DELETE", ENDPOINT + "$", 204)  # gone between our look and the delete
+    line = OnlineTarget().delete(record, req.service_dir)
+    assert line == "endpoint sklearn-mnist-online was not found in the workspace (nothing to delete)"
 
 
-def test_logs_fake_client_is_get_logs_tail(tmp_path):
-    target, client, _ = fake_client_target(FakeClient(logs="".join(f"line {i}\n" for i in range(10))))
-    assert target.logs(rec(RECORD), tmp_path, tail=2) == "line 8\nline 9"
-    assert client.log == [("online_deployments.get_logs", {"name": "blue", "endpoint_name": "sklearn-mnist-online", "lines": 2})]
+def test_logs_at_the_wire_is_get_logs_tail(tmp_path, fake_azure):
+    fake_azure.outcomes.append(fake.Outcome(logs="".join(f"line {i}\n" for i in range(10))))
+    record, _, req = deployed(tmp_path, fake_azure)
+    assert OnlineTarget().logs(record, req.service_dir, tail=2) == "line 8\nline 9"
+    [call] = fake_azure.requests_to("POST", r"/deployments/blue/getLogs$")
+    assert call.json["tail"] == 2
 
 
-# -- live: a real workspace, only when one is configured (see README: Deploying to Azure) -------------
+# -- live: a real workspace, only when one is configured (see README: Live tests) ---------------------
 @pytest.mark.azure_live
 def test_live_online_deploy_probe_score_delete(tmp_path):
     config = os.environ.get("PIPELINE_AZURE_WORKSPACE_CONFIG")
@@ -516,3 +516,35 @@ def test_render_command_writes_a_folder_the_sdk_loads_as_is(tmp_path, run_cli, m
     endpoint = load_online_endpoint(str(out / "endpoint.yml"))
     assert deployment.endpoint_name == endpoint.name == "sklearn-mnist-online"
     assert deployment.instance_type == "Standard_DS1_v2" and endpoint.auth_mode == "key"
+
+
+def test_fetch_registry_model_at_the_wire_with_azure_ai_ml_alone(tmp_path, fake_azure, monkeypatch):
+    """For azureml-online a registry model is fetched with azure-ai-ml: azureml-core need not be installed."""
+    import sys
+
+    from pipeline import models
+
+    path = "LocalUpload/registered/sklearn_mnist_model.pkl"
+    fake_azure.blobs[f"{fake.DATASTORE_CONTAINER}/{path}"] = MODEL.read_bytes()
+    version = f"{fake.WS_PATH}/models/sklearn_mnist/versions/1"
+    fake_azure.resources[version.lower()] = {
+        "id": version, "name": "1", "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
+        "properties": {"modelType": "custom_model", "flavors": {}, "tags": {}, "properties": {},
+                       "modelUri": f"azureml://subscriptions/{fake.SUBSCRIPTION}/resourcegroups/{fake.RESOURCE_GROUP}/"
+                                   f"workspaces/{fake.WORKSPACE}/datastores/workspaceblobstore/paths/{path}"}}
+    monkeypatch.setitem(sys.modules, "azureml.core", None)  # as if only the azure-v2 extra were installed
+    source = models.AzureMLRegistrySource("sklearn_mnist", 1, fake_azure.config_file, sdk="v2")
+    got = models.fetch_model(source, tmp_path / "store", "sklearn_mnist", 1, load(tmp_path).model.sha256)
+    assert got == tmp_path / "store" / "sklearn_mnist" / "1" / "sklearn_mnist_model.pkl"
+    assert got.read_bytes() == MODEL.read_bytes()
+    assert fake_azure.requests_to("GET", r"/models/sklearn_mnist/versions/1$")
+
+
+def test_fetch_stage_picks_the_sdk_of_the_target(tmp_path):
+    from pipeline.stages.fetch import source_for
+
+    registry = {SOURCE: "  source: {registry: azureml, file: sklearn_mnist_model.pkl}"}
+    assert source_for(load(tmp_path, registry)).sdk == "v2"
+    aci = specs.load(write_spec(tmp_path / "aci", "mnist-aci.yaml", {
+        f"  source: {ROOT}/examples/mnist/sklearn_mnist_model.pkl": "  source: {registry: azureml, file: m.pkl}"}))
+    assert source_for(aci).sdk == "v1"

@@ -1,16 +1,15 @@
-"""Targets aci and aks (azureml-core): real SDK configuration objects built offline, fakes only at the network."""
+"""Targets aci and aks: the real azureml-core, offline for its configuration objects, against a fake Azure at HTTP."""
 from __future__ import annotations
 
 import http.server
-import io
 import json
 import os
+import shutil
 import socket
 import stat
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -24,12 +23,12 @@ from azureml.core.webservice.aks import AksServiceDeploymentConfiguration  # noq
 
 from pipeline import render, spec as specs  # noqa: E402
 from pipeline.console import Console  # noqa: E402
-from pipeline.errors import SpecError, TargetError, UsageError  # noqa: E402
+from pipeline.errors import ModelError, SpecError, TargetError, UsageError  # noqa: E402
 from pipeline.targets import azureml_common as common
 from pipeline.targets import keys  # noqa: E402
-from pipeline.targets import azureml_v1  # noqa: E402
-from pipeline.targets.azureml_v1 import AciTarget, AksTarget, AzureMLv1Api  # noqa: E402
+from pipeline.targets.azureml_v1 import AciTarget, AksTarget  # noqa: E402
 from pipeline.targets.base import DeployRequest, ServiceRecord  # noqa: E402
+from tests import fake_azure as fake  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl"
@@ -79,93 +78,6 @@ def build(spec: specs.Spec, tmp_path: Path) -> Path:
 def request(spec: specs.Spec, tmp_path: Path, previous=None, console=None) -> DeployRequest:
     return DeployRequest(spec=spec, build_dir=build(spec, tmp_path), model_path=MODEL, model_dir=MODEL.parent,
                          service_dir=tmp_path / "service", previous=previous, console=console or Console(quiet=True))
-
-
-# -- fakes at the network boundary: they record every call -----------------------------------------
-class FakeWorkspace:
-    name = "mlws"
-    resource_group = "ml-rg"
-    subscription_id = "00000000-0000-0000-0000-000000000000"
-
-
-class FakeModel:
-    def __init__(self, name: str, version: int, tags=None) -> None:
-        self.name, self.version, self.id, self.tags = name, version, f"{name}:{version}", dict(tags or {})
-
-
-class FakeService:
-    def __init__(self, name="sklearn-mnist-aci", state="Healthy", logs="", wait_error=None, prints="") -> None:
-        self.name, self.state, self._logs, self._wait_error, self._prints = name, state, logs, wait_error, prints
-        self.scoring_uri = f"http://{name}.westeurope.azurecontainer.io/score"
-        self.swagger_uri = f"http://{name}.westeurope.azurecontainer.io/swagger.json"
-        self.tags = {"data": "MNIST", "method": "sklearn"}
-        self.models = [FakeModel("sklearn_mnist", 7)]
-        self.auth_enabled = False
-        self.container_resource_requirements = SimpleNamespace(cpu=1, memory_in_gb=1)
-        self.calls: list[tuple[str, dict]] = []
-
-    def wait_for_deployment(self, show_output=False, timeout_sec=None):
-        self.calls.append(("wait_for_deployment", {"show_output": show_output, "timeout_sec": timeout_sec}))
-        print(self._prints, end="")
-        if self._wait_error:
-            raise self._wait_error
-
-    def get_logs(self, num_lines=5000, init=False):
-        self.calls.append(("get_logs", {"num_lines": num_lines}))
-        return self._logs
-
-    def get_keys(self):
-        self.calls.append(("get_keys", {}))
-        return "primary-secret-key", "secondary-secret-key"
-
-    def get_access_token(self):
-        self.calls.append(("get_access_token", {}))
-        return SimpleNamespace(access_token="aad-token")
-
-    def delete(self):
-        self.calls.append(("delete", {}))
-
-
-class FakeApi(AzureMLv1Api):
-    """Records each SDK call that would talk to Azure, and answers like the workspace would."""
-
-    def __init__(self, service: FakeService | None = None, *, registry=None, missing: Exception | None = None) -> None:
-        self.svc = service or FakeService()
-        self.registry = dict(registry or {})     # (name, version) -> FakeModel
-        self.missing = missing                   # what Webservice(ws, name) raises
-        self.calls: list[tuple[str, tuple, dict]] = []
-
-    def get_model(self, ws, name, version):
-        self.calls.append(("get_model", (ws, name, version), {}))
-        if (name, version) not in self.registry:
-            raise RuntimeError(f"ModelNotFound: {name}:{version}")
-        return self.registry[(name, version)]
-
-    def register_model(self, ws, **kwargs):
-        self.calls.append(("register_model", (ws,), kwargs))
-        return FakeModel(kwargs["model_name"], 7, kwargs["tags"])
-
-    def compute_target(self, ws, name):
-        self.calls.append(("compute_target", (ws, name), {}))
-        return SimpleNamespace(name=name)
-
-    def deploy(self, ws, name, models, inference_config, deployment_config, deployment_target):
-        self.calls.append(("deploy", (ws, name, models, inference_config, deployment_config, deployment_target), {}))
-        return self.svc
-
-    def service(self, ws, name):
-        self.calls.append(("service", (ws, name), {}))
-        if self.missing:
-            raise self.missing
-        return self.svc
-
-
-def fake_target(cls=AciTarget, api: FakeApi | None = None):
-    ws = FakeWorkspace()
-    configs: list = []
-    api = api or FakeApi()
-    target = cls(workspace_factory=lambda config: configs.append(config) or ws, api=api)
-    return target, api, ws, configs
 
 
 # -- offline: the tutorial's configuration objects, for real ---------------------------------------
@@ -284,188 +196,322 @@ def test_shipped_azure_specs_are_valid():
         assert loaded.deploy.settings().get("workspace_config") is None  # the SDK's own config.json search
 
 
-# -- deploy through fakes: the exact calls the tutorial makes ----------------------------------------
-def test_deploy_fake_workspace_registers_the_model_and_deploys_like_the_tutorial(tmp_path):
-    spec = load(tmp_path)
-    target, api, ws, configs = fake_target()
-    req = request(spec, tmp_path)
-    record = target.deploy(req)
+# -- deploy, at the wire: the real azureml-core against tests/fake_azure.py ------------------------------
+def wired(tmp_path: Path, fake, base: str = "mnist-aci.yaml", replace: dict[str, str] | None = None) -> specs.Spec:
+    """specs/<base> for the fake workspace: its config.json named in deploy.azureml.workspace_config."""
+    replace = dict(replace or {})
+    if base == "mnist-aci.yaml":
+        block = f"  azureml: {{workspace_config: {fake.config_file}}}"
+        replace["  ready_timeout_s: 1200"] = f"  ready_timeout_s: 1200\n{block}"
+    else:
+        replace["  azureml:\n"] = f"  azureml:\n    workspace_config: {fake.config_file}\n"
+    return load(tmp_path, base, replace)
 
-    assert configs == [None]  # Workspace.from_config()'s own search
-    assert [c[0] for c in api.calls] == ["register_model", "deploy"]
-    _, args, kwargs = api.calls[0]
-    assert args == (ws,)
-    digest = spec.model.sha256
-    assert kwargs == {"model_path": str(MODEL), "model_name": "sklearn_mnist",
-                      "tags": {"data": "MNIST", "method": "sklearn", "sha256": digest},
-                      "description": "Predict MNIST with sklearn"}
-    _, (dws, name, models, inference_config, deployment_config, deployment_target), _ = api.calls[1]
-    assert (dws, name, [m.id for m in models], deployment_target) == (ws, "sklearn-mnist-aci", ["sklearn_mnist:7"], None)
-    assert isinstance(deployment_config, AciServiceDeploymentConfiguration)
-    assert (deployment_config.cpu_cores, deployment_config.memory_gb, deployment_config.auth_enabled) == (1, 1, False)
-    assert inference_config.entry_script == str(req.build_dir / "score.py")
-    assert api.svc.calls == [("wait_for_deployment", {"show_output": True, "timeout_sec": 1200})]
+
+def created(fake) -> dict:
+    """The one create request MMS received (a retry that created nothing does not count)."""
+    [call] = [c for c in fake.requests_to("POST", r"/services$") if c.status == 202]
+    return call.json
+
+
+def test_deploy_at_the_wire_registers_uploads_and_deploys_like_the_tutorial(tmp_path, fake_azure, monkeypatch):
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the model (and the state home) live outside the working directory
+    spec = wired(tmp_path, fake_azure)
+    req = request(spec, tmp_path)
+    record = AciTarget().deploy(req)
+
+    # Model.register: the verified file uploaded as an artifact, an asset over it, the model with our tags
+    [register] = fake_azure.requests_to("POST", r"/models$")
+    assert register.json["name"] == "sklearn_mnist" and register.json["description"] == "Predict MNIST with sklearn"
+    assert register.json["kvTags"] == {"data": "MNIST", "method": "sklearn", "sha256": spec.model.sha256}
+    [asset] = fake_azure.assets.values()
+    assert register.json["url"] == f"aml://asset/{asset['id']}"
+    prefix = asset["artifacts"][0]["prefix"]
+    assert prefix.startswith("LocalUpload/") and prefix.endswith("/sklearn_mnist_model.pkl")
+    assert fake_azure.blobs[f"azureml/{prefix}"] == MODEL.read_bytes()
+    # Model.deploy: AciWebservice.deploy_configuration as the spec says, overwrite=True, our model and files
+    body = created(fake_azure)
+    assert body["computeType"] == "ACI" and body["name"] == "sklearn-mnist-aci"
+    assert body["containerResourceRequirements"] == {"cpu": 1, "memoryInGB": 1}
+    assert body["kvTags"] == {"data": "MNIST", "method": "sklearn"}
+    assert body["description"] == "Predict MNIST with sklearn"
+    assert (body["authEnabled"], body["overwrite"]) == (False, True)
+    image = body["environmentImageRequest"]
+    assert image["modelIds"] == ["sklearn_mnist:1"]
+    assert image["environment"]["name"] == "sklearn-mnist-aci-env"
+    conda = image["environment"]["python"]["condaDependencies"]
+    assert conda["channels"] == ["conda-forge"]
+    assert conda["dependencies"][:3] == ["python=3.11", "scikit-learn", "numpy"]
+    assert conda["dependencies"][-1] == {"pip": ["orjson", "azureml-defaults"]}
+    [script] = [a for a in image["assets"] if a["id"] == "score.py"]
+    uploaded = fake_azure.blobs["azureml/" + script["url"].removeprefix("aml://artifact/")]
+    assert uploaded == (req.build_dir / "score.py").read_bytes()  # the rendered score.py, byte for byte
+    assert len(fake_azure.requests_to("GET", r"/operations/")) == 2  # Running, then Succeeded
     assert record.to_dict() == {
         "target": "aci", "service": "sklearn-mnist-aci",
-        "workspace": {"name": "mlws", "resource_group": "ml-rg", "subscription_id": ws.subscription_id},
-        "workspace_config": None,
+        "workspace": {"name": "mlws", "resource_group": "ml-rg", "subscription_id": fake.SUBSCRIPTION},
+        "workspace_config": str(fake_azure.config_file),
         "scoring_uri": "http://sklearn-mnist-aci.westeurope.azurecontainer.io/score",
         "swagger_uri": "http://sklearn-mnist-aci.westeurope.azurecontainer.io/swagger.json",
-        "state": "Healthy", "model_id": "sklearn_mnist:7", "model_name": "sklearn_mnist", "model_version": 7,
-        "model_sha256": digest, "auth": False, "token_auth": False,
+        "state": "Healthy", "model_id": "sklearn_mnist:1", "model_name": "sklearn_mnist", "model_version": 1,
+        "model_sha256": spec.model.sha256, "auth": False, "token_auth": False,
         "tags": {"data": "MNIST", "method": "sklearn"}, "description": "Predict MNIST with sklearn",
         "cpu_cores": 1, "memory_gb": 1,
     }
-    json.dumps(record.to_dict())  # the runner stores it as JSON
+    assert Path.cwd() == elsewhere and list(elsewhere.iterdir()) == []  # back where we were, nothing left there
     assert not (req.service_dir / "keys.json").exists()
+    # every ARM and AML request carried the service principal's token (the fake answers 401 otherwise)
+    assert {c.status for c in fake_azure.calls} <= {200, 201, 202}
+    [token] = fake_azure.requests_to("POST", r"/oauth2/v2.0/token$")
+    assert "client_id=" + fake.CLIENT_ID in token.body.decode()
 
 
-def test_deploy_fake_workspace_with_auth_stores_keys_0600_and_never_in_the_record(tmp_path):
-    spec = load(tmp_path, replace={"auth: false": "auth: true"})
-    target, api, _, _ = fake_target()
-    req = request(spec, tmp_path)
-    record = target.deploy(req)
-    keys = req.service_dir / "keys.json"
-    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
-    assert json.loads(keys.read_text()) == {"primary": "primary-secret-key", "secondary": "secondary-secret-key"}
-    assert "secret" not in json.dumps(record.to_dict())
-    assert record.auth is True
-    assert api.svc.calls[-1] == ("get_keys", {})
+def test_deploy_at_the_wire_prints_nothing_on_stdout_and_logs_what_the_sdk_said(tmp_path, fake_azure, capsys):
+    req = request(wired(tmp_path, fake_azure), tmp_path)
+    AciTarget().deploy(req)
+    out, err = capsys.readouterr()
+    assert out == ""  # `run --json` prints one JSON document: the SDK's prints went to the log
+    log = (req.service_dir / common.SDK_LOG).read_text()
+    assert "Registering model sklearn_mnist" in log
+    assert "ACI service creation operation finished, operation \"Succeeded\"" in log
 
 
-def test_deploy_failure_fake_workspace_shows_the_tail_of_the_service_log(tmp_path):
-    spec = load(tmp_path)
+def test_deploy_at_the_wire_with_auth_stores_keys_0600_and_never_in_the_record(tmp_path, fake_azure):
+    req = request(wired(tmp_path, fake_azure, replace={"auth: false": "auth: true"}), tmp_path)
+    record = AciTarget().deploy(req)
+    assert created(fake_azure)["authEnabled"] is True
+    assert len(fake_azure.requests_to("POST", r"/services/sklearn-mnist-aci/listkeys$")) == 1
+    live = fake_azure.services["sklearn-mnist-aci"]["_keys"]
+    path = req.service_dir / "keys.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text()) == {"primary": live["primaryKey"], "secondary": live["secondaryKey"]}
+    assert live["primaryKey"] not in json.dumps(record.to_dict()) and record.to_dict()["auth"] is True
+
+
+def test_deploy_at_the_wire_failed_shows_azures_error_and_the_log_tail(tmp_path, fake_azure):
     logs = "".join(f"log line {i}\n" for i in range(200)) + "ModuleNotFoundError: No module named 'sklearn'\n"
-    error = RuntimeError("Service deployment polling reached non-successful terminal state, current service state: "
-                         "Unhealthy\nOperation ID: 1234\nError:\n{\"code\": \"AciDeploymentFailed\"}")
-    target, api, _, _ = fake_target(api=FakeApi(FakeService(state="Unhealthy", logs=logs, wait_error=error)))
+    error = {"code": "AciDeploymentFailed", "statusCode": 400,
+             "message": "Aci Deployment failed with exception: Your container application crashed.",
+             "details": [{"code": "CrashLoopBackOff", "message": "Your container application crashed."}]}
+    fake_azure.outcomes.append(fake.Outcome(state="Failed", service_state="Unhealthy", error=error, logs=logs))
+    req = request(wired(tmp_path, fake_azure), tmp_path)
     with pytest.raises(TargetError) as caught:
-        target.deploy(request(spec, tmp_path))
+        AciTarget().deploy(req)
     message = str(caught.value)
-    assert "ACI service sklearn-mnist-aci did not become healthy within 1200 s" in message
-    assert "current service state: Unhealthy" in message and "AciDeploymentFailed" in message
+    assert message.startswith("ACI service sklearn-mnist-aci did not become healthy within 1200 s: Service deployment "
+                              "polling reached non-successful terminal state, current service state: Unhealthy")
+    assert '"code": "AciDeploymentFailed"' in message and "Your container application crashed." in message
     assert "ModuleNotFoundError: No module named 'sklearn'" in message and "log line 199" in message
     assert "log line 150" not in message  # only the tail
-    assert ("get_logs", {"num_lines": common.LOG_LINES}) in api.svc.calls
+    [logs_call] = fake_azure.requests_to("GET", r"/services/sklearn-mnist-aci/logs$")
+    assert logs_call.query["tail"] == str(common.LOG_LINES)
+    assert message.endswith(f"(everything the SDK printed is in {req.service_dir / common.SDK_LOG})")
+    assert not fake_azure.requests_to("POST", r"/listkeys$")
 
 
-def test_deploy_fake_workspace_unhealthy_without_an_exception_still_fails(tmp_path):
-    target, api, _, _ = fake_target(api=FakeApi(FakeService(state="Unhealthy", logs="boom\n")))
+def test_deploy_at_the_wire_succeeded_but_unhealthy_still_fails(tmp_path, fake_azure):
+    fake_azure.outcomes.append(fake.Outcome(state="Succeeded", service_state="Unhealthy", logs="boom\n"))
     with pytest.raises(TargetError, match=r"the service is Unhealthy(.|\n)*boom"):
-        target.deploy(request(load(tmp_path), tmp_path))
+        AciTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
 
 
-def test_deploy_fake_workspace_sdk_output_becomes_progress(tmp_path):
-    err = io.StringIO()
-    console = Console(out=io.StringIO(), err=err)
-    console.interactive = True
-    target, _, _, _ = fake_target(api=FakeApi(FakeService(prints="Tips: ...\nRunning\n....\nSucceeded\n")))
-    target.deploy(request(load(tmp_path), tmp_path, console=console))
-    assert "sklearn-mnist-aci: Succeeded" in err.getvalue()
-    assert console.out.getvalue() == ""  # the SDK's prints never reach stdout
+def test_deploy_at_the_wire_times_out_by_the_sdks_own_clock(tmp_path, fake_azure):
+    fake_azure.outcomes.append(fake.Outcome(polls=10**6))  # Azure never finishes
+    with pytest.raises(TargetError) as caught:
+        AciTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
+    assert "did not become healthy within 1200 s: Deployment polling exceeded timeout override of 1200.0s" \
+        in str(caught.value)
+    assert sum(fake_azure.sleeps) >= 1200  # the SDK's 5 s polls, on the fake's clock
 
 
-def test_deploy_fake_workspace_registry_model_is_used_not_registered(tmp_path):
-    spec = load(tmp_path, replace={"  source: ../examples/mnist/sklearn_mnist_model.pkl".replace("../examples/", f"{ROOT}/examples/"):
-                                   "  source: {registry: azureml, file: sklearn_mnist_model.pkl}"})
-    registry = {("sklearn_mnist", 1): FakeModel("sklearn_mnist", 1)}
-    target, api, ws, _ = fake_target(api=FakeApi(registry=registry))
-    record = target.deploy(request(spec, tmp_path))
-    assert [c[0] for c in api.calls] == ["get_model", "deploy"]
-    assert api.calls[0][1] == (ws, "sklearn_mnist", 1)  # Model(ws, name='sklearn_mnist', version=1)
-    assert record.extra["model_id"] == "sklearn_mnist:1"
+@pytest.mark.parametrize("status", [429, 503])
+def test_deploy_at_the_wire_throttled_is_retried_by_the_sdk_and_deployed_once(tmp_path, fake_azure, status):
+    busy = {"code": "TooManyRequests" if status == 429 else "ServiceUnavailable", "message": "try again later"}
+    fake_azure.fail("POST", r"/services$", status, {"error": busy}, headers={"Retry-After": "7"})
+    fake_azure.fail("POST", r"/models$", status, {"error": busy}, headers={"Retry-After": "7"})
+    record = AciTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
+    assert [c.status for c in fake_azure.requests_to("POST", r"/services$")] == [status, 202]
+    assert [c.status for c in fake_azure.requests_to("POST", r"/models$")] == [status, 200]
+    assert list(fake_azure.services) == ["sklearn-mnist-aci"] and list(fake_azure.models) == ["sklearn_mnist:1"]
+    assert [op["operationType"] for op in fake_azure.operations.values()] == ["Deploy"]  # one deployment
+    assert record.to_dict()["model_id"] == "sklearn_mnist:1"
+    # azureml-core backs off on its own schedule (2 s and more), whatever Retry-After says
+    assert len([s for s in fake_azure.sleeps if s >= 2]) >= 2
 
 
-def test_redeploy_fake_workspace_reuses_the_registered_model(tmp_path):
-    spec = load(tmp_path)
-    digest = spec.model.sha256
-    registry = {("sklearn_mnist", 7): FakeModel("sklearn_mnist", 7, {"sha256": digest})}
-    target, api, ws, _ = fake_target(api=FakeApi(registry=registry))
-    previous = rec({"target": "aci", "model_sha256": digest, "model_version": 7,
-                    "workspace": azureml_v1._workspace_info(ws)})
-    target.deploy(request(spec, tmp_path, previous=previous))
-    assert [c[0] for c in api.calls] == ["get_model", "deploy"]
+def test_deploy_at_the_wire_token_expiring_mid_run_is_renewed(tmp_path, fake_azure):
+    fake_azure.after("POST", r"/services$", fake_azure.expire_tokens)  # an hour passes while ACI starts
+    record = AciTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
+    assert record.to_dict()["state"] == "Healthy"
+    tokens = fake_azure.requests_to("POST", r"/oauth2/v2.0/token$")
+    assert len(tokens) == 2  # the SDK saw its token expire and asked for a new one before polling
+    assert not [c for c in fake_azure.calls if c.status == 401]
 
 
-def test_aks_deploy_fake_workspace_targets_the_attached_cluster(tmp_path):
-    spec = load(tmp_path, "mnist-aks.yaml")
-    target, api, ws, _ = fake_target(AksTarget, FakeApi(FakeService(name="sklearn-mnist-aks")))
-    record = target.deploy(request(spec, tmp_path))
-    assert [c[0] for c in api.calls] == ["register_model", "compute_target", "deploy"]
-    assert api.calls[1][1] == (ws, "aks-mnist")  # ComputeTarget(ws, 'aks-mnist')
-    deployment_config, deployment_target = api.calls[2][1][4:]
-    assert isinstance(deployment_config, AksServiceDeploymentConfiguration)
-    assert deployment_target.name == "aks-mnist"
-    assert record.extra["compute_target"] == "aks-mnist" and record.auth is True
-    assert stat.S_IMODE((tmp_path / "service" / "keys.json").stat().st_mode) == 0o600
+def test_deploy_at_the_wire_token_rejected_mid_run_fails_clearly_and_a_rerun_updates(tmp_path, fake_azure):
+    spec = wired(tmp_path, fake_azure)
+    # Azure stops accepting the token the SDK still trusts (revoked, or the machine's clock is behind)
+    fake_azure.after("POST", r"/services$", lambda: fake_azure.tokens.clear())
+    with pytest.raises(TargetError) as caught:
+        AciTarget().deploy(request(spec, tmp_path))
+    assert "Response Code: 401" in str(caught.value) and "AuthenticationFailed" in str(caught.value)
+    assert "Headers:" not in str(caught.value)  # the raw response headers are noise
+    record = AciTarget().deploy(request(spec, tmp_path))  # a new run signs in again and updates in place
+    assert record.to_dict()["state"] == "Healthy" and list(fake_azure.services) == ["sklearn-mnist-aci"]
+    assert [c.json["overwrite"] for c in fake_azure.requests_to("POST", r"/services$")] == [True, True]
 
 
-def test_real_api_shim_makes_the_tutorials_sdk_calls(monkeypatch):
-    """AzureMLv1Api is the only code calling Model.deploy / Model.register: check it passes overwrite=True."""
-    from azureml.core.model import Model
+def test_deploy_at_the_wire_aci_quota_error_names_the_quota(tmp_path, fake_azure):
+    quota = {"code": "BadRequest", "statusCode": 400, "message": "The request is invalid.", "details": [{
+        "code": "ContainerGroupQuotaReached",
+        "message": "Resource type 'Microsoft.ContainerInstance/containerGroups' container group quota "
+                   "'StandardCores' exceeded in region 'westeurope'. Limit: '10', Usage: '10' Requested: '1'."}]}
+    fake_azure.fail("POST", r"/services$", 400, quota)
+    with pytest.raises(TargetError) as caught:
+        AciTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
+    message = str(caught.value)
+    assert message.startswith("ACI refused to deploy sklearn-mnist-aci: Received bad response from Model Management")
+    assert "Azure said: BadRequest: The request is invalid.; ContainerGroupQuotaReached: Resource type " \
+           "'Microsoft.ContainerInstance/containerGroups' container group quota 'StandardCores' exceeded" in message
+    assert "Headers:" not in message
+    assert len(fake_azure.requests_to("POST", r"/services$")) == 1 and not fake_azure.services  # a 400 is final
 
-    seen = []
-    monkeypatch.setattr(Model, "deploy", staticmethod(lambda *a, **k: seen.append(("deploy", a, k)) or "svc"))
-    monkeypatch.setattr(Model, "register", staticmethod(lambda *a, **k: seen.append(("register", a, k)) or "model"))
-    api = AzureMLv1Api()
-    assert api.deploy("ws", "svc-name", ["m"], "ic", "dc", None) == "svc"
-    assert api.register_model("ws", model_path="/m.pkl", model_name="sklearn_mnist", tags={"a": "b"}, description="d") == "model"
-    assert seen == [
-        ("deploy", ("ws", "svc-name", ["m"], "ic", "dc"), {"deployment_target": None, "overwrite": True}),
-        ("register", ("ws",), {"model_path": "/m.pkl", "model_name": "sklearn_mnist", "tags": {"a": "b"}, "description": "d"}),
-    ]
+
+def test_deploy_at_the_wire_name_taken_by_another_service(tmp_path, fake_azure):
+    taken = "Service name sklearn-mnist-aci is already in use by an AKS service in this workspace; choose another name"
+    fake_azure.fail("POST", r"/services/validate$", 200, {"error": {"code": "BadRequest", "message": taken}})
+    with pytest.raises(TargetError) as caught:
+        AciTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
+    assert str(caught.value).startswith(f"ACI refused to deploy sklearn-mnist-aci: {taken}")
+    assert not fake_azure.requests_to("POST", r"/services$")  # refused before anything was created
+
+
+def register_in_the_fake(fake_azure, version: int = 1, tags: dict | None = None) -> dict:
+    """A model already in the workspace's registry, with its file in the workspace's storage."""
+    asset_id = f"asset{version}"
+    prefix = f"LocalUpload/registered/{version}/sklearn_mnist_model.pkl"
+    fake_azure.blobs[f"azureml/{prefix}"] = MODEL.read_bytes()
+    fake_azure.assets[asset_id] = {"id": asset_id, "name": "sklearn_mnist", "artifacts": [{"prefix": prefix}]}
+    model = {"id": f"sklearn_mnist:{version}", "name": "sklearn_mnist", "version": version,
+             "url": f"aml://asset/{asset_id}", "mimeType": "application/octet-stream", "description": None,
+             "framework": "Custom", "frameworkVersion": None, "unpack": False, "kvTags": dict(tags or {}),
+             "properties": {}, "experimentName": None, "runId": None, "datasets": [], "createdTime": fake.NOW,
+             "modifiedTime": fake.NOW, "createdBy": {"userName": "someone"}, "resourceRequirements": None}
+    fake_azure.models[model["id"]] = model
+    return model
+
+
+def test_deploy_at_the_wire_registry_model_is_used_not_registered(tmp_path, fake_azure):
+    register_in_the_fake(fake_azure)
+    source = f"  source: {ROOT}/examples/mnist/sklearn_mnist_model.pkl"
+    spec = wired(tmp_path, fake_azure, replace={source: "  source: {registry: azureml, file: sklearn_mnist_model.pkl}"})
+    record = AciTarget().deploy(request(spec, tmp_path))
+    assert not fake_azure.requests_to("POST", r"/models$")
+    assert not [c for c in fake_azure.requests_to("POST", r"/artifacts/batch") if b"sklearn_mnist_model" in c.body]
+    assert created(fake_azure)["environmentImageRequest"]["modelIds"] == ["sklearn_mnist:1"]
+    assert record.to_dict()["model_id"] == "sklearn_mnist:1"
+
+
+def test_redeploy_at_the_wire_reuses_the_registered_model(tmp_path, fake_azure):
+    spec = wired(tmp_path, fake_azure)
+    register_in_the_fake(fake_azure, 7, {"sha256": spec.model.sha256})
+    previous = ServiceRecord.from_dict({"target": "aci", "model_sha256": spec.model.sha256, "model_version": 7,
+                                        "workspace": {"name": "mlws", "resource_group": "ml-rg",
+                                                      "subscription_id": fake.SUBSCRIPTION}})
+    record = AciTarget().deploy(request(spec, tmp_path, previous=previous))
+    assert not fake_azure.requests_to("POST", r"/models$")  # the same bytes are not registered again
+    assert created(fake_azure)["environmentImageRequest"]["modelIds"] == ["sklearn_mnist:7"]
+    assert record.to_dict()["model_version"] == 7
+
+
+@pytest.mark.parametrize("settings, expected", [
+    (AKS["autoscale"], {"numReplicas": None, "autoScaler": {"autoscaleEnabled": True, "minReplicas": 1,
+                                                            "maxReplicas": 3, "targetUtilization": 70,
+                                                            "refreshPeriodInSeconds": None}}),
+    ("replicas: 2", {"numReplicas": 2, "autoScaler": {"autoscaleEnabled": False, "minReplicas": None,
+                                                      "maxReplicas": None, "targetUtilization": None,
+                                                      "refreshPeriodInSeconds": None}}),
+])
+def test_aks_deploy_at_the_wire_sends_the_spec(tmp_path, fake_azure, settings, expected):
+    spec = wired(tmp_path, fake_azure, "mnist-aks.yaml", {AKS["autoscale"]: settings})
+    req = request(spec, tmp_path)
+    record = AksTarget().deploy(req)
+    [compute] = fake_azure.requests_to("GET", r"/computes/aks-mnist$")  # ComputeTarget(ws, 'aks-mnist')
+    body = created(fake_azure)
+    assert (body["computeType"], body["computeName"], body["name"]) == ("AKS", "aks-mnist", "sklearn-mnist-aks")
+    assert body["containerResourceRequirements"] == {"cpu": 1, "cpuLimit": None, "memoryInGB": 1,
+                                                     "memoryInGBLimit": None, "gpu": None}
+    assert (body["authEnabled"], body["aadAuthEnabled"], body["scoringTimeoutMs"]) == (True, False, 5000)
+    assert body["kvTags"] == {"data": "MNIST", "method": "sklearn"}
+    assert body["description"] == "Predict MNIST with sklearn"
+    for key, value in expected.items():
+        assert body[key] == value, key
+    assert record.to_dict()["compute_target"] == "aks-mnist" and record.to_dict()["auth"] is True
+    assert stat.S_IMODE((req.service_dir / "keys.json").stat().st_mode) == 0o600
+
+
+def test_aks_token_auth_at_the_wire_invoke_fetches_a_fresh_token(tmp_path, fake_azure, scoring_server):
+    uri, seen = scoring_server
+    spec = wired(tmp_path, fake_azure, "mnist-aks.yaml", {"  auth: true ": "  auth: false ",
+                                                          AKS["autoscale"]: "token_auth: true"})
+    req = request(spec, tmp_path)
+    record = AksTarget().deploy(req)
+    assert created(fake_azure)["aadAuthEnabled"] is True and created(fake_azure)["authEnabled"] is False
+    AksTarget().invoke(rec({**record.to_dict(), "scoring_uri": uri}), b"{}", timeout=5, service_dir=req.service_dir)
+    assert seen[0]["headers"]["Authorization"] == "Bearer aad-token-for-sklearn-mnist-aks"
+    assert len(fake_azure.requests_to("POST", r"/services/sklearn-mnist-aks/token$")) == 1
 
 
 # -- probe: live, drifted, missing, unreachable ---------------------------------------------------
-def rec(data: dict) -> ServiceRecord:
-    return ServiceRecord.from_dict(data)
+def deployed(tmp_path, fake_azure, **replace) -> tuple[dict, specs.Spec, DeployRequest]:
+    spec = wired(tmp_path, fake_azure, replace=replace or None)
+    req = request(spec, tmp_path)
+    return AciTarget().deploy(req), spec, req
 
 
-RECORD = {"target": "aci", "service": "sklearn-mnist-aci", "workspace_config": None, "model_id": "sklearn_mnist:7",
-          "scoring_uri": "http://sklearn-mnist-aci.westeurope.azurecontainer.io/score", "auth": False,
-          "tags": {"data": "MNIST", "method": "sklearn"}, "cpu_cores": 1, "memory_gb": 1}
-
-
-def test_probe_fake_workspace_healthy_and_matching():
-    target, api, ws, _ = fake_target()
-    live = target.probe(rec(RECORD))
+def test_probe_at_the_wire_healthy_and_matching(tmp_path, fake_azure):
+    record, spec, _ = deployed(tmp_path, fake_azure)
+    live = AciTarget().probe(record, spec)
     assert (live.reachable, live.healthy, live.drift) == (True, True, ())
-    assert live.detail == f"ACI service sklearn-mnist-aci is Healthy at {RECORD['scoring_uri']}"
-    assert api.calls == [("service", (ws, "sklearn-mnist-aci"), {})]
+    assert live.detail == f"ACI service sklearn-mnist-aci is Healthy at {record.to_dict()['scoring_uri']}"
 
 
-def test_probe_fake_workspace_reports_drift():
-    service = FakeService()
-    service.tags = {"data": "MNIST"}
-    service.models = [FakeModel("sklearn_mnist", 8)]
-    service.container_resource_requirements = SimpleNamespace(cpu=1, memory_in_gb=2)
-    live = fake_target(api=FakeApi(service))[0].probe(rec(RECORD))
+def test_probe_at_the_wire_reports_drift(tmp_path, fake_azure):
+    record, spec, _ = deployed(tmp_path, fake_azure)
+    service = fake_azure.services["sklearn-mnist-aci"]  # changed by someone in the portal
+    service["kvTags"] = {"data": "MNIST"}
+    service["containerResourceRequirements"] = {"cpu": 1, "memoryInGB": 2}
+    live = AciTarget().probe(record, spec)
     assert live.reachable and live.healthy
     assert live.drift == ("tags: live {'data': 'MNIST'}, recorded {'data': 'MNIST', 'method': 'sklearn'}",
-                          "models: live ['sklearn_mnist:8'], recorded ['sklearn_mnist:7']",
                           "memory_gb: live 2, recorded 1")
 
 
-def test_probe_fake_workspace_missing_service():
-    missing = RuntimeError("WebserviceNotFound: Webservice with name sklearn-mnist-aci not found in provided workspace")
-    live = fake_target(api=FakeApi(missing=missing))[0].probe(rec(RECORD))
+def test_probe_at_the_wire_missing_service(tmp_path, fake_azure):
+    record, spec, _ = deployed(tmp_path, fake_azure)
+    del fake_azure.services["sklearn-mnist-aci"]
+    live = AciTarget().probe(record, spec)
     assert (live.reachable, live.healthy) == (True, False)
     assert live.detail == "ACI service sklearn-mnist-aci not found in workspace mlws"
     assert live.drift == ("service: recorded, but missing from the workspace",)
 
 
-def test_probe_fake_workspace_before_the_first_deploy(tmp_path):
-    spec = load(tmp_path)
-    missing = RuntimeError("WebserviceNotFound: Webservice with name sklearn-mnist-aci not found in provided workspace")
-    live = fake_target(api=FakeApi(missing=missing))[0].probe(None, spec)
+def test_probe_at_the_wire_before_the_first_deploy(tmp_path, fake_azure):
+    spec = wired(tmp_path, fake_azure)
+    live = AciTarget().probe(None, spec)
     assert (live.reachable, live.healthy, live.drift) == (True, False, ())
     assert live.detail == "workspace mlws is reachable; ACI service sklearn-mnist-aci does not exist yet"
-    live = fake_target()[0].probe(None, spec)  # someone else's service with the same name
+    deployed(tmp_path / "someone-else", fake_azure)  # someone else's service with the same name
+    live = AciTarget().probe(None, spec)
     assert live.detail.endswith("it is not recorded here, and deploy will overwrite it in workspace mlws")
 
 
-def test_probe_fake_workspace_unhealthy():
-    live = fake_target(api=FakeApi(FakeService(state="Unhealthy")))[0].probe(rec(RECORD))
+def test_probe_at_the_wire_unhealthy(tmp_path, fake_azure):
+    record, spec, _ = deployed(tmp_path, fake_azure)
+    fake_azure.services["sklearn-mnist-aci"]["state"] = "Unhealthy"
+    live = AciTarget().probe(record, spec)
     assert (live.reachable, live.healthy, live.detail) == (True, False, "ACI service sklearn-mnist-aci is Unhealthy")
 
 
@@ -480,13 +526,9 @@ def test_probe_without_credentials_is_unreachable_with_a_reason(tmp_path, monkey
                            "AZUREML_SERVICE_PRINCIPAL_TENANT_ID for a service principal")
 
 
-def test_probe_without_config_json_is_unreachable_with_a_reason(tmp_path, monkeypatch):
-    (tmp_path / "home" / ".azure").mkdir(parents=True)
-    (tmp_path / "home" / ".azure" / "azureProfile.json").write_text('{"subscriptions": [{"id": "s"}]}')  # "logged in"
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("AZURE_CONFIG_DIR", raising=False)
-    monkeypatch.chdir(tmp_path / "home")  # Workspace.from_config() searches here and upwards
-    if any((parent / "config.json").exists() for parent in (tmp_path / "home").parents):
+def test_probe_without_config_json_is_unreachable_with_a_reason(tmp_path, fake_azure, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Workspace.from_config() searches here and upwards
+    if any((parent / "config.json").exists() for parent in [tmp_path, *tmp_path.parents]):
         pytest.skip("a config.json above the temporary folder would be found")
     live = AciTarget().probe(None, load(tmp_path))
     assert (live.reachable, live.healthy) == (False, False)
@@ -494,22 +536,29 @@ def test_probe_without_config_json_is_unreachable_with_a_reason(tmp_path, monkey
                            "or its parents (set deploy.azureml.workspace_config)")
 
 
-def test_probe_fake_workspace_network_failure_is_unreachable(tmp_path):
+def test_probe_at_the_wire_finds_config_json_like_the_sdk(tmp_path, fake_azure, monkeypatch):
+    monkeypatch.chdir(fake_azure.config_file.parent)  # Workspace.from_config(): ./config.json
+    live = AciTarget().probe(None, load(tmp_path))
+    assert live.reachable and live.detail.startswith("workspace mlws is reachable")
+    [workspace] = fake_azure.requests_to("GET", r"/workspaces/mlws$")
+    assert workspace.host == "management.azure.com"
+
+
+def test_probe_at_the_wire_azure_unavailable_is_unreachable(tmp_path, fake_azure):
+    fake_azure.fail("GET", r"/workspaces/mlws$", 503, {"error": {"code": "ServiceUnavailable", "message": "down"}},
+                    times=100)
+    live = AciTarget().probe(None, wired(tmp_path, fake_azure))
+    assert (live.reachable, live.healthy) == (False, False)
+    assert live.detail.startswith("cannot reach the Azure ML workspace: ")
+
+
+def test_probe_network_failure_is_unreachable(tmp_path):
     def offline(config):
         raise OSError("HTTPSConnectionPool(host='management.azure.com', port=443): Max retries exceeded")
 
-    live = AciTarget(workspace_factory=offline, api=FakeApi()).probe(rec(RECORD))
+    live = AciTarget(workspace_factory=offline).probe(rec(RECORD))
     assert (live.reachable, live.detail) == (False, "cannot reach the Azure ML workspace: no network connection to Azure "
                                                     "(management.azure.com)")
-
-
-def test_probe_workspace_config_from_the_spec_fake_workspace(tmp_path):
-    (tmp_path / "specs" / "ws").mkdir(parents=True)
-    (tmp_path / "specs" / "ws" / "config.json").write_text("{}")
-    spec = load(tmp_path, replace={"  ready_timeout_s: 1200": "  ready_timeout_s: 1200\n  azureml: {workspace_config: ws/config.json}"})
-    target, _, _, configs = fake_target()
-    target.probe(rec({"target": "aci", "service": "sklearn-mnist-aci"}), spec)
-    assert configs == [tmp_path / "specs" / "ws" / "config.json"]
 
 
 def test_missing_sdk_is_a_usage_error_and_an_unreachable_probe(tmp_path, monkeypatch):
@@ -523,6 +572,15 @@ def test_missing_sdk_is_a_usage_error_and_an_unreachable_probe(tmp_path, monkeyp
 
 
 # -- invoke, delete, logs --------------------------------------------------------------------------
+def rec(data: dict) -> ServiceRecord:
+    return ServiceRecord.from_dict(data)
+
+
+RECORD = {"target": "aci", "service": "sklearn-mnist-aci", "workspace_config": None, "model_id": "sklearn_mnist:7",
+          "scoring_uri": "http://sklearn-mnist-aci.westeurope.azurecontainer.io/score", "auth": False,
+          "tags": {"data": "MNIST", "method": "sklearn"}, "cpu_cores": 1, "memory_gb": 1}
+
+
 @pytest.fixture
 def scoring_server():
     """A real HTTP server on loopback standing in for the scoring URI; it records what it was sent."""
@@ -564,42 +622,65 @@ def test_invoke_posts_with_the_stored_key(tmp_path, scoring_server):
     assert "Authorization" not in seen[1]["headers"]
 
 
-def test_invoke_fake_workspace_token_auth_fetches_a_fresh_token(tmp_path, scoring_server):
-    uri, seen = scoring_server
-    target, api, _, _ = fake_target(AksTarget)
-    target.invoke(rec({**RECORD, "scoring_uri": uri, "token_auth": True}), b"{}", timeout=5, service_dir=tmp_path)
-    assert seen[0]["headers"]["Authorization"] == "Bearer aad-token"
-    assert api.svc.calls == [("get_access_token", {})]
-
-
 def test_invoke_without_keys_file_says_deploy_again(tmp_path):
     with pytest.raises(TargetError, match="deploy again"):
         AciTarget().invoke(rec({**RECORD, "auth": True}), b"{}", timeout=1, service_dir=tmp_path)
 
 
-def test_delete_fake_workspace_deletes_the_service_and_its_keys(tmp_path):
-    keys.write(tmp_path, "k1", "k2")
-    target, api, ws, _ = fake_target()
-    line = target.delete(rec(RECORD), tmp_path)
-    assert line == "deleted ACI service sklearn-mnist-aci from workspace mlws (registered model sklearn_mnist:7 kept)"
-    assert api.calls == [("service", (ws, "sklearn-mnist-aci"), {})] and api.svc.calls == [("delete", {})]
-    assert not (tmp_path / "keys.json").exists()
+def test_delete_at_the_wire_deletes_the_service_and_its_keys(tmp_path, fake_azure, capsys):
+    record, _, req = deployed(tmp_path, fake_azure, **{"auth: false": "auth: true"})
+    capsys.readouterr()
+    line = AciTarget().delete(record, req.service_dir)
+    assert line == "deleted ACI service sklearn-mnist-aci from workspace mlws (registered model sklearn_mnist:1 kept)"
+    assert [c.status for c in fake_azure.requests_to("DELETE", r"/services/sklearn-mnist-aci$")] == [202]
+    assert fake_azure.services == {} and list(fake_azure.models) == ["sklearn_mnist:1"]
+    assert not (req.service_dir / "keys.json").exists()
+    assert capsys.readouterr().out == ""  # the SDK's polling output went to the log
 
 
-def test_delete_fake_workspace_already_gone(tmp_path):
-    missing = RuntimeError("WebserviceNotFound: Webservice with name sklearn-mnist-aci not found in provided workspace")
-    line = fake_target(api=FakeApi(missing=missing))[0].delete(rec(RECORD), tmp_path)
-    assert line == "ACI service sklearn-mnist-aci was not found in workspace mlws (already deleted)"
+def test_delete_at_the_wire_already_gone(tmp_path, fake_azure):
+    record, _, req = deployed(tmp_path, fake_azure)
+    del fake_azure.services["sklearn-mnist-aci"]
+    line = AciTarget().delete(record, req.service_dir)
+    assert line == "ACI service sklearn-mnist-aci was not found in workspace mlws (nothing to delete)"
+    assert not fake_azure.requests_to("DELETE", r"/services/")
 
 
-def test_logs_fake_workspace_is_the_services_get_logs_tail(tmp_path):
-    service = FakeService(logs="".join(f"line {i}\n" for i in range(10)))
-    target, api, _, _ = fake_target(api=FakeApi(service))
-    assert target.logs(rec(RECORD), tmp_path, tail=3) == "line 7\nline 8\nline 9"
-    assert service.calls == [("get_logs", {"num_lines": 3})]
+def test_delete_at_the_wire_204_is_nothing_to_delete(tmp_path, fake_azure):
+    record, _, req = deployed(tmp_path, fake_azure)
+    fake_azure.fail("DELETE", r"/services/sklearn-mnist-aci$", 204)  # gone between our look and the delete
+    line = AciTarget().delete(record, req.service_dir)
+    assert line == "ACI service sklearn-mnist-aci was not found in workspace mlws (nothing to delete)"
 
 
-# -- live: a real workspace, only when one is configured (see README: Deploying to Azure) -------------
+def test_logs_at_the_wire_is_the_services_get_logs_tail(tmp_path, fake_azure):
+    fake_azure.outcomes.append(fake.Outcome(logs="".join(f"line {i}\n" for i in range(10))))
+    record, _, req = deployed(tmp_path, fake_azure)
+    assert AciTarget().logs(record, req.service_dir, tail=3) == "line 7\nline 8\nline 9"
+    [call] = fake_azure.requests_to("GET", r"/services/sklearn-mnist-aci/logs$")
+    assert call.query == {"tail": "3", "init": "False"}
+
+
+# -- credentials: never a prompt ---------------------------------------------------------------------
+def test_workspace_auth_never_prompts(tmp_path):
+    """A service principal authenticates without a prompt; a logged-out az profile counts as no login."""
+    from azureml.core.authentication import ServicePrincipalAuthentication
+
+    from pipeline.targets.azureml_v1_api import non_interactive_auth
+
+    sp = {"AZUREML_SERVICE_PRINCIPAL_ID": "id", "AZUREML_SERVICE_PRINCIPAL_PASSWORD": "pw",
+          "AZUREML_SERVICE_PRINCIPAL_TENANT_ID": "tenant"}
+    assert isinstance(non_interactive_auth(sp), ServicePrincipalAuthentication)
+    assert non_interactive_auth({}) is None
+    profile = tmp_path / ".azure" / "azureProfile.json"
+    profile.parent.mkdir()
+    profile.write_text('\ufeff{"installationId": "x", "subscriptions": []}', encoding="utf-8")
+    assert "no Azure credentials" in common.credentials_problem({"HOME": str(tmp_path)}, home=tmp_path)
+    profile.write_text('\ufeff{"subscriptions": [{"id": "s", "isDefault": true}]}', encoding="utf-8")
+    assert common.credentials_problem({"HOME": str(tmp_path)}, home=tmp_path) is None
+
+
+# -- live: a real workspace, only when one is configured (see README: Live tests) ---------------------
 @pytest.mark.azure_live
 def test_live_aci_deploy_probe_score_delete(tmp_path):
     config = os.environ.get("PIPELINE_AZURE_WORKSPACE_CONFIG")
@@ -623,20 +704,53 @@ def test_live_aci_deploy_probe_score_delete(tmp_path):
         print(target.delete(record, req.service_dir))
 
 
-def test_workspace_auth_never_prompts_fake_workspace_boundary(tmp_path):
-    """A service principal authenticates without a prompt; a logged-out az profile counts as no login."""
-    from azureml.core.authentication import ServicePrincipalAuthentication
+# -- the whole pipeline, at the wire ---------------------------------------------------------------
+def test_run_json_at_the_wire_with_the_state_home_elsewhere_prints_one_document(tmp_path, fake_azure, project,
+                                                                                run_cli, monkeypatch):
+    """`run specs/mnist-aci.yaml --json`, as a user would: config.json where they run it, state kept elsewhere."""
+    home = tmp_path / "state"  # outside the working directory, where Model.register would refuse the model
+    monkeypatch.setenv("PIPELINE_HOME", str(home))
+    shutil.copy(ROOT / "specs" / "mnist-aci.yaml", project / "specs" / "mnist-aci.yaml")
+    shutil.copy(fake_azure.config_file, project / "config.json")  # Workspace.from_config()'s own search
+    fake_azure.containers = tmp_path / "containers"  # ACI runs the uploaded score.py and model on loopback
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
 
-    from pipeline.targets import azureml_common as common
-    from pipeline.targets.azureml_v1_api import non_interactive_auth
+    result = run_cli("run", "specs/mnist-aci.yaml", "--json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)  # exactly one JSON document: nothing the SDK printed is in it
+    assert [(s["stage"], s["status"]) for s in document["stages"]] == [
+        (stage, "ran") for stage in ("check", "fetch", "evaluate", "render", "deploy", "smoke", "report")]
+    assert document["ok"] is True and document["service"] == fake_azure.services["sklearn-mnist-aci"]["scoringUri"]
+    body = created(fake_azure)
+    assert body["containerResourceRequirements"] == {"cpu": 1, "memoryInGB": 1} and body["overwrite"] is True
+    assert "Registering model sklearn_mnist" in (home / "sklearn-mnist-aci" / "service" / common.SDK_LOG).read_text()
+    after = sorted(p.relative_to(project) for p in project.rglob("*") if not p.is_relative_to(project / "reports"))
+    assert after == before  # nothing was copied into the user's tree to please the SDK
 
-    sp = {"AZUREML_SERVICE_PRINCIPAL_ID": "id", "AZUREML_SERVICE_PRINCIPAL_PASSWORD": "pw",
-          "AZUREML_SERVICE_PRINCIPAL_TENANT_ID": "tenant"}
-    assert isinstance(non_interactive_auth(sp), ServicePrincipalAuthentication)
-    assert non_interactive_auth({}) is None
-    profile = tmp_path / ".azure" / "azureProfile.json"
-    profile.parent.mkdir()
-    profile.write_text('\ufeff{"installationId": "x", "subscriptions": []}', encoding="utf-8")
-    assert "no Azure credentials" in common.credentials_problem({"HOME": str(tmp_path)}, home=tmp_path)
-    profile.write_text('\ufeff{"subscriptions": [{"id": "s", "isDefault": true}]}', encoding="utf-8")
-    assert common.credentials_problem({"HOME": str(tmp_path)}, home=tmp_path) is None
+
+def test_fetch_registry_model_at_the_wire_with_the_service_principal(tmp_path, fake_azure):
+    """model.source {registry: azureml}: Model(ws, name, version).download(), signed in without a prompt."""
+    from pipeline import models
+
+    register_in_the_fake(fake_azure)
+    source = models.AzureMLRegistrySource("sklearn_mnist", 1, fake_azure.config_file)
+    path = models.fetch_model(source, tmp_path / "store", "sklearn_mnist", 1, load(tmp_path).model.sha256)
+    assert path == tmp_path / "store" / "sklearn_mnist" / "1" / "sklearn_mnist_model.pkl"
+    assert path.read_bytes() == MODEL.read_bytes()
+    [token] = fake_azure.requests_to("POST", r"/oauth2/v2.0/token$")
+    assert "grant_type=client_credentials" in token.body.decode()  # the service principal, not a device login
+
+
+def test_fetch_registry_model_without_credentials_never_prompts(tmp_path, monkeypatch):
+    from pipeline import models
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in (*common.SP_ENV, "MSI_ENDPOINT", "AZUREML_AUTH_CONFIG_DIR", "AZURE_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    source = models.AzureMLRegistrySource("sklearn_mnist", 1, tmp_path / "config.json")
+    with pytest.raises(ModelError) as caught:
+        source.fetch(tmp_path)
+    assert str(caught.value) == (f"azureml registry model sklearn_mnist:1 (workspace config {tmp_path}/config.json): "
+                                 "cannot reach the Azure ML workspace: no Azure credentials: run `az login`, or set "
+                                 "AZUREML_SERVICE_PRINCIPAL_ID, AZUREML_SERVICE_PRINCIPAL_PASSWORD, "
+                                 "AZUREML_SERVICE_PRINCIPAL_TENANT_ID for a service principal")

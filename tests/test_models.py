@@ -241,7 +241,7 @@ def test_azureml_source_fake_workspace_errors_are_model_errors(tmp_path: Path) -
     with pytest.raises(ModelError) as err:
         fetch_model(source, tmp_path / "store", "sklearn_mnist", 7, None)
     assert str(err.value) == ("azureml registry model sklearn_mnist:7: download failed: "
-                              "RuntimeError: ModelNotFound: sklearn_mnist:7")
+                              "ModelNotFound: sklearn_mnist:7")
     assert not (tmp_path / "store" / "sklearn_mnist").exists()
 
 

@@ -48,7 +48,11 @@ def source_for(spec: Spec) -> ModelSource:
     model = spec.model
     if isinstance(model.source, RegistrySource):
         check_pin(spec, None)
-        return models.AzureMLRegistrySource(model.name, model.version, model.source.workspace_config)
+        from pipeline import targets
+
+        # a target fetches registry models with its own SDK (azureml-online: azure-ai-ml), else azureml-core
+        sdk = targets.target_class(spec.deploy.target).registry_sdk
+        return models.AzureMLRegistrySource(model.name, model.version, model.source.workspace_config, sdk=sdk)
     if model.sha256 is None:
         check_pin(spec, models.sha256_file(model.source))
     return models.LocalSource(model.source)

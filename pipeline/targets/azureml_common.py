@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,45 @@ def is_not_found(exc: BaseException) -> bool:
 def excerpt(exc: BaseException, lines: int = 12) -> str:
     """The first lines of an SDK error: the state, the operation id and Azure's own error message."""
     text = str(getattr(exc, "message", None) or exc).strip() or type(exc).__name__
-    rows = [row.rstrip() for row in text.splitlines() if row.strip()]
+    rows = []
+    for row in (row.rstrip() for row in text.splitlines() if row.strip()):
+        if row.startswith("Headers: "):
+            continue  # azureml-core dumps every response header: request ids, dates, nothing for the user
+        if row.startswith("Content: "):
+            row = "Azure said: " + azure_error(row[len("Content: "):])
+        rows.append(row)
     return "\n".join(rows[:lines]) + ("\n..." if len(rows) > lines else "")
+
+
+def azure_error(content: str) -> str:
+    """Azure's error body, as azureml-core quotes it (`b'{"error": ...}'`), as `code: message` lines."""
+    import ast
+
+    text = content.strip()
+    if text[:2] in ("b'", 'b"'):
+        try:
+            text = ast.literal_eval(text).decode("utf-8", "replace")
+        except (ValueError, SyntaxError):
+            pass
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:300]
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("message"), str):
+                found.append(f"{node.get('code') or 'Error'}: {node['message']}")
+            for value in node.values():
+                if isinstance(value, (dict, list)):
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(body)
+    return "; ".join(dict.fromkeys(found)) or text[:300]
 
 
 def logs_section(read: Callable[[int], str | None], what: str) -> str:
@@ -223,42 +261,69 @@ def log_tail(text: str | None, lines: int) -> str:
     return "\n".join(rows[-lines:]) if lines > 0 else ""
 
 
-class _ProgressWriter(io.TextIOBase):
-    """A stdout stand-in that turns the SDK's prints ('Running.....', 'Succeeded') into progress lines."""
+SDK_LOG = "sdk.log"  # in the service folder: everything the SDKs printed while they worked for us
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-    def __init__(self, console: Any, prefix: str) -> None:
+
+class _SdkWriter(io.TextIOBase):
+    """Where the SDKs' prints go: appended to the log file, the last line shown as progress on a terminal.
+
+    Both SDKs print to stdout (azureml-core: 'Registering model ...', its polling dots; azure-ai-ml: the LRO
+    poller's dots) and to stderr (tqdm upload bars, warnings); stdout belongs to the CLI (`--json` is one document).
+    """
+
+    def __init__(self, log: io.TextIOBase | None, console: Any, prefix: str) -> None:
+        self.log = log
         self.console = console
         self.prefix = prefix
         self.line = ""
+        self.last = "\n"
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        for char in text:
-            if char == "\n":
-                if self.line.strip():
-                    self.console.progress(f"{self.prefix}: {self.line.strip()}")
+        if self.log is not None:
+            self.log.write(text)
+        self.last = text[-1:] or self.last
+        for char in _ANSI.sub("", text):
+            if char in "\r\n":
+                self._show()
                 self.line = ""
             else:
                 self.line += char
-        if self.line.strip():
-            self.console.progress(f"{self.prefix}: {self.line.strip()}")
+        self._show()
         return len(text)
 
+    def _show(self) -> None:
+        if self.console is not None and self.line.strip():
+            self.console.progress(f"{self.prefix}: {self.line.strip()}")
+
+    def flush(self) -> None:
+        if self.log is not None:
+            self.log.flush()
+
 
 @contextlib.contextmanager
-def sdk_output_to_stderr() -> Iterator[None]:
-    """azureml-core prints login prompts and notes to stdout; keep stdout for our results, still show them."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+def sdk_output(log_path: Path | None, console: Any = None, prefix: str = "azure") -> Iterator[None]:
+    """Capture what the SDKs print (stdout and stderr, warnings included) into log_path, with a header line.
 
-
-@contextlib.contextmanager
-def sdk_output_as_progress(console: Any, prefix: str) -> Iterator[None]:
-    """Route what the SDK prints to stdout into the console's transient progress line."""
-    with contextlib.redirect_stdout(_ProgressWriter(console, prefix)):
-        try:
+    Without a log path (status and plan probe before any service folder exists) the output goes to stderr, so
+    stdout still carries only the CLI's own results.
+    """
+    if log_path is None:
+        with contextlib.redirect_stdout(sys.stderr):
             yield
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {prefix}\n")
+        writer = _SdkWriter(log, console, prefix)
+        try:
+            with contextlib.redirect_stdout(writer), contextlib.redirect_stderr(writer):
+                yield
         finally:
-            console.clear_progress()
+            if writer.last != "\n":
+                log.write("\n")
+            if console is not None:
+                console.clear_progress()

@@ -120,6 +120,7 @@ class OnlineTarget(BaseTarget):
     packages: ClassVar[Mapping[str, str]] = {"azure-ai-ml": "azure.ai.ml", "azure-identity": "azure.identity"}
     capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=True, rollout=Rollout.IN_PLACE,
                                                         auth=frozenset({Auth.KEY, Auth.TOKEN}))
+    registry_sdk: ClassVar[str] = "v2"  # azure-ai-ml fetches registry models too: no azureml-core needed
     kind = "managed online endpoint"
 
     def __init__(self, client_factory: ClientFactory | None = None) -> None:
@@ -188,8 +189,12 @@ class OnlineTarget(BaseTarget):
 
     # -- deploy ----------------------------------------------------------------------------------
     def deploy(self, request: DeployRequest) -> ServiceRecord:
+        log = request.service_dir / common.SDK_LOG
         try:
-            return self._deploy(request)
+            with common.sdk_output(log, request.console, request.spec.name):
+                return self._deploy(request)
+        except TargetError as exc:
+            raise TargetError(f"{exc}\n(everything the SDK printed is in {log})") from None
         finally:
             request.console.clear_progress()
 
@@ -252,7 +257,7 @@ class OnlineTarget(BaseTarget):
                 "workspace": {"name": client.workspace_name, "resource_group": client.resource_group_name,
                               "subscription_id": client.subscription_id},
                 "workspace_config": str(config) if config else None,
-                "state": live_deployment.provisioning_state,
+                "state": _value(live_deployment.provisioning_state),
                 "auth_mode": endpoint.auth_mode,
                 "model_id": _model_id(live_deployment.model),
                 "instance_type": deployment.instance_type,
@@ -289,7 +294,7 @@ class OnlineTarget(BaseTarget):
                             (f"deployment: {DEPLOYMENT} recorded, but missing from the endpoint",))
             return Live(False, False, f"cannot read deployment {DEPLOYMENT} of {name}: {common.reason(exc)}")
         drift = _drift(endpoint, deployment, info)
-        states = (endpoint.provisioning_state, deployment.provisioning_state)
+        states = (_value(endpoint.provisioning_state), _value(deployment.provisioning_state))
         healthy = states == ("Succeeded", "Succeeded") and (endpoint.traffic or {}).get(DEPLOYMENT) == 100
         detail = (f"endpoint {name} is {states[0]}, deployment {DEPLOYMENT} is {states[1]}"
                   + (f" at {endpoint.scoring_uri}" if healthy else ""))
@@ -318,14 +323,20 @@ class OnlineTarget(BaseTarget):
         info = record.extra
         name = info.get("endpoint", "")
         client = self._client(common.recorded_config(info))
+        gone = f"endpoint {name} was not found in the workspace (nothing to delete)"
         try:
-            client.online_endpoints.begin_delete(name=name).result()
+            with common.sdk_output(service_dir / common.SDK_LOG, None, f"delete {name}"):  # the poller's dots
+                client.online_endpoints.get(name=name)
+                poller = client.online_endpoints.begin_delete(name=name)
+                poller.result()
         except Exception as exc:  # noqa: BLE001
             if not common.is_not_found(exc):
                 raise TargetError(f"deleting endpoint {name}: {common.reason(exc)}") from None
             keyfile.remove(service_dir)
-            return f"endpoint {name} was not found in the workspace (already deleted)"
+            return gone
         keyfile.remove(service_dir)
+        if _initial_status(poller) == 204:  # ARM's answer for a name with nothing behind it: gone since the get
+            return gone
         return f"deleted endpoint {name} and its deployment {info.get('deployment', DEPLOYMENT)}"
 
     def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
@@ -333,8 +344,9 @@ class OnlineTarget(BaseTarget):
         name = info.get("endpoint", "")
         client = self._client(common.recorded_config(info))
         try:
-            text = client.online_deployments.get_logs(name=info.get("deployment", DEPLOYMENT), endpoint_name=name,
-                                                      lines=tail)
+            with common.sdk_output(service_dir / common.SDK_LOG, None, f"logs {name}"):
+                text = client.online_deployments.get_logs(name=info.get("deployment", DEPLOYMENT),
+                                                          endpoint_name=name, lines=tail)
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"cannot read the logs of {name}: {common.reason(exc)}") from None
         return common.log_tail(text, tail)
@@ -347,6 +359,18 @@ class OnlineTarget(BaseTarget):
             raise
         except Exception as exc:  # noqa: BLE001  missing config.json, bad config
             raise TargetError(f"{common.UNREACHABLE}: {common.reason(exc)}") from None
+
+
+def _value(state: Any) -> Any:
+    """azure-ai-ml's states are str enums: 'Succeeded', not 'DeploymentProvisioningState.SUCCEEDED'."""
+    return getattr(state, "value", state)
+
+
+def _initial_status(poller: Any) -> int | None:
+    """The HTTP status of the request that started a long-running operation (204: there was nothing to do)."""
+    method = poller.polling_method() if hasattr(poller, "polling_method") else None
+    response = getattr(method, "_initial_response", None)  # azure-core keeps it; no public accessor
+    return getattr(getattr(response, "http_response", None), "status_code", None)
 
 
 def _model_id(model: Any) -> str | None:

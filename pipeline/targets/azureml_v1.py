@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import re
 from collections.abc import Mapping
@@ -107,8 +106,12 @@ class _WebserviceTarget(BaseTarget):
 
     # -- deploy ----------------------------------------------------------------------------------
     def deploy(self, request: DeployRequest) -> ServiceRecord:
+        log = request.service_dir / common.SDK_LOG
         try:
-            return self._deploy(request)
+            with common.sdk_output(log, request.console, request.spec.name):
+                return self._deploy(request)
+        except TargetError as exc:
+            raise TargetError(f"{exc}\n(everything the SDK printed is in {log})") from None
         finally:
             request.console.clear_progress()
 
@@ -127,8 +130,7 @@ class _WebserviceTarget(BaseTarget):
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"{self.kind} refused to deploy {spec.name}: {common.excerpt(exc)}") from None
         try:
-            with common.sdk_output_as_progress(console, spec.name):
-                service.wait_for_deployment(show_output=True, timeout_sec=spec.deploy.ready_timeout_s)
+            service.wait_for_deployment(show_output=True, timeout_sec=spec.deploy.ready_timeout_s)
             failure = None if service.state == "Healthy" else f"the service is {service.state}"
         except Exception as exc:  # noqa: BLE001  WebserviceException: failed, timed out, unknown
             failure = common.excerpt(exc)
@@ -254,20 +256,25 @@ class _WebserviceTarget(BaseTarget):
             if not common.is_not_found(exc):
                 raise TargetError(f"cannot read {self.kind} service {name}: {common.reason(exc)}") from None
             keyfile.remove(service_dir)
-            return f"{self.kind} service {name} was not found in workspace {ws.name} (already deleted)"
+            return f"{self.kind} service {name} was not found in workspace {ws.name} (nothing to delete)"
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the SDK prints its polling dots
+            with common.sdk_output(service_dir / common.SDK_LOG, None, f"delete {name}"):  # its polling dots
                 service.delete()
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"deleting {self.kind} service {name}: {common.reason(exc)}") from None
         keyfile.remove(service_dir)
+        if service.state != "Deleting":  # MMS answered 204: gone between our look and the delete
+            return f"{self.kind} service {name} was not found in workspace {ws.name} (nothing to delete)"
         kept = f" (registered model {info['model_id']} kept)" if info.get("model_id") else ""
         return f"deleted {self.kind} service {name} from workspace {ws.name}{kept}"
 
     def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
-        service = self._service(record)
         try:
-            return common.log_tail(service.get_logs(num_lines=tail), tail)
+            with common.sdk_output(service_dir / common.SDK_LOG, None, f"logs {record.extra.get('service')}"):
+                service = self._service(record)
+                return common.log_tail(service.get_logs(num_lines=tail), tail)
+        except TargetError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"cannot read the logs of {record.extra.get('service')}: "
                               f"{common.reason(exc)}") from None
@@ -281,7 +288,7 @@ class _WebserviceTarget(BaseTarget):
 
     def _workspace(self, config: Path | None) -> Any:
         try:
-            with common.sdk_output_to_stderr():
+            with common.sdk_output(None):  # its notes and prompts: stderr, or the log when inside one
                 return self.workspace_factory(config)
         except TargetError:
             raise

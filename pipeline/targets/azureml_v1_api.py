@@ -1,7 +1,10 @@
 """The network boundary of the SDK v1 targets: every azureml-core call that talks to Azure, in one place."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,9 @@ from pipeline.errors import TargetError
 from pipeline.targets import azureml_common as common
 
 WorkspaceFactory = Callable[[Path | None], Any]
+
+# The working directory is one per process: whoever changes it holds this lock until it is restored.
+_CWD_LOCK = threading.Lock()
 
 
 def default_workspace(config: Path | None) -> Any:
@@ -45,6 +51,18 @@ def non_interactive_auth(environ: Any = None) -> Any:
     return None
 
 
+@contextlib.contextmanager
+def working_directory(folder: Path) -> Iterator[None]:
+    """Run the body in `folder`, then return to where we were (also on errors)."""
+    with _CWD_LOCK:
+        previous = os.getcwd()
+        os.chdir(folder)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
+
+
 class AzureMLv1Api:
     """Every SDK v1 call that talks to Azure, in one place; tests hand in a fake that records the calls."""
 
@@ -56,7 +74,11 @@ class AzureMLv1Api:
     def register_model(self, ws: Any, *, model_path: str, model_name: str, tags: dict[str, str], description: str) -> Any:
         from azureml.core.model import Model
 
-        return Model.register(ws, model_path=model_path, model_name=model_name, tags=tags, description=description)
+        # Model.register refuses any path outside the working directory (model.py _validate_model_path), and the
+        # fetched model lives in the state home, wherever that is: register it by its name from its own folder.
+        path = Path(model_path).resolve()
+        with working_directory(path.parent):
+            return Model.register(ws, model_path=path.name, model_name=model_name, tags=tags, description=description)
 
     def compute_target(self, ws: Any, name: str) -> Any:
         from azureml.core.compute import ComputeTarget

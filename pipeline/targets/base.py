@@ -124,6 +124,7 @@ class Target(Protocol):
     packages: ClassVar[Mapping[str, str]]  # distribution -> module the check stage imports
     capabilities: ClassVar[Capabilities]
     template_dir: ClassVar[Path | None]  # its templates when they are not shipped in templates/<name>/
+    registry_sdk: ClassVar[str]  # which Azure ML SDK fetches a registry model for it: "v1" or "v2"
 
     def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
         """Problems the schema cannot see, for a spec that chose this target (data has the defaults).
@@ -162,6 +163,7 @@ class BaseTarget:
     extra: ClassVar[str | None] = None
     packages: ClassVar[Mapping[str, str]] = {}
     template_dir: ClassVar[Path | None] = None
+    registry_sdk: ClassVar[str] = "v1"  # azureml-core's Model(ws, name, version), as in the tutorial
 
     def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
         return None
