@@ -89,6 +89,7 @@ class Change:
     files: tuple[tuple[str, str], ...] = ()  # (file name, unified diff)
     drift: tuple[str, ...] = ()
     checked: bool = True  # False: the live service could not be asked, so the action is the record's guess
+    rollout: str = ""  # for an update: how it reaches the live service (rolling, blue/green, downtime)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Plan:
                 item["deploy"] = {
                     "action": str(s.change.action),
                     "live": s.change.live,
+                    "rollout": s.change.rollout,
                     "drift": list(s.change.drift),
                     "fields": [{"path": p, "old": o, "new": n} for p, o, n in s.change.fields],
                     "files": dict(s.change.files),

@@ -88,7 +88,8 @@ def _why_run(stage: all_stages.Stage, key: str | None, record: dict[str, Any] | 
         if change.action is DeployAction.NOOP:
             return ""
         if change.action is DeployAction.UPDATE:
-            return "inputs changed" + ("" if change.checked else f" ({change.live})")
+            how = f"({change.rollout})" if change.rollout else "inputs changed"
+            return how + ("" if change.checked else f"; {change.live}")
         return change.live
     after = [s for s in stage.after if s in upstream]
     if after:

@@ -86,15 +86,18 @@ def test_users_own_tutorial_score_py_is_hosted_unchanged(project, run_cli):
     assert logs.code == 0 and logs.out.strip()
 
 
-def test_a_service_that_answers_wrong_digits_fails_the_smoke_test(project, run_cli):
+def test_a_service_that_answers_wrong_digits_never_takes_traffic(project, run_cli):
     liar = project / "liar_score.py"
     liar.write_text((ROOT / "tests" / "data" / "score_tutorial.py").read_text().replace(
         "return json.dumps(y_hat.tolist())", "return json.dumps(((y_hat + 1) % 10).tolist())"))
     _edit(project / SPEC, "  output: labels", "  output: labels\n  entry_script: ../liar_score.py")
     result = run_cli("run", SPEC)
     assert result.code == 1
-    line = next(l for l in result.out.splitlines() if l.startswith("smoke"))
-    assert "failed" in line and "30 of 30 answers differ" in line  # every digit shifted
+    # the new version is smoke-tested alone before the cutover: it fails there, and is never recorded
+    line = next(l for l in result.out.splitlines() if l.startswith("deploy"))
+    assert "failed" in line and "the new version failed before it took any traffic" in line
+    assert "30 of 30 answers differ" in line  # every digit shifted
+    assert _state(project)["service"] is None and not _state(project).get("candidate")
     assert "the single-image request for test image #" in line
     assert "answers differ from the local model's" in line and "test image #" in line
     assert "environment differs from the evaluated one" in line

@@ -258,14 +258,14 @@ def test_sigterm_during_deploy_leaves_no_unrecorded_service(project, run_cli):
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", SPEC], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    config = project / ".pipeline" / "sklearn-mnist-svc" / "service" / "config.json"
+    service = project / ".pipeline" / "sklearn-mnist-svc" / "service"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not config.exists():  # deploy has begun starting the host
+    while time.monotonic() < deadline and not list(service.glob("releases/*/config.json")):  # the host is starting
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     recorded = _state(project)["service"]
-    running = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).find(str(config)) >= 0]
+    running = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).find(str(service)) >= 0]
     if recorded is None:  # interrupted: what was started was stopped again
         assert proc.returncode == 130
         assert running == [], "an interrupted deploy left its service running"

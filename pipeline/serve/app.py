@@ -32,6 +32,9 @@ Headers = list[tuple[bytes, bytes]]
 REQUEST_ID_LIMIT = 100
 ROUTES = "GET /, POST /score, GET /swagger.json"
 _JSON = ((b"content-type", JSON_TYPE),)
+# Set when this worker drains (a newer version took the port): clients then reconnect, to the new one.
+closing = False
+_CLOSE = (b"connection", b"close")
 _OK_RUN = (b"x-ms-run-function-failed", b"False")
 
 
@@ -235,6 +238,8 @@ class ScoringApp:
 
 async def _respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
     headers = [*headers, (b"content-length", b"%d" % len(body))]  # never the caller's list: some are shared
+    if closing and _CLOSE not in headers:
+        headers.append(_CLOSE)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -40,6 +40,11 @@ class ServeConfig:
     # Numbers per row, when known (the spec's scoring.features): lets the host answer 400, not 500,
     # when a score.py without parse_rows (the tutorial's) raises on rows of the wrong length.
     features: int | None = None
+    # A rolling update: the workers first serve on a private staging port of their own, so the new
+    # version can be tested alone, and join `port` only when told (SIGUSR1 to the supervisor).
+    staged: bool = False
+    # `port` is held by the version this one replaces: share it (SO_REUSEPORT) instead of claiming it.
+    join: bool = False
 
     def __post_init__(self) -> None:
         problems = list(_problems(self))
@@ -120,6 +125,11 @@ def _problems(config: ServeConfig) -> list[str]:
         found.append("request_timeout_ms must be an integer >= 1")
     if not is_int(config.max_body_bytes) or config.max_body_bytes < 1:
         found.append("max_body_bytes must be an integer >= 1")
+    for name in ("staged", "join"):
+        if not isinstance(getattr(config, name), bool):
+            found.append(f"{name} must be true or false")
+    if config.join and not config.port:
+        found.append("join needs the port of the service to join")
     if config.swagger is not None and not isinstance(config.swagger, dict):
         found.append("swagger must be a JSON object or null")
     return found

@@ -7,6 +7,7 @@ import socket
 # The supervisor hands each worker the config (as JSON), the port and a pipe to report on.
 CONFIG_ENV = "PIPELINE_SERVE_CONFIG"
 PORT_ENV = "PIPELINE_SERVE_PORT"
+STAGING_PORT_ENV = "PIPELINE_SERVE_STAGING_PORT"  # set while the version is staged: serve there, not on PORT
 READY_FD_ENV = "PIPELINE_SERVE_READY_FD"
 SUPERVISOR_ENV = "PIPELINE_SERVE_SUPERVISOR"
 
@@ -20,6 +21,11 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
+
+
+def join_port(host: str, port: int) -> socket.socket:
+    """A reservation in the SO_REUSEPORT group of a port our previous version holds, for a rolling update."""
+    return bind(host, port)
 
 
 def claim_port(host: str, port: int) -> socket.socket:
@@ -37,7 +43,7 @@ def claim_port(host: str, port: int) -> socket.socket:
 
 
 def report(fd: int, kind: str, detail: str = "") -> None:
-    """`ready PID` or `failed PID reason`: one short write, atomic on a pipe, so workers never interleave."""
+    """`ready PID`, `live PID` or `failed PID reason`: one short write, atomic on a pipe, so workers never interleave."""
     line = f"{kind} {os.getpid()} {detail}".replace("\n", " ").strip()
     os.write(fd, (line[:500] + "\n").encode())
 

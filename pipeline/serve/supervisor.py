@@ -15,7 +15,15 @@ import psutil
 from pipeline.errors import PipelineError, TargetError
 from pipeline.serve.config import ServeConfig
 from pipeline.serve.events import EventLog, write_json_atomic
-from pipeline.serve.ipc import CONFIG_ENV, PORT_ENV, READY_FD_ENV, SUPERVISOR_ENV, claim_port
+from pipeline.serve.ipc import (
+    CONFIG_ENV,
+    PORT_ENV,
+    READY_FD_ENV,
+    STAGING_PORT_ENV,
+    SUPERVISOR_ENV,
+    claim_port,
+    join_port,
+)
 from pipeline.serve.logs import setup_logging
 
 POLL_S = 0.2
@@ -35,6 +43,8 @@ class Worker:
     process: subprocess.Popen[bytes]
     ready: bool = False
     ready_at: float = 0.0
+    live: bool = False  # serving on the service's port (not only on the staging port)
+    told_live: bool = False  # sent SIGUSR1, waiting for its "live" report
     killed_for_memory: bool = False
     children: list[psutil.Process] = field(default_factory=list)
 
@@ -55,18 +65,28 @@ class Supervisor:
         self.failures = 0  # replacements in a row that died before they were ready
         self.next_spawn = 0.0
         self.port = 0
+        self.staging_port: int | None = None  # while staged: where the new version is tested alone
+        self.live = not config.staged  # the workers serve on the service's port
+        self.go_live = threading.Event()  # SIGUSR1: leave the staging port for the service's port
+        self.drain = threading.Event()  # SIGUSR2: a newer version took over; finish in-flight requests, exit
+        self._drain_sent = False
         self._ready_r, self._ready_w = os.pipe()
         os.set_blocking(self._ready_r, False)
         self._buffer = b""
-        self._published: list[int] | None = None
+        self._published: tuple[list[int], bool] | None = None
 
     def run(self) -> int:
-        # Held for the whole life of the service, so the port stays ours while a worker is replaced.
-        reservation = claim_port(self.config.host, self.config.port)
+        # Held for the whole life of the service, so the port stays ours while a worker is replaced; a
+        # rolling update shares it with the version it replaces.
+        claim = join_port if self.config.join else claim_port
+        reservation = claim(self.config.host, self.config.port)
         self.port = reservation.getsockname()[1]
+        staging = claim_port(self.config.host, 0) if self.config.staged else None
+        self.staging_port = staging.getsockname()[1] if staging else None
         try:
-            log.info("supervisor %d: starting %d worker(s) for %s on %s:%d", os.getpid(), self.config.workers,
-                     self.config.entry_script, self.config.host, self.port)
+            where = f"staging port {self.staging_port}, then {self.port}" if staging else str(self.port)
+            log.info("supervisor %d: starting %d worker(s) for %s on %s:%s", os.getpid(), self.config.workers,
+                     self.config.entry_script, self.config.host, where)
             self.events.write()
             for _ in range(self.config.workers):
                 self._spawn()
@@ -76,6 +96,13 @@ class Supervisor:
                 if readable:
                     self._read_reports()
                 self._reap()
+                if self.drain.is_set():
+                    if self._drained():
+                        log.info("supervisor %d: drained: every worker finished its requests", os.getpid())
+                        return 0
+                    continue
+                if self.go_live.is_set() and self.started:
+                    self._go_live()
                 now = time.monotonic()
                 if self.started and len(self.workers) < self.config.workers and now >= self.next_spawn:
                     self._spawn()
@@ -90,14 +117,41 @@ class Supervisor:
         finally:
             self._shutdown()
             reservation.close()
+            if staging is not None:
+                staging.close()
             os.close(self._ready_r)
             os.close(self._ready_w)
+
+    # --- rolling updates -------------------------------------------------------------------
+    def _go_live(self) -> None:
+        """Tell every ready worker still on the staging port to serve on the service's port too."""
+        for worker in self.workers:
+            if worker.ready and not worker.live and not worker.told_live:
+                worker.told_live = True
+                _signal(worker, signal.SIGUSR1)
+        if not self.live and self.workers and all(w.live for w in self.workers if not w.killed_for_memory):
+            self.live = True
+            log.info("supervisor %d: live: %d worker(s) on http://%s:%d/score", os.getpid(), len(self.workers),
+                     self.config.host, self.port)
+
+    def _drained(self) -> bool:
+        """Workers stop accepting, answer what they hold (with Connection: close), then exit; none is replaced."""
+        if not self._drain_sent:
+            self._drain_sent = True
+            log.info("supervisor %d: draining: a newer version serves the port", os.getpid())
+            for worker in self.workers:
+                _signal(worker, signal.SIGUSR2)
+        return not self.workers
 
     # --- workers ---------------------------------------------------------------------------
     def _spawn(self) -> None:
         env = dict(os.environ)
         env[CONFIG_ENV] = self.config.to_json()
         env[PORT_ENV] = str(self.port)
+        if self.staging_port is not None and not self.go_live.is_set():
+            env[STAGING_PORT_ENV] = str(self.staging_port)  # a replacement after go-live starts on the port
+        else:
+            env.pop(STAGING_PORT_ENV, None)
         env[READY_FD_ENV] = str(self._ready_w)
         env[SUPERVISOR_ENV] = str(os.getpid())
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
@@ -129,6 +183,9 @@ class Supervisor:
             if kind == "ready":
                 worker.ready = True
                 worker.ready_at = time.monotonic()
+                worker.live = self.staging_port is None or reason.strip() == "live"
+            elif kind == "live":
+                worker.live = True
             elif kind == "failed" and not self.started:
                 raise TargetError(f"worker {pid_text} failed to start: {reason}")
 
@@ -138,6 +195,8 @@ class Supervisor:
             if code is None:
                 continue
             self.workers.remove(worker)
+            if self.drain.is_set():
+                continue  # a drained worker exits when it is done: nothing to replace
             if not self.started:  # any worker lost before the whole service is up is a failed start
                 raise TargetError(f"worker {worker.pid} exited with code {code} before the service was ready; "
                                   "see the log above")
@@ -158,24 +217,32 @@ class Supervisor:
                 self.events.record("worker_exited", pid=worker.pid, code=code)
 
     def _publish(self) -> None:
-        """Write the ready file once every worker is up, and again whenever the set of workers changes."""
+        """Write the ready file once every worker is up, and again whenever the workers or the phase change."""
         ready = sorted(w.pid for w in self.workers if w.ready and not w.killed_for_memory)
         if not self.started:
             if len(ready) < self.config.workers:
                 return
             self.started = True
+            where = self.staging_port if self.staging_port is not None and not self.live else self.port
             log.info("supervisor %d: ready: %d worker(s) on http://%s:%d/score", os.getpid(), len(ready),
-                     self.config.host, self.port)
-        if ready == self._published:
+                     self.config.host, where)
+        if (ready, self.live) == self._published:
             return
-        self._published = ready
+        self._published = (ready, self.live)
         if self.config.ready_file:
             host = "127.0.0.1" if self.config.host in ("0.0.0.0", "", "::") else self.config.host
-            base = f"http://{host}:{self.port}" if ":" not in host else f"http://[{host}]:{self.port}"
+
+            def base(port: int) -> str:
+                return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+
+            staging = base(self.staging_port) if self.staging_port is not None else None
             write_json_atomic(self.config.ready_file, {
                 "pid": os.getpid(), "port": self.port, "host": self.config.host, "workers": ready,
-                "scoring_uri": f"{base}/score", "swagger_uri": f"{base}/swagger.json",
+                "scoring_uri": f"{base(self.port)}/score", "swagger_uri": f"{base(self.port)}/swagger.json",
                 "service_name": self.config.service_name, "events_file": self.config.resolved_events_file,
+                "live": self.live, "staging_port": self.staging_port,
+                "staging_uri": f"{staging}/score" if staging else None,
+                "drains": True,  # this supervisor drains on SIGUSR2 (an older one would die of it)
             })
 
     # --- memory ----------------------------------------------------------------------------
@@ -235,6 +302,13 @@ class Supervisor:
         log.info("supervisor %d: stopped", os.getpid())
 
 
+def _signal(worker: Worker, sig: int) -> None:
+    try:
+        worker.process.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
 def _rss(process: int | psutil.Process) -> int:
     """Resident memory at its peak since the last poll, so that a spike between polls still counts.
 
@@ -271,6 +345,8 @@ def serve(config: ServeConfig, stop: threading.Event | None = None) -> int:
     if threading.current_thread() is not threading.main_thread():
         return supervisor.run()
     previous = {sig: signal.signal(sig, lambda *_: supervisor.stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: supervisor.go_live.set())
+    previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, lambda *_: supervisor.drain.set())
     try:
         return supervisor.run()
     finally:
@@ -281,7 +357,7 @@ def serve(config: ServeConfig, stop: threading.Event | None = None) -> int:
 def main(argv: list[str]) -> int:
     """`python -m pipeline.serve CONFIG_JSON`: no traceback for an expected failure."""
     # the deploy that started us held SIGINT/SIGTERM while it did; a blocked mask is inherited
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2})
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print("usage: python -m pipeline.serve CONFIG_JSON", file=sys.stderr)
         return 2

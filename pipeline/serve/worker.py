@@ -11,7 +11,16 @@ import traceback
 
 from pipeline.errors import TargetError
 from pipeline.serve.config import ServeConfig
-from pipeline.serve.ipc import CONFIG_ENV, PORT_ENV, READY_FD_ENV, SUPERVISOR_ENV, bind, die_with_parent, report
+from pipeline.serve.ipc import (
+    CONFIG_ENV,
+    PORT_ENV,
+    READY_FD_ENV,
+    STAGING_PORT_ENV,
+    SUPERVISOR_ENV,
+    bind,
+    die_with_parent,
+    report,
+)
 from pipeline.serve.logs import setup_logging
 
 # gunicorn's "boot error" code, which Azure's server also uses when init() fails.
@@ -42,6 +51,7 @@ def main() -> int:
         return 1
     config = ServeConfig.from_dict(json.loads(os.environ[CONFIG_ENV]))
     port = int(os.environ[PORT_ENV])
+    staging_port = int(os.environ[STAGING_PORT_ENV]) if os.environ.get(STAGING_PORT_ENV) else None
     ready_fd = int(os.environ[READY_FD_ENV])
     app_root = config.resolved_app_root
     os.environ["AZUREML_MODEL_DIR"] = config.model_dir
@@ -62,8 +72,15 @@ def main() -> int:
         log.info("worker %d: running init() of %s", os.getpid(), config.entry_script)
         script.init()
         step = "listen"
+        # The service's port, in its SO_REUSEPORT group; a staged version listens there only when told, and
+        # until then serves on its own staging port, where the new version is tested alone.
         sock = bind(config.host, port)
-        sock.listen(2048)
+        staging = None
+        if staging_port is None:
+            sock.listen(2048)
+        else:
+            staging = bind(config.host, staging_port)
+            staging.listen(2048)
     except BaseException as exc:  # noqa: BLE001  whatever score.py raises, the supervisor must hear why
         if isinstance(exc, TargetError):
             log.error("worker %d: %s", os.getpid(), exc)
@@ -82,16 +99,24 @@ def main() -> int:
         features=config.features,
     )
     mode = "micro-batching (parse_rows/predict_rows)" if script.batching else "run() per request"
-    log.info("worker %d: ready on %s:%d, %s", os.getpid(), config.host, port, mode)
-    report(ready_fd, "ready")
-    os.close(ready_fd)
-    return _serve(app, sock, config)
+    where = f"staging port {staging_port}" if staging is not None else f"{config.host}:{port}"
+    log.info("worker %d: ready on %s, %s", os.getpid(), where, mode)
+    from pipeline.serve.rolling import hold_early_signals
+
+    hold_early_signals()  # the supervisor may signal as soon as it reads the report below
+    report(ready_fd, "ready", "" if staging is not None else "live")
+    return _serve(app, sock, staging, config, ready_fd)
 
 
-def _serve(app: object, sock: socket.socket, config: ServeConfig) -> int:
+def _serve(app: object, sock: socket.socket, staging: socket.socket | None, config: ServeConfig, ready_fd: int) -> int:
     import uvicorn
 
-    server = uvicorn.Server(
+    from pipeline.serve.rolling import RollingServer
+
+    server = RollingServer(
+        sock,
+        ready_fd,
+        config.request_timeout_ms / 1000,
         uvicorn.Config(
             app,  # type: ignore[arg-type]
             loop="uvloop",
@@ -116,7 +141,7 @@ def _serve(app: object, sock: socket.socket, config: ServeConfig) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
-    server.run(sockets=[sock])
+    server.run(sockets=[sock] if staging is None else [staging])
     log.info("worker %d: stopped", os.getpid())
     return 0
 

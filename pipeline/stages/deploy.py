@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 from pipeline import interrupts
 from pipeline import service as services
 from pipeline.context import digest, plain
-from pipeline.errors import StageFailed
+from pipeline.errors import PipelineError, StageFailed
 from pipeline.files import sha256_bytes
 from pipeline.records import Change, DeployAction, Live
 from pipeline.stages import Outcome, Output, Stage
-from pipeline.targets.base import Rollout, ServiceRecord
+from pipeline.targets.base import DeployRequest, Rollout, ServiceRecord
 
 if TYPE_CHECKING:
     from pipeline.context import Context
@@ -37,6 +37,7 @@ class DeployLive:
     live: Live | None
     old_files: dict[str, str] = field(default_factory=dict)
     new_files: dict[str, str] = field(default_factory=dict)
+    rollout: str = ""  # how an update would reach the live service, in the target's words
 
 
 class Deploy(Stage):
@@ -79,7 +80,8 @@ class Deploy(Stage):
             new_files = dict(ctx.rendered)
         except Exception:  # noqa: BLE001  a render error is reported by the render stage itself
             new_files = {}
-        return DeployLive(record, live, old_files, new_files)
+        same_target = record if record is not None and record.target == ctx.target.name else None
+        return DeployLive(record, live, old_files, new_files, ctx.target.describe_update(same_target, ctx.spec))
 
     def change(self, state: dict[str, Any], live: Any, inputs: Any) -> Change:
         """Pure: create / update / replace / no-op, with the field-level and file-level diff."""
@@ -97,21 +99,21 @@ class Deploy(Stage):
         same = inputs is not None and record.digest == digest(inputs)
         if not probe.reachable:
             action = DeployAction.NOOP if same else DeployAction.UPDATE
-            return Change(action, f"cannot check the live service: {probe.detail}", fields, files, drift, checked=False)
+            return Change(action, f"cannot check the live service: {probe.detail}", fields, files, drift, checked=False,
+                          rollout=live.rollout)
         if not probe.healthy:
             return Change(DeployAction.REPLACE, f"the recorded service is down: {probe.detail}", fields, files, drift)
         if drift:
             return Change(DeployAction.REPLACE, "the live service drifted from its record: " + "; ".join(drift),
                           fields, files, drift)
         if not same:
-            return Change(DeployAction.UPDATE, probe.detail, fields, files, drift)
+            return Change(DeployAction.UPDATE, probe.detail, fields, files, drift, rollout=live.rollout)
         return Change(DeployAction.NOOP, probe.detail or "the service matches the spec", (), (), drift)
 
     def run(self, ctx: Context, step: Step) -> Outcome:
         from pipeline import render
         from pipeline.stages.fetch import FetchOutput
         from pipeline.stages.render import RenderOutput
-        from pipeline.targets.base import DeployRequest
 
         fetched, build = ctx.output(FetchOutput), ctx.output(RenderOutput)
         if fetched is None or build is None:
@@ -127,25 +129,71 @@ class Deploy(Stage):
                                 model_dir=Path(fetched.model_dir), service_dir=ctx.paths.service,
                                 previous=previous, console=ctx.console)
         ctx.paths.service.mkdir(parents=True, exist_ok=True)
-        try:
-            record = ctx.target.deploy(request)
-        except BaseException:
-            if previous is not None and ctx.target.capabilities.rollout is Rollout.STOP_START:
-                ctx.service = None  # the old service was stopped before the new one failed to start
-                services.save(ctx)
-            raise
-        # a service that runs is recorded before anything else can happen: hold Ctrl-C/SIGTERM until it is saved
-        with interrupts.held():
-            record = record.stamped(inputs=new_inputs, digest=digest(new_inputs), deployed_at=ctx.clock(),
-                                    model_sha256=fetched.sha256, model=f"{ctx.spec.model.name}:{ctx.spec.model.version}")
-            ctx.service = record
-            services.save(ctx)
+
+        def stamp(record: ServiceRecord) -> ServiceRecord:
+            return record.stamped(inputs=new_inputs, digest=digest(new_inputs), deployed_at=ctx.clock(),
+                                  model_sha256=fetched.sha256, model=f"{ctx.spec.model.name}:{ctx.spec.model.version}")
+
+        record = rollout(ctx, request, stamp)
         _snapshot(ctx, build_dir)
         verb = {DeployAction.CREATE: "created", DeployAction.UPDATE: "updated", DeployAction.REPLACE: "replaced"}
         said = verb.get(step.change.action, "deployed") if step.change else "deployed"
         assert record.deployed_at is not None
         return Outcome(f"{said} {record.scoring_uri or ''}", DeployOutput(record.scoring_uri, record.deployed_at),
                        inputs=new_inputs, digest=record.digest)
+
+
+def rollout(ctx: Context, request: DeployRequest, stamp: Any) -> ServiceRecord:
+    """Bring the new version in the way the target can; the record is saved the moment it serves.
+
+    Side by side: the new version starts beside the old, is smoke-tested alone, then takes the traffic and
+    the old one drains; any failure before the cutover discards the new version and leaves the old one
+    serving, untouched. Other targets deploy in place (or stop, then start).
+    """
+    from pipeline.stages import smoke
+
+    target, previous = ctx.target, request.previous
+    if target.capabilities.rollout is not Rollout.SIDE_BY_SIDE:
+        try:
+            record = stamp(target.deploy(request))
+        except BaseException:
+            if previous is not None and target.capabilities.rollout is Rollout.STOP_START:
+                ctx.service = None  # the old service was stopped before the new one failed to start
+                services.save(ctx)
+            raise
+        _save_service(ctx, record)
+        return record
+    kept = "; the previous version is still serving, untouched" if previous is not None else ""
+    try:
+        candidate = target.stage(request)
+    except PipelineError as exc:
+        raise StageFailed(f"the new version did not start: {exc}{kept}") from None
+    try:
+        with interrupts.held():  # a run killed from here on still knows what it started
+            ctx.state["candidate"] = candidate.to_dict()
+            services.save(ctx)
+        smoke.check_service(ctx, candidate, plot=False)
+        record = stamp(target.promote(candidate, request))
+    except BaseException as exc:
+        detail = target.discard(candidate, request.service_dir)
+        ctx.state["candidate"] = None
+        services.save(ctx)
+        if not isinstance(exc, PipelineError):
+            raise
+        raise StageFailed(f"the new version failed before it took any traffic: {exc}{kept} ({detail})") from None
+    _save_service(ctx, record)  # the new version serves: from here on the record says so
+    if previous is not None:
+        request.console.progress("deploy: the previous version drains")
+        target.retire(previous, request)
+    return record
+
+
+def _save_service(ctx: Context, record: ServiceRecord) -> None:
+    """A service that runs is recorded before anything else can happen: hold Ctrl-C/SIGTERM until it is saved."""
+    with interrupts.held():
+        ctx.service = record
+        ctx.state["candidate"] = None
+        services.save(ctx)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -56,7 +56,15 @@ class Smoke(Stage):
                 "runtime": check.model_runtime(ctx)}
 
     def run(self, ctx: Context, step: Step) -> Outcome:
-        return run(ctx)
+        record = ctx.service
+        if record is None:
+            raise StageFailed("no service is deployed: run the deploy stage first")
+        outputs = check_service(ctx, record)
+        acc = f", sample accuracy {outputs.sample_accuracy:.2f}" if outputs.sample_accuracy is not None else ""
+        lat = outputs.latency_ms
+        detail = (f"{len(outputs.indices)} images agree with the local model{acc}; latency p50 {lat['p50']:.1f} ms "
+                  f"(min {lat['min']:.1f}, max {lat['max']:.1f}), {outputs.bytes_sent:,} bytes per request")
+        return Outcome(detail, outputs)
 
 
 def sample_indices(n: int, size: int, seed: int) -> list[int]:
@@ -104,16 +112,14 @@ def _same(a: Any, b: Any, output: str) -> bool:
     return a == b
 
 
-def run(ctx: Context) -> Outcome:
-    """Send the seeded samples to the recorded service; every answer must equal the local model's."""
+def check_service(ctx: Context, record: ServiceRecord, *, plot: bool = True) -> SmokeOutput:
+    """Send the seeded samples to a service (the live one, or a new version staged beside it): every answer
+    must equal the local model's, or StageFailed says which differ."""
     import numpy as np
 
     from pipeline.stages.evaluate import load_model_and_data
 
     spec = ctx.spec
-    record = ctx.service
-    if record is None:
-        raise StageFailed("no service is deployed: run the deploy stage first")
     model, dataset = load_model_and_data(ctx)
     indices = sample_indices(dataset.n, spec.test.sample_size, spec.test.seed)
     X = np.stack([dataset.rows(i, i + 1)[0] for i in indices])
@@ -143,7 +149,7 @@ def run(ctx: Context) -> Outcome:
     agree = not wrong and single_ok
     png = None
     side = math.isqrt(spec.scoring.features)
-    if side * side == spec.scoring.features and labels is not None:
+    if plot and side * side == spec.scoring.features and labels is not None:
         folder = ctx.paths.eval if agree else ctx.paths.eval / "failed"  # never over the last success's figure
         png = plot_samples(X, labels, shown, folder / "samples.png", side)
     seconds = sorted(r.seconds for r in replies)
@@ -159,10 +165,7 @@ def run(ctx: Context) -> Outcome:
             what += f"; the single-image request for test image #{one} answered {single!r}, local {local[0]!r}"
         raise StageFailed(f"{what}; the service's environment differs from the evaluated one (compare myenv.yml "
                           f"with the versions in the report)", outputs)
-    acc = f", sample accuracy {accuracy:.2f}" if accuracy is not None else ""
-    detail = (f"{len(indices)} images agree with the local model{acc}; latency p50 {latency['p50']:.1f} ms "
-              f"(min {latency['min']:.1f}, max {latency['max']:.1f}), {len(body):,} bytes per request")
-    return Outcome(detail, outputs)
+    return outputs
 
 
 def plot_samples(X: Any, labels: list[Any], predicted: list[Any], path: Path, side: int) -> Path:

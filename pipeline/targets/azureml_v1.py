@@ -312,6 +312,9 @@ class AciTarget(_WebserviceTarget):
     kind = "ACI"
     config_file = "aciconfig.json"
 
+    def describe_update(self, record: ServiceRecord | None, spec: Spec) -> str:
+        return "in place: ACI replaces the container group, so the service is down while it updates (downtime)"
+
     def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
         super().rules(data, add, folder=folder)
         deploy, azure = data["deploy"], data["deploy"]["azureml"]
@@ -352,6 +355,12 @@ class AksTarget(_WebserviceTarget):
     compared = _WebserviceTarget.compared + (
         "token_auth_enabled", "num_replicas", "autoscale_enabled", "autoscale_min_replicas",
         "autoscale_max_replicas", "autoscale_target_utilization", "scoring_timeout_ms", "compute_target_name")
+
+    def describe_update(self, record: ServiceRecord | None, spec: Spec) -> str:
+        replicas = spec.deploy.settings().get("replicas") or (spec.deploy.settings().get("autoscale") or {}).get(
+            "min_replicas", 1)
+        gap = "" if replicas > 1 else "; with one replica the service is down while its pod is replaced (downtime)"
+        return f"in place: AKS rolls the service's pods{gap}"
 
     def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
         super().rules(data, add, folder=folder)

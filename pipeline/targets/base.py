@@ -141,8 +141,25 @@ class Target(Protocol):
     def assets(self, spec: Spec) -> dict[str, Path]:
         """Files the rendered folder needs beside it to be usable on its own (file name -> source)."""
 
+    def describe_update(self, record: ServiceRecord | None, spec: Spec) -> str:
+        """How an update reaches the live service, in a few words for plan (rolling, blue/green, downtime)."""
+
     def deploy(self, request: DeployRequest) -> ServiceRecord:
         """Create or update the service; wait until it is ready; return its record."""
+
+    # A side-by-side target (capabilities.rollout) also splits deploy in four, so the deploy stage can test
+    # the new version alone before it takes any traffic, and keep the old one serving if it fails:
+    def stage(self, request: DeployRequest) -> ServiceRecord:
+        """Start the new version beside the old one, ready, addressable alone; the live service is untouched."""
+
+    def promote(self, candidate: ServiceRecord, request: DeployRequest) -> ServiceRecord:
+        """Give the tested candidate the service's traffic (the old one may still serve beside it); its record."""
+
+    def retire(self, previous: ServiceRecord, request: DeployRequest) -> str:
+        """The old version, once the new one serves: stop it without cutting a request (drain)."""
+
+    def discard(self, candidate: ServiceRecord, service_dir: Path) -> str:
+        """Stop a staged candidate that failed; the live service never saw it."""
 
     def probe(self, record: ServiceRecord | None, spec: Spec | None = None) -> Live:
         """Is the recorded service alive, and does it still match its record? None: look for the spec's by name."""
@@ -160,6 +177,8 @@ class Target(Protocol):
 class BaseTarget:
     """Defaults for the optional parts of the protocol; a target overrides what it has."""
 
+    capabilities: ClassVar[Capabilities]
+
     extra: ClassVar[str | None] = None
     packages: ClassVar[Mapping[str, str]] = {}
     template_dir: ClassVar[Path | None] = None
@@ -173,3 +192,10 @@ class BaseTarget:
 
     def assets(self, spec: Spec) -> dict[str, Path]:
         return {}
+
+    def describe_update(self, record: ServiceRecord | None, spec: Spec) -> str:
+        return {
+            Rollout.STOP_START: "stop-start: the old version stops before the new one starts (downtime)",
+            Rollout.IN_PLACE: "in place: the platform updates the running service",
+            Rollout.SIDE_BY_SIDE: "side by side: the new version is tested alone, then takes the traffic",
+        }[self.capabilities.rollout]

@@ -1,4 +1,10 @@
-"""The embedded default target: a detached scoring service on 127.0.0.1, started like `docker run -d`."""
+"""The embedded default target: a detached scoring service on 127.0.0.1, started like `docker run -d`.
+
+Updates roll: the new version starts beside the old one on a staging port of its own, is tested there
+alone, then joins the service's port (SO_REUSEPORT) and the old version drains and exits. The port
+chosen by the first deploy is kept for the life of the service, so the scoring URI never moves.
+"""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +12,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +21,23 @@ from pipeline import http, interrupts, openapi
 from pipeline.errors import StateError, TargetError
 from pipeline.files import atomic_write, sha256_path
 from pipeline.targets import keys
+from pipeline.targets import local_host as host
 from pipeline.targets.base import Auth, BaseTarget, Capabilities, DeployRequest, Live, Reply, Rollout, ServiceRecord
 
 if TYPE_CHECKING:
     from pipeline.spec import Spec
 
 APP_FILES = ("score.py", "myenv.yml")
-DEPLOY_MARKER = "--- deploy"
+RELEASES = "releases"  # service_dir/releases/<n>/: one folder per version (app, model copy, config, ready file)
+KEEP_ALIVE_S = 5  # the host's keep-alive timeout: a draining version waits this long for idle connections
 SETTINGS_SCHEMA: dict[str, Any] = {
     "description": "Settings of the local target.",
     "type": "object",
     "additionalProperties": False,
     "default": {},
     "properties": {
-        "port": {"description": "Port on 127.0.0.1; 0 = any free port.", "type": "integer", "minimum": 0,
-                 "maximum": 65535, "default": 0},
+        "port": {"description": "Port on 127.0.0.1; 0 = any free port, chosen by the first deploy and kept for the "
+                 "life of the service.", "type": "integer", "minimum": 0, "maximum": 65535, "default": 0},
     },
 }
 
@@ -50,6 +55,7 @@ class LocalService:
     config: str
     health_uri: str
     log: str
+    port: int | None
     app_files: Mapping[str, str]
     model_file: str | None
     model_stamp: list[int] | None
@@ -60,11 +66,12 @@ class LocalService:
         try:
             values = {"pid": extra["pid"], "config": extra["config"], "health_uri": extra["health_uri"],
                       "log": extra.get("log") or str(Path(extra["config"]).parent / "service.log"),
-                      "app_files": extra.get("app_files") or {}, "model_file": extra.get("model_file"),
-                      "model_stamp": extra.get("model_stamp")}
+                      "port": extra.get("port"), "app_files": extra.get("app_files") or {},
+                      "model_file": extra.get("model_file"), "model_stamp": extra.get("model_stamp")}
         except (KeyError, TypeError) as exc:
             raise StateError(f"the local service record is damaged: {exc} is missing") from None
-        kinds = {"pid": int, "config": str, "health_uri": str, "log": str, "app_files": dict}
+        kinds: dict[str, tuple[type, ...]] = {"pid": (int,), "config": (str,), "health_uri": (str,), "log": (str,),
+                                              "port": (int, type(None)), "app_files": (dict,)}
         for key, kind in kinds.items():
             if not isinstance(values[key], kind) or isinstance(values[key], bool):
                 raise StateError(f"the local service record is damaged: {key} is {values[key]!r}")
@@ -72,7 +79,11 @@ class LocalService:
 
     @property
     def folder(self) -> Path:
+        """The version's own folder (its config, ready file and events)."""
         return Path(self.config).parent
+
+    def running(self) -> bool:
+        return host.is_our_process(self.pid, self.config)
 
 
 class LocalTarget(BaseTarget):
@@ -80,7 +91,7 @@ class LocalTarget(BaseTarget):
     summary: ClassVar[str] = "this machine, no cloud and no Docker"
     settings_key: ClassVar[str] = "local"
     settings_schema: ClassVar[Mapping[str, Any]] = SETTINGS_SCHEMA
-    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=False, rollout=Rollout.STOP_START,
+    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=False, rollout=Rollout.SIDE_BY_SIDE,
                                                         auth=frozenset({Auth.KEY}))
 
     def render(self, spec: Spec, env: Any, values: Mapping[str, Any]) -> dict[str, str]:
@@ -90,70 +101,108 @@ class LocalTarget(BaseTarget):
         return {"local.json": json.dumps(settings, indent=2, sort_keys=True) + "\n",
                 "swagger.json": json.dumps(openapi.document(spec), indent=2, sort_keys=True) + "\n"}
 
-    # -- deploy ---------------------------------------------------------------------------------
-    def deploy(self, request: DeployRequest, *, port: int | None = None) -> ServiceRecord:
-        """Stop the previous service, copy the app, start the host detached, wait until it is ready."""
+    def describe_update(self, record: ServiceRecord | None, spec: Spec) -> str:
+        port = _port_for(spec, _running(record))
+        old = LocalService.of(record).port if record is not None else None
+        where = "address unchanged" if old in (None, port) or not port else f"the address moves to 127.0.0.1:{port}"
+        return f"rolling: new workers beside the old, then cutover; {where}"
+
+    # -- deploy: stage beside the old version, then promote ---------------------------------------
+    def stage(self, request: DeployRequest) -> ServiceRecord:
+        """Start the new version on a staging port of its own, ready and addressable alone; nothing else changes."""
         spec = request.spec
-        if request.previous:
-            self.stop(request.previous)
-        service_dir = request.service_dir
-        app_dir = service_dir / "app"
-        if app_dir.exists():
-            shutil.rmtree(app_dir)
+        previous = _running(request.previous)
+        for pid in host.hosts_under(request.service_dir):  # a deploy that never finished (even one killed -9)
+            if previous is None or pid != previous.pid:
+                host.stop_group(pid, grace_s=5.0)
+        port = _port_for(spec, previous)
+        join = previous is not None and port != 0 and port == previous.port
+        release = _new_release(request.service_dir)
+        app_dir = release / "app"
         app_dir.mkdir(parents=True)
         for name in APP_FILES:
             shutil.copy2(request.build_dir / name, app_dir / name)
-        model_dir = _isolate_model(request.model_path, service_dir / "model" / spec.model.name / str(spec.model.version))
-        keys_file = keys.ensure(service_dir, spec.deploy.auth)
-        ready_file = service_dir / "ready.json"
-        ready_file.unlink(missing_ok=True)
-        config = service_config(spec, app_dir, model_dir, keys_file, ready_file,
-                                spec.deploy.block("local")["port"] if port is None else port)
-        config_file = service_dir / "config.json"
+        model_dir = _isolate_model(request.model_path, release / "model" / spec.model.name / str(spec.model.version))
+        keys_file = keys.ensure(request.service_dir, spec.deploy.auth)
+        ready_file = release / "ready.json"
+        config = service_config(spec, app_dir, model_dir, keys_file, ready_file, port) | {"staged": True, "join": join}
+        config_file = release / "config.json"
         atomic_write(config_file, json.dumps(config, indent=2).encode())
-        log_file = service_dir / "service.log"
+        log_file = request.service_dir / "service.log"
         process = None
         try:
-            # Ctrl-C or SIGTERM while the host starts must find it in `process` to stop it: hold both
-            # until Popen has returned and `process` is set.
-            with interrupts.held(), open(log_file, "ab") as log:
-                log.write(f"{DEPLOY_MARKER} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
-                log.flush()
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "pipeline.serve", str(config_file)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=app_dir, start_new_session=True, env=_child_env(),
-                )
-            ready = _wait_ready(process, ready_file, log_file, spec.deploy.ready_timeout_s, request)
+            with interrupts.held():  # an interrupt during the start is raised once `process` is known
+                process = host.start(config_file, log_file, app_dir)
+            ready = host.wait_for(process, ready_file, log_file, spec.deploy.ready_timeout_s,
+                                  lambda r: bool(r.get("staging_uri")), request.console.progress, "ready")
+            staging = f"http://127.0.0.1:{ready['staging_port']}"
+            return ServiceRecord(
+                target=self.name,
+                scoring_uri=f"{staging}/score",
+                auth=spec.deploy.auth,
+                swagger_uri=f"{staging}/swagger.json",
+                extra={
+                    "pid": process.pid,
+                    "release": release.name,
+                    "workers": ready.get("workers", []),
+                    "port": ready["port"],
+                    "staging": True,
+                    "health_uri": f"{staging}/",
+                    "log": str(log_file),
+                    "config": str(config_file),
+                    "app_files": {name: sha256_path(app_dir / name) for name in APP_FILES},
+                    "model_file": str(model_dir / request.model_path.name),
+                    "model_stamp": _stamp(model_dir / request.model_path.name),
+                    "timeout_s": spec.deploy.request_timeout_ms / 1000,
+                },
+            )
         except BaseException:
             if process is not None and process.poll() is None:
-                _stop(process)  # an interrupted or failed deploy leaves no half-started service behind
+                host.stop_group(process.pid, grace_s=5.0)  # a failed or interrupted start leaves nothing behind
+            shutil.rmtree(release, ignore_errors=True)
             raise
+
+    def promote(self, candidate: ServiceRecord, request: DeployRequest) -> ServiceRecord:
+        """The new version joins the service's port, beside the old one until that one retires."""
+        new = LocalService.of(candidate)
+        log_file = Path(new.log)
+        host.signal_group(new.pid, signal.SIGUSR1)
+        ready_file = new.folder / "ready.json"
+        ready = _wait_ready_file(new, ready_file, log_file, request.spec.deploy.ready_timeout_s,
+                                 lambda r: bool(r.get("live")), request)
         base = f"http://127.0.0.1:{ready['port']}"
-        return ServiceRecord(
-            target=self.name,
-            scoring_uri=f"{base}/score",
-            auth=spec.deploy.auth,
-            swagger_uri=f"{base}/swagger.json",
-            extra={
-                "pid": process.pid,
-                "workers": ready.get("workers", []),
-                "port": ready["port"],
-                "health_uri": f"{base}/",
-                "log": str(log_file),
-                "config": str(config_file),
-                "app_files": {name: sha256_path(app_dir / name) for name in APP_FILES},
-                "model_file": str(model_dir / request.model_path.name),
-                "model_stamp": _stamp(model_dir / request.model_path.name),
-            },
-        )
+        extra = {k: v for k, v in candidate.extra.items() if k != "staging"} | {
+            "health_uri": f"{base}/", "port": ready["port"], "workers": ready.get("workers", [])}
+        return ServiceRecord(self.name, f"{base}/score", candidate.auth, f"{base}/swagger.json", extra)
+
+    def retire(self, previous: ServiceRecord, request: DeployRequest) -> str:
+        """The old version stops accepting, answers what it holds (Connection: close), and exits."""
+        old = _running(previous)
+        if old is None:
+            return "the previous version had already stopped"
+        return _retire(old, previous)
+
+    def discard(self, candidate: ServiceRecord, service_dir: Path) -> str:
+        """Stop a staged version that failed its tests; the live one never saw it."""
+        new = LocalService.of(candidate)
+        detail = host.stop_group(new.pid, grace_s=5.0) if new.running() else f"process {new.pid} had exited"
+        if new.folder.parent.name == RELEASES:
+            shutil.rmtree(new.folder, ignore_errors=True)
+        return detail
+
+    def deploy(self, request: DeployRequest) -> ServiceRecord:
+        """Stage, promote and retire without a test in between (the deploy stage tests the staged version first)."""
+        record = self.promote(self.stage(request), request)
+        if request.previous is not None and LocalService.of(request.previous).pid != LocalService.of(record).pid:
+            self.retire(request.previous, request)
+        return record
 
     # -- probe, invoke ---------------------------------------------------------------------------
     def probe(self, record: ServiceRecord | None, spec: Spec | None = None) -> Live:
         if record is None:
             return Live(False, False, "a local service is only known by its record")
         service = LocalService.of(record)
-        if not _is_our_process(service.pid, service.config):
+        if not service.running():
             return Live(True, False, f"service process {service.pid} is not running")
         drift = []
         app_dir = service.folder / "app"
@@ -169,11 +218,14 @@ class LocalTarget(BaseTarget):
             body = http.get(service.health_uri, timeout=2, limit=200).body
         except OSError as exc:
             return Live(True, False, f"process {service.pid} is running but {service.health_uri} does not answer "
-                        f"({_reason(exc)})", tuple(drift))
+                        f"({getattr(exc, 'reason', exc)})", tuple(drift))
         if body.strip() != b"Healthy":
             return Live(True, False, f"{service.health_uri} answered {body[:40]!r}, not Healthy", tuple(drift))
-        return Live(True, True, f"healthy at {record.scoring_uri} (pid {service.pid}){_incidents(service.folder)}",
-                    tuple(drift))
+        strays = [pid for pid in host.hosts_under(service.folder.parent.parent) if pid != service.pid]
+        stray = (f"; {len(strays)} process(es) of an unfinished deploy still run (pid {', '.join(map(str, strays))}): "
+                 "`run` or `delete` stops them") if strays else ""
+        return Live(True, True, f"healthy at {record.scoring_uri} (pid {service.pid}){_incidents(service.folder)}"
+                    f"{stray}", tuple(drift))
 
     def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         headers = {"Authorization": "Bearer " + keys.read_primary(service_dir)} if record.auth else {}
@@ -182,27 +234,89 @@ class LocalTarget(BaseTarget):
 
     # -- delete, logs ----------------------------------------------------------------------------
     def delete(self, record: ServiceRecord, service_dir: Path) -> str:
-        """Stop the service and remove its keys: a deleted service's keys open nothing."""
+        """Stop the service, and anything else started from its folder; remove its keys and its versions."""
         detail = self.stop(record)
+        for pid in host.hosts_under(service_dir):
+            host.stop_group(pid)
+            detail += f"; stopped process {pid} of an unfinished deploy"
         keys.remove(service_dir)
+        shutil.rmtree(service_dir / RELEASES, ignore_errors=True)
         return detail
 
     def stop(self, record: ServiceRecord) -> str:
         """SIGTERM the service's process group, wait, then SIGKILL what is left."""
         service = LocalService.of(record)
-        pid = service.pid
-        if not _is_our_process(pid, service.config):
-            return f"service process {pid} was not running"
-        _signal_group(pid, signal.SIGTERM)
-        how = ""
-        if not _wait_gone(pid, 10.0):
-            _signal_group(pid, signal.SIGKILL)
-            _wait_gone(pid, 5.0)
-            how = " (forcefully, after 10 s)"
-        return f"stopped service process {pid}{how}"
+        if not service.running():
+            return f"service process {service.pid} was not running"
+        return host.stop_group(service.pid)
 
     def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
-        return tail_file(Path(LocalService.of(record).log), tail)
+        return host.tail_file(Path(LocalService.of(record).log), tail)
+
+
+def _running(record: ServiceRecord | None) -> LocalService | None:
+    service = LocalService.of(record) if record is not None else None
+    return service if service is not None and service.running() else None
+
+
+def _port_for(spec: Spec, previous: LocalService | None) -> int:
+    """The spec's port when it names one; else the port the running service was given, kept for its life."""
+    wanted = int(spec.deploy.block("local")["port"])
+    if wanted:
+        return wanted
+    return previous.port if previous is not None and previous.port else 0
+
+
+def _new_release(service_dir: Path) -> Path:
+    """A fresh folder for the new version: releases/<n>, one past the highest there."""
+    folder = service_dir / RELEASES
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+    release = folder / str(max(taken, default=0) + 1)
+    release.mkdir()
+    return release
+
+
+def _wait_ready_file(service: LocalService, ready_file: Path, log_file: Path, timeout_s: float,
+                     done: Any, request: DeployRequest) -> dict[str, Any]:
+    """Poll a host we did not start in this process (no Popen handle): by its pid."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ready = json.loads(ready_file.read_text())
+            if done(ready):
+                return ready
+        except (OSError, ValueError):
+            pass
+        if not service.running():
+            raise TargetError(f"the new version (pid {service.pid}) exited before it took over the port; "
+                              f"last lines of {log_file}:\n{host.indent(host.this_deploy(log_file, 20))}")
+        if time.monotonic() > deadline:
+            raise TargetError(f"the new version did not take over the port within {timeout_s:g} s; "
+                              f"last lines of {log_file}:\n{host.indent(host.this_deploy(log_file, 20))}")
+        request.console.progress("deploy: the new version joins the service's port")
+        time.sleep(0.02)
+
+
+def _retire(old: LocalService, record: ServiceRecord | None) -> str:
+    """The old version drains: it stops accepting, answers what it holds, and exits; forced only if it hangs."""
+    try:
+        drains = bool(json.loads((old.folder / "ready.json").read_text()).get("drains"))
+    except (OSError, ValueError):
+        drains = False
+    timeout_s = float((record.extra.get("timeout_s") if record else None) or 60)
+    if drains:
+        host.signal_group(old.pid, signal.SIGUSR2)
+        detail = f"drained the previous version (pid {old.pid})"
+        if not host.wait_gone(old.pid, KEEP_ALIVE_S + timeout_s + 10):
+            detail = host.stop_group(old.pid) + " that did not drain in time"
+    else:  # a host from before rolling updates: its graceful stop also finishes what is in flight
+        detail = host.stop_group(old.pid, grace_s=timeout_s + 10)
+    if old.folder.parent.name == RELEASES:
+        shutil.rmtree(old.folder, ignore_errors=True)
+    return detail
 
 
 def resources(spec: Spec) -> dict[str, Any]:
@@ -212,10 +326,8 @@ def resources(spec: Spec) -> dict[str, Any]:
 
 
 def _isolate_model(model_path: Path, model_dir: Path) -> Path:
-    """The service's own copy of the model (a hard link when possible): a later fetch that fails the
+    """The version's own copy of the model (a hard link when possible): a later fetch that fails the
     evaluate gate replaces the store's file, and must not change what a restarted worker loads."""
-    if model_dir.parent.parent.exists():
-        shutil.rmtree(model_dir.parent.parent)
     model_dir.mkdir(parents=True)
     try:
         os.link(model_path, model_dir / model_path.name)
@@ -244,16 +356,17 @@ def service_config(spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path |
         **resources(spec),
         "keys_file": str(keys_file) if keys_file else None,
         "swagger": openapi.document(spec),
-        "features": spec.scoring.features,  # lets the host answer 400, not 500, when a user's run() chokes on a short row
+        # lets the host answer 400, not 500, when a user's run() chokes on a short row
+        "features": spec.scoring.features,
         "ready_file": str(ready_file) if ready_file else None,
         "service_name": spec.name,
     }
 
 
-def _incidents(service_dir: Path) -> str:
+def _incidents(folder: Path) -> str:
     """What the supervisor had to do since deploy (out-of-memory kills, dead workers), from its events file."""
     try:
-        counts = json.loads((service_dir / "ready.events.json").read_text()).get("counts", {})
+        counts = json.loads((folder / "ready.events.json").read_text()).get("counts", {})
     except (OSError, ValueError):
         return ""
     parts = []
@@ -263,132 +376,3 @@ def _incidents(service_dir: Path) -> str:
     if exited > 0:
         parts.append(f"{exited} worker(s) died and were replaced")
     return f"; {', '.join(parts)} (see `logs`)" if parts else ""
-
-
-def _this_deploy(path: Path, lines: int) -> str:
-    """The tail of the log written since the last deploy marker: earlier deploys' lines only mislead."""
-    text = tail_file(path, 2000)
-    marker = text.rfind(DEPLOY_MARKER)
-    if marker >= 0:
-        text = text[text.index("\n", marker) + 1:] if "\n" in text[marker:] else ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def tail_file(path: Path, lines: int) -> str:
-    """The last `lines` lines of a log file, read from its end."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 256 * 1024))
-            data = f.read()
-    except FileNotFoundError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:]) if lines > 0 else ""
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # the host must import this very pipeline package, even from a source checkout that is not installed
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def _wait_ready(process: subprocess.Popen[bytes], ready_file: Path, log_file: Path, timeout_s: float,
-                request: DeployRequest) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    start = time.monotonic()
-    while True:
-        if ready_file.exists():
-            try:
-                return json.loads(ready_file.read_text())
-            except ValueError:
-                pass  # being written; the next poll sees it whole
-        code = process.poll()
-        if code is not None:
-            raise TargetError(f"the service exited with code {code} before it was ready; "
-                              f"last lines of {log_file}:\n{_indent(_this_deploy(log_file, 20))}")
-        if time.monotonic() > deadline:
-            raise TargetError(f"the service was not ready after {timeout_s} s (deploy.ready_timeout_s); "
-                              f"last lines of {log_file}:\n{_indent(_this_deploy(log_file, 20))}")
-        request.console.progress(f"deploy: waiting for the service to be ready ({time.monotonic() - start:.1f} s)")
-        time.sleep(0.05)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGKILL)
-        process.wait(5)
-
-
-def _indent(text: str) -> str:
-    return "\n".join("  | " + line for line in text.splitlines()) or "  | (the log is empty)"
-
-
-def _is_our_process(pid: int, config: str) -> bool:
-    """True when `pid` runs and is our host for this config (a reused pid is not our service)."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().split(b"\0")
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True  # no /proc (macOS): trust the pid
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                return False  # a zombie has exited; only its parent has not reaped it yet
-    except (OSError, IndexError):
-        pass
-    return b"pipeline.serve" in cmdline and config.encode() in cmdline
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-            if done:
-                return True
-        except ChildProcessError:
-            pass
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        try:
-            os.kill(pid, 0)
-            return True
-        except OSError:
-            return False
-
-
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", exc)
-    return str(reason)
