@@ -27,7 +27,7 @@ def stale(ctx: Context, record: dict[str, Any]) -> str:
 
 
 def folder(ctx: Context) -> Path:
-    return states.reports_root() / ctx.spec.name
+    return states.reports_root(ctx.spec.path) / ctx.spec.name
 
 
 def collect(ctx: Context) -> dict[str, Any]:
