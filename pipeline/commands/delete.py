@@ -4,14 +4,14 @@ from __future__ import annotations
 import argparse
 
 from pipeline import state as states
-from pipeline.commands._common import context
+from pipeline.commands._common import context, lock_options
 from pipeline.console import Console
 from pipeline.stages import deploy
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
     ctx = context(args, console, check_files=False)
-    with states.locked(ctx.paths, f"delete {args.spec}"):
+    with states.locked(ctx.paths, f"delete {args.spec}", **lock_options(args, console)):
         ctx.state = states.load(ctx.paths)
         if not ctx.state.get("service"):
             console.print(f"{ctx.spec.name}: no service is deployed; nothing to delete")

@@ -30,9 +30,11 @@ def print_plan(console: Console, the_plan: runner.Plan, name: str, path: str, ta
     console.print()
     for step in the_plan.steps:
         colour = {"run": "yellow", "skip": "dim"}.get(step.action, "dim")
-        label = step.action
+        label = "rebuild" if step.rebuild else step.action
         if step.change and step.action == "run":
             label = step.change.action if step.change.action != "no-op" else "redeploy"  # --force
+        elif step.change and step.action == "skip" and step.change.action == "no-op":
+            label = "no-op"
         console.print(f"  {step.stage:<9} {console.paint(f'{label:<13}', colour)} {step.reason}")
         if step.change and step.stage == "deploy" and step.action != "not selected":
             for path_, old, new in step.change.fields:
@@ -47,8 +49,10 @@ def print_plan(console: Console, the_plan: runner.Plan, name: str, path: str, ta
                 for line in diff.rstrip("\n").splitlines():
                     colour = "green" if line.startswith("+") else "red" if line.startswith("-") else "cyan" if line.startswith("@") else "dim"
                     console.print("      " + console.paint(line, colour))
-    running = sum(s.action == "run" for s in the_plan.steps)
+    running = sum(s.action == "run" and not s.rebuild for s in the_plan.steps)
     skipped = sum(s.action == "skip" for s in the_plan.steps)
+    rebuilt = [s.stage for s in the_plan.steps if s.rebuild]
+    local = f" {', '.join(rebuilt)} will make their local files again (missing here)." if rebuilt else ""
     console.print()
-    console.print(f"Plan: {running} stage(s) to run, {skipped} unchanged." if running else
-                  "No changes: the service matches the spec.")
+    console.print(f"Plan: {running} stage(s) to run, {skipped} unchanged.{local}" if running else
+                  f"No changes: the service matches the spec.{local}")
