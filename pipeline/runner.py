@@ -48,6 +48,7 @@ class Step:
     digest: str | None
     inputs: Any = None
     change: Change | None = None
+    rebuild: bool = False   # runs only to make again local files missing here (a fresh runner): nothing changes
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class Plan:
 
     @property
     def changes(self) -> bool:
-        """True when run would do anything (for --detailed-exitcode)."""
-        return any(s.action == "run" for s in self.steps)
+        """True when run would change anything (for --detailed-exitcode); rebuilding local files is no change."""
+        return any(s.action == "run" and not s.rebuild for s in self.steps)
 
     @property
     def failures(self) -> list[str]:
@@ -68,7 +69,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         out = []
         for s in self.steps:
-            item: dict[str, Any] = {"stage": s.stage, "action": s.action, "reason": s.reason}
+            item: dict[str, Any] = {"stage": s.stage, "action": s.action, "reason": s.reason, "rebuild": s.rebuild}
             if s.change:
                 item["deploy"] = {"action": s.change.action, "live": s.change.live, "drift": list(s.change.drift),
                                   "fields": [{"path": p, "old": o, "new": n} for p, o, n in s.change.fields],
@@ -112,6 +113,7 @@ def plan(spec_name: str, state: dict[str, Any], facts: dict[str, Any], selection
     chosen = selection.chosen()
     steps: list[Step] = []
     upstream_runs: list[str] = []
+    rebuilds: set[str] = set()
     for stage in STAGES:
         inputs = facts["inputs"].get(stage)
         key = digest(inputs) if inputs is not None else None
@@ -126,10 +128,25 @@ def plan(spec_name: str, state: dict[str, Any], facts: dict[str, Any], selection
             reason = "inputs unchanged since the last success" + (f" ({_ago(record['at'])})" if record else "")
             if change:
                 reason = change.live
+        rebuild = action == "run" and _only_rebuilds(stage, key, record, facts, reason, upstream_runs, rebuilds)
         if action == "run":
             upstream_runs.append(stage)
-        steps.append(Step(stage, action, reason, key, inputs, change))
+        if rebuild:
+            rebuilds.add(stage)
+        steps.append(Step(stage, action, reason, key, inputs, change, rebuild))
     return Plan(spec_name, tuple(steps))
+
+
+def _only_rebuilds(stage: str, key: str | None, record: dict[str, Any] | None, facts: dict[str, Any], reason: str,
+                   upstream: list[str], rebuilds: set[str]) -> bool:
+    """A stage whose inputs are unchanged runs only because its local outputs are missing (state shared from
+    another machine, or files removed), or because only such stages run before it: it changes nothing live."""
+    if record is None or key is None or record.get("digest") != key or stage in facts["errors"]:
+        return False
+    if reason and reason == facts["stale"].get(stage):
+        return True
+    after = [s for s in getattr(_module(stage), "AFTER", ()) if s in upstream]
+    return bool(after) and reason.endswith("will run first") and all(s in rebuilds for s in after)
 
 
 def _why_run(stage: str, key: str | None, record: dict[str, Any] | None, facts: dict[str, Any],

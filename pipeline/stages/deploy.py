@@ -45,8 +45,11 @@ def facts(ctx: Context, new_inputs: dict[str, Any] | None) -> dict[str, Any]:
         else:
             live = ctx.target.probe(record, ctx.spec)
             out["live"] = {"reachable": live.reachable, "healthy": live.healthy, "detail": live.detail, "drift": list(live.drift)}
+        shared = (ctx.state.get("deployed") or {}).get("files")
+        if shared is not None:  # the live files as the state document records them, whoever deployed
+            out["old_files"] = dict(shared)
         folder = _deployed_dir(ctx)
-        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+        for path in sorted(folder.glob("*")) if shared is None and folder.is_dir() else []:
             out["old_files"][path.name] = path.read_text(encoding="utf-8", errors="replace")
     elif ctx.spec.deploy.target != "local":
         # nothing recorded: ask the cloud whether it can be reached and whether a service of that name exists
@@ -170,6 +173,9 @@ def _snapshot(ctx: Context, build: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(build, folder)
+    # and in the state document, which may be shared: a runner that did not deploy diffs against what is live
+    ctx.state["deployed"] = {"files": {p.name: p.read_text(encoding="utf-8", errors="replace")
+                                       for p in sorted(folder.iterdir()) if p.is_file()}}
 
 
 def remove(ctx: Context) -> str:
@@ -181,6 +187,7 @@ def remove(ctx: Context) -> str:
 
     detail = targets.get(record.get("target", ctx.spec.deploy.target)).delete(record, ctx.paths.service)
     ctx.state["service"] = None
+    ctx.state.pop("deployed", None)
     for stage in ("deploy", "smoke"):
         ctx.state["stages"].pop(stage, None)
     folder = _deployed_dir(ctx)
