@@ -134,30 +134,39 @@ class AzureBlobBackend:
 
     # -- the lock --------------------------------------------------------------------------------
     def try_lock(self, name: str, holder: Holder) -> BlobLock:
+        """Name ourselves in the lock blob (possible only while nobody holds its lease), take the lease, then
+        name ourselves again under it: a waiter reading the blob never finds a held lock that names nobody."""
         from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
         where = self.where(name, ".lock")
         client = self._factory()   # the renewal thread gets a connection pool of its own
         blob = self._blob(name, ".lock", client)
+        me = json.dumps(holder.to_dict()).encode()
+
+        def refused() -> StateLocked:
+            other = _holder_of(blob)
+            who = other.describe() if other else "unknown holder"
+            return StateLocked(f"{name} is locked by another run ({who}) in {self.url}; wait for it to finish, "
+                               f"or wait for it with --lock-timeout 5m", other)
+
+        def claim() -> bool:
+            try:
+                blob.upload_blob(me, overwrite=True)
+            except HttpResponseError as exc:
+                if code_of(exc) == "LeaseIdMissing":   # leased: someone holds it
+                    return False
+                raise
+            return True
+
         with errors("lock", where):
-            def create() -> None:
-                try:
-                    blob.upload_blob(b"", overwrite=False)
-                except ResourceExistsError:
-                    pass                      # it exists: the usual case
-                except HttpResponseError as exc:
-                    if code_of(exc) != "LeaseIdMissing":   # it exists and is leased: acquiring will say by whom
-                        raise
-            self._with_container("lock", create)
+            if not self._with_container("lock", claim):
+                raise refused()
             try:
                 lease = blob.acquire_lease(lease_duration=self.lease_seconds)
-            except ResourceExistsError:
-                other = _holder_of(blob)
-                who = other.describe() if other else "unknown holder"
-                raise StateLocked(f"{name} is locked by another run ({who}) in {self.url}; wait for it to finish, "
-                                  f"or wait for it with --lock-timeout 5m", other) from None
+            except ResourceExistsError:                # taken between our claim and our lease
+                raise refused() from None
             try:
-                blob.upload_blob(json.dumps(holder.to_dict()).encode(), overwrite=True, lease=lease)
+                blob.upload_blob(me, overwrite=True, lease=lease)
             except BaseException:
                 lease.release()
                 raise
