@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Iterator, Mapping
 
 from pipeline.errors import StateConflict, StateError, UsageError
@@ -11,19 +12,16 @@ NO_CREDENTIALS = ("set AZURE_STORAGE_CONNECTION_STRING, or sign in for DefaultAz
                   "AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and AZURE_TENANT_ID; or a managed identity)")
 
 
-def service_client(account: str, environ: Mapping[str, str]) -> Any:
-    """A BlobServiceClient for `account`: AZURE_STORAGE_CONNECTION_STRING, else DefaultAzureCredential.
-
-    Nothing in the spec or the URL is a credential; building the client sends nothing over the network.
-    """
+def service_client(account: str, environ: Mapping[str, str], credential: Any = None) -> Any:
+    """A BlobServiceClient for `account`: AZURE_STORAGE_CONNECTION_STRING, else `credential` (default:
+    DefaultAzureCredential). Nothing in the spec or the URL is a credential; building sends nothing yet."""
     try:
-        from azure.storage.blob import BlobServiceClient, ExponentialRetry
+        from azure.storage.blob import BlobServiceClient
     except ImportError:
         raise UsageError(f"the azureblob state backend needs azure-storage-blob: {EXTRA_HINT}") from None
-    # the SDK's default waits 15 s, then 18, 24 between tries: over a minute before an unreachable backend is named
-    options: dict[str, Any] = {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3,
-                                                                 random_jitter_range=1),
-                               "connection_timeout": 10, "read_timeout": 30}
+    # azure-identity logs every credential it tried, at each try: the one-line reason in our error says enough
+    logging.getLogger("azure.identity").setLevel(logging.ERROR)
+    options: dict[str, Any] = {"retry_policy": _retry_policy(), "connection_timeout": 10, "read_timeout": 30}
     connection = environ.get("AZURE_STORAGE_CONNECTION_STRING")
     if connection:
         try:
@@ -34,12 +32,29 @@ def service_client(account: str, environ: Mapping[str, str]) -> Any:
             raise StateError(f"AZURE_STORAGE_CONNECTION_STRING is for storage account {client.account_name!r}, "
                              f"but the state URL names {account!r}")
         return client
-    try:
-        from azure.identity import DefaultAzureCredential
-    except ImportError:
-        raise UsageError(f"the azureblob state backend needs azure-identity without "
-                         f"AZURE_STORAGE_CONNECTION_STRING: {EXTRA_HINT}") from None
-    return BlobServiceClient(f"https://{account}.blob.core.windows.net", credential=DefaultAzureCredential(), **options)
+    if credential is None:
+        try:
+            from azure.identity import DefaultAzureCredential
+        except ImportError:
+            raise UsageError(f"the azureblob state backend needs azure-identity without "
+                             f"AZURE_STORAGE_CONNECTION_STRING: {EXTRA_HINT}") from None
+        credential = DefaultAzureCredential()
+    return BlobServiceClient(f"https://{account}.blob.core.windows.net", credential=credential, **options)
+
+
+def _retry_policy() -> Any:
+    """Three tries 2 s apart, none for a missing credential. The SDK's default waits 15 s, then 18 and 24, and
+    retries failed sign-ins too: over a minute before an unreachable backend or an absent login is named."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.storage.blob import LinearRetry
+
+    class Retry(LinearRetry):
+        def increment(self, settings: Any, request: Any, response: Any = None, error: Any = None) -> bool:
+            if isinstance(error, ClientAuthenticationError):
+                return False
+            return bool(super().increment(settings, request, response, error))
+
+    return Retry(backoff=2, random_jitter_range=1, retry_total=3)
 
 
 def code_of(exc: BaseException) -> str:
