@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state_flags(p)
 
     p = sub.add_parser("state", help="inspect the state document, or move it to a shared backend",
-                       description="Show what is recorded for a spec and who holds its lock, or push local state to a backend.")
+                       description="Show what is recorded for a spec and who holds its lock, "
+                                   "or push local state to a backend.")
     verbs = p.add_subparsers(dest="state_command", metavar="VERB", parser_class=_Parser, required=True)
     q = verbs.add_parser("show", help="what is recorded, where, and who holds the lock",
                          description="Show the state document of a spec: where it lives, its version, the lock, "
@@ -147,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(q)
 
     p = sub.add_parser("force-unlock", help="break the lock of a run that died, naming its holder",
-                       description="Break the spec's lock whoever holds it (as terraform force-unlock does); use it only "
-                                   "when the holder is known to be gone.")
+                       description="Break the spec's lock whoever holds it (as terraform force-unlock does); "
+                                   "use it only when the holder is known to be gone.")
     p.add_argument("spec", metavar="SPEC")
     _add_state_flags(p)
     _add_output_flags(p)

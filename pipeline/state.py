@@ -30,7 +30,8 @@ class Paths:
         if self.document is None:  # the local backend, in the folder above root
             from pipeline.backends.local import LocalBackend
 
-            object.__setattr__(self, "document", StateDocument(LocalBackend(self.root.parent), self.root.name, self.root))
+            local = StateDocument(LocalBackend(self.root.parent), self.root.name, self.root)
+            object.__setattr__(self, "document", local)
 
     @classmethod
     def for_name(cls, name: str, spec_path: Path | None = None) -> "Paths":

@@ -103,7 +103,8 @@ def test_the_document_suggests_force_unlock_with_the_spec(shared_state: str, tmp
                 pass
 
 
-def test_force_unlock_breaks_the_lease_and_the_old_holder_can_no_longer_write(shared_state: str, tmp_path: Path) -> None:
+def test_force_unlock_breaks_the_lease_and_the_old_holder_can_no_longer_write(shared_state: str,
+                                                                             tmp_path: Path) -> None:
     doc = _doc(shared_state, tmp_path)
     doc.load()
     with doc.locked("run specs/mnist.yaml"):
@@ -151,10 +152,12 @@ def test_a_damaged_blob_is_a_clear_error_and_nothing_is_overwritten(shared_state
 
 
 def test_cli_errors_name_the_backend(run_cli, project, azurite, monkeypatch) -> None:
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string.replace("devstoreaccount1", "other1"))
+    connection = azurite.connection_string
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection.replace("devstoreaccount1", "other1"))
     wrong = run_cli("plan", SPEC, "--state", "azureblob://devstoreaccount1/state/ci")
-    assert wrong.code == 1 and "is for storage account 'other1', but the state URL names 'devstoreaccount1'" in wrong.err
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string.replace("Eby8", "Xby8"))
+    assert wrong.code == 1
+    assert "is for storage account 'other1', but the state URL names 'devstoreaccount1'" in wrong.err
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection.replace("Eby8", "Xby8"))   # a wrong key
     denied = run_cli("status", SPEC, "--state", "azureblob://devstoreaccount1/state/ci")
     assert denied.code == 1 and "not allowed to read azureblob://devstoreaccount1/state/ci/sklearn-mnist-svc.json: " \
                                 "HTTP 403" in denied.err
@@ -169,7 +172,8 @@ def test_an_unreachable_backend_is_named_in_seconds(run_cli, project, azurite, m
     with socket.socket() as s:   # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string.replace(str(azurite.port), str(port)))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                       azurite.connection_string.replace(str(azurite.port), str(port)))
     result = run_cli("plan", SPEC, "--state", "azureblob://devstoreaccount1/state/ci")
     assert result.code == 1 and "cannot reach the state backend to read azureblob://devstoreaccount1/state/ci/" \
                                 "sklearn-mnist-svc.json: [Errno 111] Connection refused" in result.err

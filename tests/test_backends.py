@@ -62,7 +62,8 @@ def test_stage_outputs_are_machine_independent_and_the_service_record_is_kept_ve
     data["files"] = {str(tmp_path / "x"): {"sha256": "ab"}}
     doc.save(data)
     raw = json.loads((home / NAME / "state.json").read_text())
-    assert raw["stages"]["fetch"]["outputs"] == {"path": "@state/models/m/1/model.pkl", "other": "/opt/elsewhere/x", "n": 3}
+    assert raw["stages"]["fetch"]["outputs"] == {"path": "@state/models/m/1/model.pkl", "other": "/opt/elsewhere/x",
+                                                 "n": 3}
     assert raw["stages"]["report"]["outputs"] == {"dir": "@reports"}
     assert raw["service"] == service        # the live service's own coordinates: never rewritten
     assert "files" not in raw               # the digest cache is this machine's, beside the document
@@ -80,8 +81,8 @@ def test_stage_outputs_are_machine_independent_and_the_service_record_is_kept_ve
 def test_portable_leaves_other_strings_alone() -> None:
     roots = {"@state": Path("/h/.pipeline/x")}
     value = {"a": ["/h/.pipeline/x", "/h/.pipeline/xy/z", "@other/q", "text /h/.pipeline/x/y"], "b": 1.5}
-    assert portable.relativize(value, roots) == {"a": ["@state", "/h/.pipeline/xy/z", "@other/q", "text /h/.pipeline/x/y"],
-                                                 "b": 1.5}
+    assert portable.relativize(value, roots) == {
+        "a": ["@state", "/h/.pipeline/xy/z", "@other/q", "text /h/.pipeline/x/y"], "b": 1.5}
     assert portable.resolve(portable.relativize(value, roots), roots) == value
 
 
@@ -154,7 +155,8 @@ def test_waiting_for_a_lock_takes_it_when_the_holder_lets_go(tmp_path: Path) -> 
     lock = base.lock(backend, NAME, base.Holder.me("run"), timeout=300, notify=said.append, sleep=nap)
     lock.release()
     assert len(naps) == 2 and len(said) == 1  # said once, not at every poll
-    assert said[0].startswith(f"waiting up to 5m for the lock held by pid {os.getpid()}, `run specs/mnist.yaml`, on host")
+    assert said[0].startswith(f"waiting up to 5m for the lock held by pid {os.getpid()}, `run specs/mnist.yaml`, "
+                              f"on host")
 
 
 def test_waiting_gives_up_at_the_timeout_naming_the_holder(tmp_path: Path) -> None:
@@ -261,8 +263,8 @@ def test_no_credentials_fail_at_once_without_retries_fake_credential(no_network)
 
     client = service_client("acct", {}, credential=NoCredential())
     backend = AzureBlobBackend("acct", "state", "ci", client_factory=lambda: client)
-    with pytest.raises(StateError, match=r"no Azure credentials to read azureblob://acct/state/ci/sklearn-mnist-svc.json: "
-                                         r"set AZURE_STORAGE_CONNECTION_STRING, or sign in"):
+    with pytest.raises(StateError, match=r"no Azure credentials to read azureblob://acct/state/ci/sklearn-mnist-svc"
+                                         r".json: set AZURE_STORAGE_CONNECTION_STRING, or sign in"):
         backend.read(NAME)
     assert NoCredential.calls == 1   # a missing login is not retried
 
@@ -289,5 +291,6 @@ def test_a_spec_state_block_is_validated(tmp_path: Path) -> None:
         assert any(message in m for m in err.value.messages), (block, err.value.messages)
     path.write_text(text + "state: {backend: azureblob, url: 'azureblob://acct/state/ci'}\n")
     loaded = specs.load(path)
-    assert (loaded.state.backend, loaded.state.url, loaded.state.lease_seconds) == ("azureblob", "azureblob://acct/state/ci", 60)
+    assert (loaded.state.backend, loaded.state.url, loaded.state.lease_seconds) == (
+        "azureblob", "azureblob://acct/state/ci", 60)
     assert specs.load(ROOT / "specs" / "mnist.yaml").state is None

@@ -20,7 +20,8 @@ def _commands() -> list[list[str]]:
         for step in job["steps"]:
             for line in str(step.get("run", "")).splitlines():
                 for part in re.findall(r"python -m pipeline ([^|>;]*?)(?:\s*(?:\|\||\||>|;|#)|$)", line):
-                    shell = part.replace('"$spec"', "SPEC").replace("specs/*.yaml", "SPEC").replace("$state", "--state local")
+                    shell = part.replace('"$spec"', "SPEC").replace("specs/*.yaml", "SPEC")
+                    shell = shell.replace("$state", "--state local")
                     found.append(shlex.split(shell.replace("SPEC", "specs/mnist.yaml")))
     return found
 

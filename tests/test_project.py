@@ -49,7 +49,7 @@ def test_a_nearer_pipeline_folder_wins_over_the_repository(tmp_path: Path) -> No
 
 
 def test_relative_spec_paths_resolve_against_the_working_directory(tmp_path: Path, monkeypatch) -> None:
-    spec = _tree(tmp_path, ".git")
+    _tree(tmp_path, ".git")
     monkeypatch.chdir(tmp_path / "repo")
     assert project.root_of(Path("specs/team/mnist.yaml")) == tmp_path / "repo"
 

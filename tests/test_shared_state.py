@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,9 +52,9 @@ def clones(tmp_path: Path, shared_state: str, azurite) -> Clones:
     """A repository with the tutorial's spec, cloned twice with git; PIPELINE_STATE points both at Azurite."""
     origin = tmp_path / "origin"
     (origin / "specs").mkdir(parents=True)
-    import shutil
 
-    shutil.copytree(ROOT / "examples" / "mnist", origin / "examples" / "mnist", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "examples" / "mnist", origin / "examples" / "mnist",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "specs" / "mnist.yaml", origin / "specs" / "mnist.yaml")
     (origin / ".gitignore").write_text(".pipeline/\nreports/\n")
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "-c", "init.defaultBranch=main"]
@@ -147,7 +148,8 @@ def test_a_second_runner_fails_at_once_naming_the_holder(clones: Clones) -> None
         assert time.monotonic() - start < 15
         assert refused.returncode == 1
         assert re.search(rf"error: {NAME} is locked by another run \(pid {holder.pid}, `run {SPEC}`, on host \S+ since "
-                         rf"[^)]+\) in {re.escape(clones.url)}; wait for it to finish, or wait for it with --lock-timeout",
+                         rf"[^)]+\) in {re.escape(clones.url)}; wait for it to finish, or wait for it with "
+                         rf"--lock-timeout",
                          refused.stderr), refused.stderr
         assert "force-unlock specs/mnist.yaml" in refused.stderr
     finally:

@@ -122,8 +122,8 @@ class AzureBlobBackend:
                                      {"etag": etag, "match_condition": MatchConditions.IfNotModified})
 
         def upload() -> Any:
-            return blob.upload_blob(data, overwrite=True, content_settings=ContentSettings(content_type="application/json"),
-                                    **condition)
+            return blob.upload_blob(data, overwrite=True, **condition,
+                                    content_settings=ContentSettings(content_type="application/json"))
 
         with errors("write", self.where(name)):
             try:

@@ -62,13 +62,15 @@ class StateDocument:
         try:
             data = json.loads(raw.decode("utf-8"))
         except ValueError as exc:
-            raise StateError(f"{self.noun} {self.where} is damaged ({exc}); nothing was written to it; {afresh}") from None
+            raise StateError(f"{self.noun} {self.where} is damaged ({exc}); nothing was written to it; "
+                             f"{afresh}") from None
         if isinstance(data, dict) and data.get("moved_to"):
             url = data["moved_to"]
             raise StateError(f"the state of {self.name} was moved to {url} by `state push`; use it with --state {url}, "
                              f"PIPELINE_STATE={url}, or a `state:` block in the spec")
-        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict) or data.get("version") != STATE_VERSION \
-                or not isinstance(data.get("history", []), list) or not isinstance(data.get("service"), (dict, type(None))):
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict) \
+                or data.get("version") != STATE_VERSION or not isinstance(data.get("history", []), list) \
+                or not isinstance(data.get("service"), (dict, type(None))):
             raise StateError(f"{self.noun} {self.where} is damaged or from another version of pipeline; nothing was "
                              f"written to it; {afresh}")
         data.setdefault("history", [])

@@ -1,4 +1,4 @@
-"""Stage outputs that name local files, written machine-independent: `@state/models/...` instead of /home/a/.pipeline/...
+"""Stage outputs naming local files, machine-independent: `@state/models/...`, not `/home/a/.pipeline/...`.
 
 The state document is shared between machines; the files it names (the fetched model, the build, the plots,
 the report) stay on the machine that made them. Written relative to the spec's local folders and resolved

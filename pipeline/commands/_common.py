@@ -19,7 +19,8 @@ def context(args: argparse.Namespace, console: Console, *, check_files: bool = T
     return Context(spec=loaded, paths=paths, state=states.load(paths), console=console)
 
 
-def paths_for(spec: specs.Spec, state_url: str | None, shown: str, *, choice: backends.Choice | None = None) -> states.Paths:
+def paths_for(spec: specs.Spec, state_url: str | None, shown: str, *,
+              choice: backends.Choice | None = None) -> states.Paths:
     """The spec's local folder at its project root, and its state document in the chosen backend."""
     choice = choice or backends.choose(spec.state, state_url)
     home = project.home(spec.path)

@@ -104,5 +104,6 @@ def push(args: argparse.Namespace, console: Console) -> int:
     console.print(f"{loaded.name}: pushed {len(out['stages'])} stage record(s), {out['runs']} run(s)"
                   + (f" and the service {out['service']}" if out["service"] else "") + f" to {out['to']}")
     console.print(f"  {out['from']} now points there (the copy before the push: {backup}); "
-                  f"use the backend with --state {dest.document.backend.url}, PIPELINE_STATE, or the spec's state: block")
+                  f"use the backend with --state {dest.document.backend.url}, PIPELINE_STATE, "
+                  f"or the spec's state: block")
     return 0
