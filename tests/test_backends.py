@@ -228,8 +228,27 @@ def test_choosing_a_backend_flag_over_environment_over_spec() -> None:
                                                               "the spec's state block", 30)
     assert backends.choose(None, None, {}) == backends.Choice("local", "local", "default")
     assert backends.choose(spec, "local", env).backend == "local"   # a CI job can still pin the local folder
-    with pytest.raises(UsageError, match="expected `local` or azureblob://"):
+    with pytest.raises(UsageError, match="--state: state URL 's3://bucket/x': expected `local` or azureblob://"):
         backends.choose(None, "s3://bucket/x", {})
+    with pytest.raises(UsageError, match="PIPELINE_STATE: state URL 'azureblob:/x'"):
+        backends.choose(None, None, {"PIPELINE_STATE": "azureblob:/x"})
+
+
+def test_a_bad_state_url_from_the_environment_is_a_usage_error_naming_it(run_cli, project, monkeypatch) -> None:
+    monkeypatch.setenv("PIPELINE_STATE", "azureblob://acct/st/ci")
+    result = run_cli("plan", "specs/mnist.yaml")
+    assert result.code == 2 and result.err == ("error: PIPELINE_STATE: state URL 'azureblob://acct/st/ci': container "
+                                               "'st' must be 3-63 lowercase letters, digits and single '-' between "
+                                               "them (azureblob://<account>/<container>/<prefix>)\n")
+
+
+def test_without_the_sdk_the_backend_names_the_extra(run_cli, project, monkeypatch) -> None:
+    import sys as _sys
+
+    monkeypatch.setitem(_sys.modules, "azure.storage.blob", None)   # as if the extra were not installed
+    result = run_cli("status", "specs/mnist.yaml", "--state", "azureblob://acct/state/ci")
+    assert result.code == 2
+    assert result.err == "error: the azureblob state backend needs azure-storage-blob: pip install '.[azureblob]'\n"
 
 
 def test_credentials_come_from_the_environment_only(no_network) -> None:

@@ -40,10 +40,12 @@ def choose(spec_state: Any, flag: str | None, environ: Mapping[str, str] | None 
     """--state wins over PIPELINE_STATE, which wins over the spec (CI points every runner at one backend)."""
     env = os.environ if environ is None else environ
     lease = getattr(spec_state, "lease_seconds", None)
-    if flag:
-        return Choice(kind_of(flag), flag, "--state", lease)
-    if env.get(ENV):
-        return Choice(kind_of(env[ENV]), env[ENV], ENV, lease)
+    for source, url in (("--state", flag), (ENV, env.get(ENV))):
+        if url:
+            try:
+                return Choice(kind_of(url), url, source, lease)
+            except UsageError as exc:
+                raise UsageError(f"{source}: {exc}") from None
     if spec_state is not None and spec_state.backend != "local":
         return Choice(spec_state.backend, spec_state.url, "the spec's state block", lease)
     return Choice("local", "local", "the spec's state block" if spec_state is not None else "default")
@@ -52,4 +54,7 @@ def choose(spec_state: Any, flag: str | None, environ: Mapping[str, str] | None 
 def open_backend(choice: Choice, home: Path, environ: Mapping[str, str] | None = None) -> "Backend":
     """The backend object; `home` is the local .pipeline folder (the local backend keeps the document there)."""
     module = importlib.import_module(BACKENDS[choice.backend])
-    return module.open_backend(choice.url, choice.lease_seconds, home, os.environ if environ is None else environ)
+    try:
+        return module.open_backend(choice.url, choice.lease_seconds, home, os.environ if environ is None else environ)
+    except UsageError as exc:   # name where the URL came from: the flag, the variable, or the spec
+        raise UsageError(f"{choice.source}: {exc}") from None
