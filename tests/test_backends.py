@@ -22,8 +22,9 @@ from tests.conftest import ROOT
 NAME = "sklearn-mnist-svc"
 
 
-def _doc(home: Path, reports: Path | None = None) -> StateDocument:
-    return StateDocument(LocalBackend(home), NAME, home / NAME, reports=reports, spec_arg="specs/mnist.yaml")
+def _doc(home: Path, reports: Path | None = None, project: Path | None = None) -> StateDocument:
+    return StateDocument(LocalBackend(home), NAME, home / NAME, reports=reports, project=project,
+                         spec_arg="specs/mnist.yaml")
 
 
 # -- the document: version tokens, no lost update ------------------------------------------------
@@ -52,10 +53,11 @@ def test_two_first_writes_cannot_both_create_the_document(tmp_path: Path) -> Non
 
 def test_stage_outputs_are_machine_independent_and_the_service_record_is_kept_verbatim(tmp_path: Path) -> None:
     home, reports = tmp_path / "a" / ".pipeline", tmp_path / "a" / "reports" / NAME
-    doc = _doc(home, reports)
+    doc = _doc(home, reports, tmp_path / "a")
     data = doc.load()
     model = str(home / NAME / "models" / "m" / "1" / "model.pkl")
-    service = {"target": "local", "config": str(home / NAME / "service" / "config.json"), "pid": 7}
+    service = {"target": "local", "config": str(home / NAME / "service" / "config.json"), "pid": 7,
+               "workspace_config": str(tmp_path / "a" / "azure" / "config.json"), "uri": "http://127.0.0.1:1/"}
     data["stages"] = {"fetch": {"outputs": {"path": model, "other": "/opt/elsewhere/x", "n": 3}},
                       "report": {"outputs": {"dir": str(reports)}}}
     data["service"] = service
@@ -65,16 +67,18 @@ def test_stage_outputs_are_machine_independent_and_the_service_record_is_kept_ve
     assert raw["stages"]["fetch"]["outputs"] == {"path": "@state/models/m/1/model.pkl", "other": "/opt/elsewhere/x",
                                                  "n": 3}
     assert raw["stages"]["report"]["outputs"] == {"dir": "@reports"}
-    assert raw["service"] == service        # the live service's own coordinates: never rewritten
+    # the live service's own files stay where that service has them; a file of the checkout is the checkout's
+    assert raw["service"] == service | {"workspace_config": "@project/azure/config.json"}
     assert "files" not in raw               # the digest cache is this machine's, beside the document
     assert json.loads((home / NAME / "files.json").read_text()) == data["files"]
     # another machine (another folder) reads its own paths back
     other_home = tmp_path / "b" / ".pipeline"
     (other_home / NAME).mkdir(parents=True)
     (other_home / NAME / "state.json").write_bytes((home / NAME / "state.json").read_bytes())
-    there = _doc(other_home, tmp_path / "b" / "reports" / NAME).load()
+    there = _doc(other_home, tmp_path / "b" / "reports" / NAME, tmp_path / "b").load()
     assert there["stages"]["fetch"]["outputs"]["path"] == str(other_home / NAME / "models" / "m" / "1" / "model.pkl")
     assert there["stages"]["report"]["outputs"]["dir"] == str(tmp_path / "b" / "reports" / NAME)
+    assert there["service"] == service | {"workspace_config": str(tmp_path / "b" / "azure" / "config.json")}
     assert there["files"] == {}
 
 
@@ -84,6 +88,7 @@ def test_portable_leaves_other_strings_alone() -> None:
     assert portable.relativize(value, roots) == {
         "a": ["@state", "/h/.pipeline/xy/z", "@other/q", "text /h/.pipeline/x/y"], "b": 1.5}
     assert portable.resolve(portable.relativize(value, roots), roots) == value
+    assert portable.relativize(value, roots, keep=(Path("/h/.pipeline"),)) == value
 
 
 def test_a_damaged_document_is_a_clear_error_and_is_not_written_over(tmp_path: Path) -> None:

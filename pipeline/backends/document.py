@@ -28,11 +28,14 @@ class StateDocument:
     """The state of spec `name`: JSON in `backend`; the local files it names live under `root` (and `reports`)."""
 
     def __init__(self, backend: base.Backend, name: str, root: Path, *, reports: Path | None = None,
-                 spec_arg: str = "SPEC") -> None:
+                 project: Path | None = None, spec_arg: str = "SPEC") -> None:
         self.backend = backend
         self.name = name
         self.root = root
-        self.roots = {portable.STATE_ROOT: root, **({portable.REPORTS_ROOT: reports} if reports else {})}
+        # nearest first: the spec's local folder and its reports lie inside the project, usually
+        self.roots = {portable.STATE_ROOT: root, **({portable.REPORTS_ROOT: reports} if reports else {}),
+                      **({portable.PROJECT_ROOT: project} if project else {})}
+        self.project = {portable.PROJECT_ROOT: project} if project else {}
         self.spec_arg = spec_arg     # how the user named the spec, for the commands a message suggests
         self.etag: str | None = None
         self.lock: base.Lock | None = None
@@ -52,6 +55,7 @@ class StateDocument:
         self.etag = etag
         data = empty() if raw is None else self.parse(raw)
         data["stages"] = portable.resolve(data["stages"], self.roots)
+        data["service"] = portable.resolve(data["service"], self.project)
         cache = self._read_cache()
         data["files"] = cache if cache is not None else data.get("files") or {}  # older documents carried it
         return data
@@ -82,6 +86,8 @@ class StateDocument:
         doc.pop("files", None)
         doc["history"] = doc.get("history", [])[-HISTORY_LIMIT:]
         doc["stages"] = portable.relativize(doc.get("stages", {}), self.roots)
+        # the live service's own files (under the local state folder) stay where that service has them
+        doc["service"] = portable.relativize(doc.get("service"), self.project, keep=(self.root.parent,))
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
     def save(self, data: dict[str, Any]) -> None:

@@ -25,7 +25,8 @@ def paths_for(spec: specs.Spec, state_url: str | None, shown: str, *,
     choice = choice or backends.choose(spec.state, state_url)
     home = project.home(spec.path)
     document = StateDocument(backends.open_backend(choice, home), spec.name, home / spec.name,
-                             reports=project.reports_root(spec.path) / spec.name, spec_arg=str(shown))
+                             reports=project.reports_root(spec.path) / spec.name,
+                             project=project.root_of(spec.path), spec_arg=str(shown))
     return states.Paths(home / spec.name, document)
 
 
