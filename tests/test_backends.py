@@ -318,3 +318,40 @@ def test_a_spec_state_block_is_validated(tmp_path: Path) -> None:
     assert (loaded.state.backend, loaded.state.url, loaded.state.lease_seconds) == (
         "azureblob", "azureblob://acct/state/ci", 60)
     assert specs.load(ROOT / "specs" / "mnist.yaml").state is None
+
+
+# -- the commands on the local backend -----------------------------------------------------------
+
+def test_state_show_says_where_who_and_what(project, run_cli) -> None:
+    assert run_cli("run", "specs/mnist.yaml", "--to", "fetch").code == 0
+    shown = run_cli("state", "show", "specs/mnist.yaml")
+    where = project / ".pipeline" / NAME / "state.json"
+    assert shown.code == 0, shown.err
+    assert shown.out.splitlines()[0] == f"{NAME}: state in {where} (local, chosen by default)"
+    assert "  lock         not locked" in shown.out and "  service      (none recorded)" in shown.out
+    assert [line.split()[0] for line in shown.out.splitlines()[3:5]] == ["check", "fetch"]
+    doc = json.loads(run_cli("state", "show", "specs/mnist.yaml", "--json").out)
+    assert doc["backend"] == "local" and doc["where"] == str(where) and list(doc["stages"]) == ["check", "fetch"]
+    assert doc["version"] == __import__("hashlib").sha256(where.read_bytes()).hexdigest()
+    assert doc["history"]["runs"] == 1 and doc["history"]["last"]["command"] == "run specs/mnist.yaml"
+
+
+def test_force_unlock_on_a_free_local_lock_breaks_nothing(project, run_cli) -> None:
+    result = run_cli("force-unlock", "specs/mnist.yaml")
+    assert (result.code, result.out) == (0, f"{NAME}: not locked in local; nothing to break\n")
+    doc = json.loads(run_cli("force-unlock", "specs/mnist.yaml", "--json").out)
+    assert doc == {"spec": NAME, "url": "local", "broken": False, "holder": None}
+
+
+def test_state_push_needs_something_to_push_and_a_shared_backend(project, run_cli, no_network) -> None:
+    nothing = run_cli("state", "push", "specs/mnist.yaml", "--to", "azureblob://acct/state/ci")
+    assert nothing.code == 1 and f"nothing is recorded for {NAME} in " in nothing.err
+    local = run_cli("state", "push", "specs/mnist.yaml", "--to", "local")
+    assert local.code == 2 and "--to names the local backend" in local.err
+
+
+@pytest.mark.parametrize("command", [("state", "show"), ("state", "push"), ("force-unlock",)])
+def test_the_state_commands_refuse_an_invalid_spec(run_cli, project, command) -> None:
+    extra = ("--to", "azureblob://acct/state/ci") if command == ("state", "push") else ()
+    result = run_cli(*command, ROOT / "tests/data/specs/invalid/bad-target.yaml", *extra)
+    assert result.code == 2 and "deploy.target: 'azur' is not one of" in result.err and "Traceback" not in result.err

@@ -78,15 +78,16 @@ def push(args: argparse.Namespace, console: Console) -> int:
     dest = paths_for(loaded, args.to, args.spec, choice=target)
     command = f"state push {args.spec}"
     lock = {"timeout": args.lock_timeout, "notify": console.error}
-    with states.locked(source, command, **lock), states.locked(dest, command, **lock):
+    with states.locked(source, command, **lock):
         data = states.load(source)
         if is_empty(data):
             raise StateError(f"nothing is recorded for {loaded.name} in {source.document.where}: nothing to push")
-        there = states.load(dest)
-        if not is_empty(there) and not args.force:
-            raise StateError(f"{dest.document.where} already holds state for {loaded.name} "
-                             f"({len(there['stages'])} stage(s), {len(there['history'])} run(s)); --force replaces it")
-        states.save(dest, data)
+        with states.locked(dest, command, **lock):
+            there = states.load(dest)
+            if not is_empty(there) and not args.force:
+                raise StateError(f"{dest.document.where} already holds state for {loaded.name} ({len(there['stages'])} "
+                                 f"stage(s), {len(there['history'])} run(s)); --force replaces it")
+            states.save(dest, data)
         raw, _ = source.document.backend.read(loaded.name)
         backup = source.root / "state.json.pushed"
         atomic_write(backup, raw or b"")
