@@ -81,7 +81,7 @@ class AzureBlobBackend:
             self._client = self._factory()
         return self._client
 
-    def _with_container(self, what: str, action: Callable[[], Any]) -> Any:
+    def _with_container(self, action: Callable[[], Any]) -> Any:
         """Run `action`; if the container does not exist yet, create it once and run it again."""
         from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
@@ -127,7 +127,7 @@ class AzureBlobBackend:
 
         with errors("write", self.where(name)):
             try:
-                return str(self._with_container("write", upload)["etag"])
+                return str(self._with_container(upload)["etag"])
             except ResourceExistsError:
                 raise StateConflict(f"{self.where(name)} was created by another writer since it was read; "
                                     f"nothing was saved") from None
@@ -159,7 +159,7 @@ class AzureBlobBackend:
             return True
 
         with errors("lock", where):
-            if not self._with_container("lock", claim):
+            if not self._with_container(claim):
                 raise refused()
             try:
                 lease = blob.acquire_lease(lease_duration=self.lease_seconds)
