@@ -43,6 +43,24 @@ def _add_output_flags(p: argparse.ArgumentParser, *, json_flag: bool = True) -> 
         p.add_argument("--json", action="store_true", help="print one JSON document for machines")
 
 
+def _duration(text: str) -> float:
+    from pipeline.backends.base import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 5m or 1h") from None
+
+
+def _add_state_flags(p: argparse.ArgumentParser, *, lock: bool = False) -> None:
+    p.add_argument("--state", dest="state_url", metavar="URL",
+                   help="where the state lives: `local` or azureblob://ACCOUNT/CONTAINER/PREFIX "
+                        "(default: $PIPELINE_STATE, else the spec's state block, else .pipeline/ at the project root)")
+    if lock:
+        p.add_argument("--lock-timeout", type=_duration, default=0.0, metavar="DURATION",
+                       help="wait this long (30s, 5m) for a lock another run holds, instead of failing at once")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pipeline", description="Turn a reviewed YAML spec into a tested, running scoring web service.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 with no changes, 2 with changes pending, 1 on error")
     _add_selection(p)
+    _add_state_flags(p)
     _add_output_flags(p)
 
     p = sub.add_parser("run", help="bring the service to the state the spec describes",
@@ -75,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--cleanup", action="store_true", help="delete the service after a successful smoke test (CI mode)")
     _add_selection(p)
+    _add_state_flags(p, lock=True)
     _add_output_flags(p)
 
     p = sub.add_parser("status", help="live health, scoring URI, model, last smoke test, drift",
@@ -82,22 +102,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--show-keys", action="store_true", help="print the service's auth keys in full")
     p.add_argument("--uri", action="store_true", help="print only the scoring URI (for scripts); exit 1 if not deployed")
+    _add_state_flags(p)
     _add_output_flags(p)
 
     p = sub.add_parser("delete", help="stop and remove the service (keeps the history)",
                        description="Stop and remove the deployed service, like the tutorial's service.delete().")
     p.add_argument("spec", metavar="SPEC")
+    _add_state_flags(p, lock=True)
     _add_output_flags(p, json_flag=False)
 
     p = sub.add_parser("logs", help="show the service's own log", description="Show the tail of the service's log.")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("-n", "--tail", type=int, default=50, metavar="N", help="number of lines (default 50)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until interrupted")
+    _add_state_flags(p)
 
     p = sub.add_parser("serve", help="run the spec's service in the foreground",
                        description="Render and host the spec's scoring service in the foreground until Ctrl-C.")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--port", type=int, help="port on 127.0.0.1 (default: the spec's deploy.local.port)")
+    _add_state_flags(p)
+
+    p = sub.add_parser("state", help="inspect the state document, or move it to a shared backend",
+                       description="Show what is recorded for a spec and who holds its lock, "
+                                   "or push local state to a backend.")
+    verbs = p.add_subparsers(dest="state_command", metavar="VERB", parser_class=_Parser, required=True)
+    q = verbs.add_parser("show", help="what is recorded, where, and who holds the lock",
+                         description="Show the state document of a spec: where it lives, its version, the lock, "
+                                     "the stages, the service and the history.")
+    q.add_argument("spec", metavar="SPEC")
+    _add_state_flags(q)
+    _add_output_flags(q)
+    q = verbs.add_parser("push", help="move the local state to a backend (e.g. azureblob://...)",
+                         description="Copy the spec's local state document to a backend; the local document then "
+                                     "points there, so nothing goes on writing the old copy.")
+    q.add_argument("spec", metavar="SPEC")
+    q.add_argument("--to", required=True, metavar="URL", help="the backend, e.g. azureblob://ACCOUNT/CONTAINER/PREFIX")
+    q.add_argument("--force", action="store_true", help="replace state the backend already holds for this spec")
+    q.add_argument("--lock-timeout", type=_duration, default=0.0, metavar="DURATION",
+                   help="wait this long for the locks instead of failing at once")
+    _add_output_flags(q)
+
+    p = sub.add_parser("force-unlock", help="break the lock of a run that died, naming its holder",
+                       description="Break the spec's lock whoever holds it (as terraform force-unlock does); "
+                                   "use it only when the holder is known to be gone.")
+    p.add_argument("spec", metavar="SPEC")
+    _add_state_flags(p)
+    _add_output_flags(p)
     return parser
 
 
@@ -128,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "only", None) and args.to_stage:
             raise _ArgError("pipeline: error: --only cannot be combined with --to")
         console = Console(quiet=getattr(args, "quiet", False))
-        module = importlib.import_module(f"pipeline.commands.{args.command}")
+        module = importlib.import_module(f"pipeline.commands.{args.command.replace('-', '_')}")
         with interrupts.installed():
             return int(module.main(args, console))
     except _Exit as exc:

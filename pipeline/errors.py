@@ -39,7 +39,19 @@ class RenderError(PipelineError):
 
 
 class StateError(PipelineError):
-    """The state directory is locked by another run or damaged."""
+    """The state document is damaged, cannot be read or written, or its backend cannot be reached."""
+
+
+class StateLocked(StateError):
+    """Another run holds the spec's lock; `holder` (a backends.base.Holder, or None if unknown) names it."""
+
+    def __init__(self, message: str, holder: Any = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class StateConflict(StateError):
+    """The state document changed since it was read (its ETag moved): nothing was written."""
 
 
 class StageFailed(PipelineError):

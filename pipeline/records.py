@@ -101,12 +101,17 @@ class Step:
     inputs: Any = None
     change: Change | None = None
     error: str | None = None  # the stage is already known to fail, and why
+    rebuild: bool = False  # runs only to make again local files missing here (a fresh runner): nothing changes
 
     @property
     def label(self) -> str:
         """The word plan shows: the deploy action for a stage that changes the service, else the step's action."""
+        if self.rebuild:
+            return "rebuild"
         if self.change is not None and self.action is StepAction.RUN:
             return "redeploy" if self.change.action is DeployAction.NOOP else str(self.change.action)
+        if self.change is not None and self.action is StepAction.SKIP and self.change.action is DeployAction.NOOP:
+            return "no-op"
         return str(self.action)
 
 
@@ -117,8 +122,8 @@ class Plan:
 
     @property
     def changes(self) -> bool:
-        """True when run would do anything (for --detailed-exitcode)."""
-        return any(s.action is StepAction.RUN for s in self.steps)
+        """True when run would change anything (for --detailed-exitcode); rebuilding local files is no change."""
+        return any(s.action is StepAction.RUN and not s.rebuild for s in self.steps)
 
     @property
     def failures(self) -> list[str]:
@@ -128,7 +133,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         out = []
         for s in self.steps:
-            item: dict[str, Any] = {"stage": s.stage, "action": str(s.action), "reason": s.reason}
+            item: dict[str, Any] = {"stage": s.stage, "action": str(s.action), "reason": s.reason, "rebuild": s.rebuild}
             if s.change:
                 item["deploy"] = {
                     "action": str(s.change.action),

@@ -22,7 +22,26 @@ def check(data: dict[str, Any], doc: yamlsource.Document, folder: Path, *, check
         _check_files(data, folder, add)
     _check_test(data, folder, add, check_files)
     _check_target(data, add, folder if check_files else None)
+    _check_state(data, add)
     return problems
+
+
+def _check_state(data: dict[str, Any], add: AddProblem) -> None:
+    state = data.get("state")
+    if state is None:
+        return
+    if state["backend"] == "azureblob" and "url" not in state:
+        add(("state", "url"), "required with backend azureblob: azureblob://<account>/<container>/<prefix>")
+    elif state["backend"] != "azureblob" and "url" in state:
+        add(("state", "url"), f"only used with backend azureblob (backend is {state['backend']!r})")
+    elif "url" in state:
+        from pipeline.backends.azureblob import parse
+        from pipeline.errors import UsageError
+
+        try:
+            parse(state["url"])
+        except UsageError as exc:
+            add(("state", "url"), str(exc).split(": ", 1)[-1])
 
 
 def exists(folder: Path, value: str, add: AddProblem, path: tuple[Any, ...], *, kind: str = "file") -> bool:

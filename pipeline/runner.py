@@ -55,6 +55,7 @@ def plan(spec_name: str, state: dict[str, Any], facts: Facts, selection: Selecti
     chosen = selection.chosen()
     steps: list[Step] = []
     upstream_runs: list[str] = []
+    rebuilds: set[str] = set()
     for stage in all_stages.all_stages():
         name = stage.name
         inputs = facts.inputs.get(name)
@@ -71,10 +72,25 @@ def plan(spec_name: str, state: dict[str, Any], facts: Facts, selection: Selecti
             reason = "inputs unchanged since the last success" + (f" ({_ago(record['at'])})" if record else "")
             if change:
                 reason = change.live
+        rebuild = action is StepAction.RUN and _only_rebuilds(stage, key, record, facts, reason, upstream_runs, rebuilds)
         if action is StepAction.RUN:
             upstream_runs.append(name)
-        steps.append(Step(name, action, reason, key, inputs, change, error))
+        if rebuild:
+            rebuilds.add(name)
+        steps.append(Step(name, action, reason, key, inputs, change, error, rebuild))
     return Plan(spec_name, tuple(steps))
+
+
+def _only_rebuilds(stage: all_stages.Stage, key: str | None, record: dict[str, Any] | None, facts: Facts, reason: str,
+                   upstream: list[str], rebuilds: set[str]) -> bool:
+    """A stage whose inputs are unchanged runs only because its local outputs are missing (state shared from
+    another machine, or files removed), or because only such stages run before it: it changes nothing live."""
+    if record is None or key is None or record.get("digest") != key or stage.name in facts.errors:
+        return False
+    if reason and reason == facts.stale.get(stage.name):
+        return True
+    after = [s for s in stage.after if s in upstream]
+    return bool(after) and reason.endswith("will run first") and all(s in rebuilds for s in after)
 
 
 def _why_run(stage: all_stages.Stage, key: str | None, record: dict[str, Any] | None, facts: Facts,

@@ -24,6 +24,7 @@ def remove(ctx: Context) -> str:
         return "no service is recorded; nothing to delete"
     detail = targets.get(record.target).delete(record, ctx.paths.service)
     ctx.service = None
+    ctx.state.pop("deployed", None)
     for stage in stages.all_stages():
         if stage.needs_service:
             ctx.state["stages"].pop(stage.name, None)

@@ -149,6 +149,15 @@ class DeploySpec:
 
 
 @dataclass(frozen=True)
+class StateSpec:
+    """Where the state document and the run lock live (the spec's optional `state:` block)."""
+
+    backend: str                 # local | azureblob
+    url: str | None
+    lease_seconds: int
+
+
+@dataclass(frozen=True)
 class Spec:
     """A validated spec. `data` is the validated document with defaults, for digests and diffs."""
 
@@ -163,6 +172,7 @@ class Spec:
     test: TestSpec
     deploy: DeploySpec
     data: Mapping[str, Any] = field(repr=False, compare=False)
+    state: StateSpec | None = None   # None: the local .pipeline/ folder at the project root
 
     @property
     def folder(self) -> Path:
@@ -343,6 +353,7 @@ def build(path: Path, data: dict[str, Any]) -> Spec:
         return None if value is None else (folder / value).resolve()
 
     m, e, s, t, d = data["model"], data["environment"], data["scoring"], data["test"], data["deploy"]
+    st = data.get("state")
     source: Path | RegistrySource
     if isinstance(m["source"], dict):
         source = RegistrySource(m["source"]["registry"], m["source"]["file"], rel(m["source"].get("workspace_config")))
@@ -362,4 +373,5 @@ def build(path: Path, data: dict[str, Any]) -> Spec:
         deploy=DeploySpec(d["target"], d["cpu_cores"], d["memory_gb"], d["auth"], d["request_timeout_ms"],
                           d["ready_timeout_s"], _freeze({k: v for k, v in d.items() if isinstance(v, dict)})),
         data=_freeze(data),
+        state=StateSpec(st["backend"], st.get("url"), st["lease_seconds"]) if st is not None else None,
     )

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import socket
+import uuid
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +104,31 @@ def fake_azure(no_network, monkeypatch, tmp_path):
     from tests import fake_azure
 
     yield from fake_azure.start(monkeypatch, tmp_path / "azure-home")
+
+
+# -- Azurite, the Azure Storage emulator, for the azureblob state backend ----------------------------
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """One azurite-blob on 127.0.0.1 for the session (skipped with the reason when node or Azurite is missing)."""
+    from tests import azurite as emulator
+
+    why = emulator.missing()
+    if why:
+        pytest.skip(why)
+    server = emulator.start(tmp_path_factory.mktemp("azurite"))
+    yield server
+    emulator.stop(server.process)
+
+
+@pytest.fixture
+def shared_state(azurite, monkeypatch, request) -> str:
+    """A state URL of its own in Azurite (a fresh prefix), its connection string in the environment.
+
+    The lease is Azure's shortest, 15 s, so a test that kills a runner waits as little as Azure allows.
+    """
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40] + "-" + uuid.uuid4().hex[:8]
+    return f"azureblob://devstoreaccount1/state/{prefix}?lease_seconds=15"
 
 
 # -- the network is off limits: a hidden call fails the test even when the code swallows the error --

@@ -119,7 +119,11 @@ def test_the_service_serves_its_own_copy_of_the_model(project, run_cli):
     assert run_cli("run", SPEC).code == 0
     record = _state(project)["service"]
     served = Path(record["model_file"])
-    store = Path(_state(project)["stages"]["fetch"]["outputs"]["path"])
+    from pipeline import state as states
+
+    # the state file names it relative to the spec's folder (@state/models/...); loading resolves it here
+    assert _state(project)["stages"]["fetch"]["outputs"]["path"].startswith("@state/models/")
+    store = Path(states.load(states.Paths.for_name("sklearn-mnist-svc"))["stages"]["fetch"]["outputs"]["path"])
     assert served != store and served.read_bytes() == store.read_bytes()
     # a later fetch replaces the store's file (e.g. a model that then fails the gate): the service's stays
     replacement = store.with_name("incoming")

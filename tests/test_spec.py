@@ -235,13 +235,13 @@ GOLDEN: dict[str, list[str]] = {
         'tests/data/specs/invalid/unknown-key-test.yaml:31: test.shuffle: unknown key; expected one of: format, images, label_column, labels, min_accuracy, sample_size, scale, seed',
     ],
     "unknown-key-top.yaml": [
-        'tests/data/specs/invalid/unknown-key-top.yaml:5: replicas: unknown key; expected one of: apiVersion, deploy, description, environment, model, name, scoring, tags, templates, test',
+        'tests/data/specs/invalid/unknown-key-top.yaml:5: replicas: unknown key; expected one of: apiVersion, deploy, description, environment, model, name, scoring, state, tags, templates, test',
     ],
     "wrong-apiversion.yaml": [
         "tests/data/specs/invalid/wrong-apiversion.yaml:2: apiVersion: must be pipeline/v1, got 'pipeline/v2'",
     ],
     "yaml-merge-key.yaml": [
-        'tests/data/specs/invalid/yaml-merge-key.yaml:32: defaults: unknown key; expected one of: apiVersion, deploy, description, environment, model, name, scoring, tags, templates, test',
+        'tests/data/specs/invalid/yaml-merge-key.yaml:32: defaults: unknown key; expected one of: apiVersion, deploy, description, environment, model, name, scoring, state, tags, templates, test',
         "tests/data/specs/invalid/yaml-merge-key.yaml:34: deploy: YAML merge keys ('<<') are not supported in specs",
     ],
     "yaml-python-tag.yaml": [

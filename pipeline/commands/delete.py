@@ -5,13 +5,13 @@ import argparse
 
 from pipeline import service as services
 from pipeline import state as states
-from pipeline.commands._common import context
+from pipeline.commands._common import context, lock_options
 from pipeline.console import Console
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
     ctx = context(args, console, check_files=False)
-    with states.locked(ctx.paths, f"delete {args.spec}"):
+    with states.locked(ctx.paths, f"delete {args.spec}", **lock_options(args, console)):
         ctx.state = states.load(ctx.paths)
         if ctx.service is None:
             console.print(f"{ctx.spec.name}: no service is deployed; nothing to delete")

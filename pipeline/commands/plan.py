@@ -43,11 +43,13 @@ def print_plan(console: Console, the_plan: Plan, name: str, path: str, target: s
             for _name, diff in step.change.files:
                 for line in diff.rstrip("\n").splitlines():
                     console.print("      " + console.paint(line, _diff_colour(line)))
-    running = sum(s.action is StepAction.RUN for s in the_plan.steps)
+    running = sum(s.action is StepAction.RUN and not s.rebuild for s in the_plan.steps)
     skipped = sum(s.action is StepAction.SKIP for s in the_plan.steps)
+    rebuilt = [s.stage for s in the_plan.steps if s.rebuild]
+    local = f" {', '.join(rebuilt)} will make their local files again (missing here)." if rebuilt else ""
     console.print()
-    console.print(f"Plan: {running} stage(s) to run, {skipped} unchanged." if running else
-                  "No changes: the service matches the spec.")
+    console.print(f"Plan: {running} stage(s) to run, {skipped} unchanged.{local}" if running else
+                  f"No changes: the service matches the spec.{local}")
 
 
 def _diff_colour(line: str) -> str:

@@ -8,7 +8,7 @@ import time
 
 from pipeline import runner
 from pipeline import state as states
-from pipeline.commands._common import context, selection
+from pipeline.commands._common import context, lock_options, selection
 from pipeline.console import Console
 from pipeline.records import Status
 
@@ -18,7 +18,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
     if args.json:  # stdout holds the JSON document alone; a failed stage's lines go to stderr
         console = Console(out=sys.stderr, quiet=True)
     ctx = context(args, console)
-    with states.locked(ctx.paths, f"run {args.spec}"):
+    with states.locked(ctx.paths, f"run {args.spec}", **lock_options(args, console)):
         ctx.state = states.load(ctx.paths)  # re-read under the lock
         facts = runner.gather(ctx)
         the_plan = runner.plan(ctx.spec.name, ctx.state, facts, selection(args))

@@ -70,9 +70,13 @@ class Deploy(Stage):
                                          f"the spec now says {ctx.spec.deploy.target!r}")
             else:
                 live = ctx.target.probe(record, ctx.spec)
-            folder = ctx.paths.deployed
-            for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-                old_files[path.name] = path.read_text(encoding="utf-8", errors="replace")
+            shared = (ctx.state.get("deployed") or {}).get("files")
+            if shared is not None:  # the live files as the state document records them, whoever deployed
+                old_files = dict(shared)
+            else:
+                folder = ctx.paths.deployed
+                for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+                    old_files[path.name] = path.read_text(encoding="utf-8", errors="replace")
         elif ctx.target.capabilities.probe_unrecorded:
             # nothing recorded: ask the target whether it can be reached and whether a service of that name exists
             live = ctx.target.probe(None, ctx.spec)
@@ -237,3 +241,7 @@ def _snapshot(ctx: Context, build: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(build, folder)
+    # and in the state document, which may be shared: a runner that did not deploy diffs against what is live
+    ctx.state["deployed"] = {"files": {p.name: p.read_text(encoding="utf-8", errors="replace")
+                                       for p in sorted(folder.iterdir()) if p.is_file()}}
+    services.save(ctx)

@@ -48,7 +48,7 @@ class Report(Stage):
 
 
 def folder(ctx: Context) -> Path:
-    return states.reports_root() / ctx.spec.name
+    return states.reports_root(ctx.spec.path) / ctx.spec.name
 
 
 def collect(ctx: Context) -> dict[str, Any]:
