@@ -78,7 +78,7 @@ GOLDEN: dict[str, list[str]] = {
         'tests/data/specs/invalid/min-accuracy-too-high.yaml:28: test.min_accuracy: must be <= 1, got 1.5',
     ],
     "missing-apiversion.yaml": [
-        'tests/data/specs/invalid/missing-apiversion.yaml:2: apiVersion: required field is missing',
+        'tests/data/specs/invalid/missing-apiversion.yaml:2: apiVersion: required field is missing; a spec starts with apiVersion: pipeline/v1, and nothing else is checked without it',
     ],
     "missing-data-file.yaml": [
         "tests/data/specs/invalid/missing-data-file.yaml:25: test.images: file not found: ../../../../examples/mnist/data/t10k-images.gz (resolved against the spec's folder: examples/mnist/data/t10k-images.gz)",
