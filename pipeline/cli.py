@@ -13,7 +13,8 @@ from pipeline.errors import PipelineError, SpecError
 from pipeline.stages import STAGES
 
 EPILOG = """exit codes: 0 success; 1 a stage failed; 2 invalid spec or usage, nothing ran; 130 interrupted.
-plan --detailed-exitcode: 0 no changes, 2 changes pending, 1 error."""
+plan --detailed-exitcode: 0 no changes, 2 changes pending, 1 error.
+status: 0 live and as recorded; 1 down, drifted, unreachable or not deployed; 2 invalid spec or usage."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(p)
 
     p = sub.add_parser("status", help="live health, scoring URI, model, last smoke test, drift",
-                       description="Probe the deployed service and compare it with its record.")
+                       description="Probe the deployed service and compare it with its record. Exit codes: 0 the "
+                       "service is live and matches its record; 1 it is down, drifted, unreachable or not deployed "
+                       "(--json says which in its state field); 2 invalid spec or usage.")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--show-keys", action="store_true", help="print the service's auth keys in full")
     p.add_argument("--uri", action="store_true", help="print only the scoring URI (for scripts); exit 1 if not deployed")

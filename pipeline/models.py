@@ -5,15 +5,18 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline import regular
 from pipeline.errors import ModelError, PipelineError
 
 CHUNK = 1 << 20
 FORMATS = ("joblib", "pickle", "skops")
+PICKLE_FORMATS = ("joblib", "pickle")  # loading them runs code stored in the file: never without a pin
 AZURE_EXTRA = "model source 'azureml' needs the azure extra: pip install '.[azure]'"
 AZURE_V2_EXTRA = "model source 'azureml' for target azureml-online needs the azure-v2 extra: pip install '.[azure-v2]'"
 
@@ -66,11 +69,18 @@ class LocalSource:
         return f"local file {self.path}"
 
     def fetch(self, dest_dir: Path) -> Path:
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: model file not found")
         dest = Path(dest_dir) / self.path.name
         try:
-            shutil.copyfile(self.path, dest)
+            fd, st = regular.open_regular(self.path)
+        except FileNotFoundError:
+            raise ModelError(f"{self.path}: model file not found") from None
+        except OSError as exc:  # a directory or a device says so, rather than "not found"
+            raise ModelError(f"{self.path}: {regular.problem(self.path) or exc.strerror}; a model must be a "
+                             "regular file") from None
+        try:
+            with os.fdopen(fd, "rb") as src, open(dest, "xb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+                os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))  # 0640 stays 0640: the store is no wider than the source
         except OSError as exc:
             raise ModelError(f"{self.path}: cannot copy model file: {exc.strerror or exc}") from None
         return dest
@@ -212,10 +222,16 @@ def _remove_empty_parents(path: Path, stop: Path) -> None:
         path = path.parent
 
 
-def _unpinned_message(path: Path, fmt: str, digest: str) -> str:
-    return (f"{path}: refusing to load an unpinned {fmt} model: loading a pickle runs code "
-            f"stored in it, so its digest must be reviewed and pinned in the spec: "
-            f"model.sha256: {digest}")
+def pin_problem(format: str, sha256: str | None, actual: str | None) -> str | None:
+    """The one pin rule, in the words validate, fetch and load all use: a pickle-based model needs model.sha256.
+
+    `actual` is the file's digest when it is known (it ends the message as the line to paste into the spec).
+    """
+    if sha256 is not None or format not in PICKLE_FORMATS:
+        return None
+    detail = f": sha256: {actual}" if actual else ""
+    return (f"not pinned: loading a {format} file runs code stored in it, so review the file and pin its digest "
+            f"in the spec{detail}")
 
 
 def load_model(path: Path, format: str, sha256: str | None,
@@ -226,8 +242,10 @@ def load_model(path: Path, format: str, sha256: str | None,
         raise ModelError(f"{path}: unknown model format {format!r}; expected one of {list(FORMATS)}")
     try:
         # Read once and load from memory: the bytes that are hashed are the bytes unpickled,
-        # so a file swapped between the check and the load cannot slip through.
-        data = path.read_bytes()
+        # so a file swapped between the check and the load cannot slip through (nor a FIFO or a device).
+        fd, _ = regular.open_regular(path)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
     actual = hashlib.sha256(data).hexdigest()
@@ -236,8 +254,9 @@ def load_model(path: Path, format: str, sha256: str | None,
                          "the file was not loaded")
     if format == "skops":
         return _load_skops(path, data, trusted or [])
-    if sha256 is None:
-        raise ModelError(_unpinned_message(path, format, actual))
+    unpinned = pin_problem(format, sha256, actual)
+    if unpinned:
+        raise ModelError(f"{path}: refusing to load: model.sha256: {unpinned}")
     try:
         if format == "joblib":
             import joblib

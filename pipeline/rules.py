@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline import yamlsource
+from pipeline import regular, yamlsource
 from pipeline.files import display_path
 from pipeline.targets.base import AddProblem, Auth
 
@@ -18,8 +18,9 @@ def check(data: dict[str, Any], doc: yamlsource.Document, folder: Path, *, check
     def add(path: tuple[Any, ...], message: str) -> None:
         problems.append((doc.line_of(path), path, message))
 
-    if check_files:
+    if check_files:  # commands that only touch the service (status, delete) need neither the files nor the pin
         _check_files(data, folder, add)
+        _check_pin(data, folder, add)
     _check_test(data, folder, add, check_files)
     _check_target(data, add, folder if check_files else None)
     _check_state(data, add)
@@ -45,15 +46,31 @@ def _check_state(data: dict[str, Any], add: AddProblem) -> None:
 
 
 def exists(folder: Path, value: str, add: AddProblem, path: tuple[Any, ...], *, kind: str = "file") -> bool:
-    """Is `value`, relative to the spec's folder, a file (or folder)? If not, say so at `path`."""
+    """Is `value`, relative to the spec's folder, a regular file (or a folder)? If not, say what it is at `path`."""
     target = folder / value
     if kind == "folder":
-        ok = target.is_dir()
+        why = None if target.is_dir() else "not found" if not target.exists() else "is not a folder"
     else:
-        ok = target.is_file()
-    if not ok:
-        add(path, f"{kind} not found: {value} (resolved against the spec's folder: {display_path(target.resolve())})")
-    return ok
+        why = regular.problem(target)  # a FIFO or a device would hang or exhaust whoever reads it
+    if why is None:
+        return True
+    where = "" if Path(value).is_absolute() else f" (resolved against the spec's folder: {display_path(target.resolve())})"
+    add(path, f"{kind} not found: {value}{where}" if why == "not found" else f"{value} {why}{where}")
+    return False
+
+
+def _check_pin(data: dict[str, Any], folder: Path, add: AddProblem) -> None:
+    """The fetch stage's pin rule, before anything runs; with the digest to paste when the file is here."""
+    from pipeline import models
+
+    model = data["model"]
+    source = model["source"]
+    local = folder / source if isinstance(source, str) else None
+    needs_digest = models.pin_problem(model["format"], model.get("sha256"), None) is not None
+    actual = models.sha256_file(local) if needs_digest and local and regular.problem(local) is None else None
+    problem = models.pin_problem(model["format"], model.get("sha256"), actual)
+    if problem:
+        add(("model", "sha256"), problem)
 
 
 def _check_files(data: dict[str, Any], folder: Path, add: AddProblem) -> None:

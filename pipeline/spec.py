@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import copy
+import errno
 import functools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pipeline import rules, yamlsource
+from pipeline import explain, regular, rules, yamlsource
 from pipeline.errors import SpecError
 from pipeline.files import display_path
 
@@ -180,61 +181,80 @@ class Spec:
 
 
 def load(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec:
-    """Read, parse, validate and build a spec; raise SpecError with every problem at once."""
+    """Read, parse, validate and build a spec; raise SpecError with every problem at once (at most 20 lines)."""
     path = Path(path)
     shown = display_path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([f"{shown}: no such file"]) from None
-    except IsADirectoryError:
-        raise SpecError([f"{shown}: is a directory, not a spec file"]) from None
-    except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise SpecError([f"{shown}:{line}: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} "
-                         f"({exc.reason}); save the file as UTF-8"]) from None
-    except OSError as exc:
-        raise SpecError([f"{shown}: cannot read: {exc.strerror}"]) from None
+    text = _read(path, shown)
     try:
         doc = yamlsource.parse(text)
     except yamlsource.YamlSyntaxError as exc:
-        raise SpecError([f"{shown}:{exc.line}: {exc.message}{_syntax_hint(text, exc.line, exc.message)}"]) from None
+        raise SpecError(explain.format_problems(shown, [(exc.line, exc.path, exc.message + explain.syntax_hint(text, exc.line, exc.message))])) from None
     problems = list(doc.problems)
     if not isinstance(doc.data, dict):
-        kind = "an empty document" if doc.data is None else f"a {_kind(doc.data)}"
+        kind = "an empty document" if doc.data is None else f"a {explain.kind(doc.data)}"
         raise SpecError([f"{shown}:1: the spec must be a YAML mapping (apiVersion: pipeline/v1, name: ...), found {kind}"])
+    foreign = _not_a_spec(doc)
+    if foreign:  # e.g. a symlink to a secrets file: say what it is not, and quote nothing else of it
+        raise SpecError(explain.format_problems(shown, [foreign]))
     broken = {path for _, path, _ in doc.problems}  # already reported; the schema would only add noise
     problems += [p for p in _schema_problems(doc) if p[1] not in broken]
+    flagged = {p[1] for p in problems}
+    problems += [(doc.line_of(at), at, f"{value} is out of range") for at, value in _huge(doc.data, ()) if at not in flagged]
     if not problems:
         data = apply_defaults(doc.data, schema())
-        problems += rules.check(data, doc, path.parent.resolve(), check_files=check_files)
+        # relative paths resolve against the folder the spec really is in, as build() resolves them
+        problems += rules.check(data, doc, path.resolve().parent, check_files=check_files)
     if problems:
-        raise SpecError(format_problems(shown, problems))
+        raise SpecError(explain.format_problems(shown, problems))
     return build(path.resolve(), data)
 
 
-def format_problems(shown: str, problems: list[tuple[int, tuple, str]]) -> list[str]:
-    """Sorted `file:line: field.path: message` lines, duplicates removed."""
-    lines = sorted({(line, _dotted(p), msg) for line, p, msg in problems})
-    return [f"{shown}:{line}: {dotted}: {msg}" if dotted else f"{shown}:{line}: {msg}" for line, dotted, msg in lines]
+def _read(path: Path, shown: str) -> str:
+    """The spec's text: a regular file (symlinks followed) of at most 1 MiB, as UTF-8."""
+    try:
+        raw = regular.read_bounded(path, regular.SPEC_LIMIT)
+    except regular.FileTooLarge as exc:
+        size = f" ({exc.size:,} bytes)" if exc.size is not None else ""
+        raise SpecError([f"{shown}: larger than {regular.SPEC_LIMIT >> 20} MiB{size}, the limit for a spec file"]) from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise SpecError([f"{shown}: {regular.problem(path) if os.path.islink(path) else 'no such file'}"]) from None
+    except regular.NotRegularFile as exc:
+        if exc.errno == errno.EISDIR:
+            raise SpecError([f"{shown}: is a directory, not a spec file"]) from None
+        raise SpecError([f"{shown}: {regular.problem(path) or exc.strerror}; a spec must be a regular file"]) from None
+    except OSError as exc:
+        raise SpecError([f"{shown}: cannot read: {exc.strerror}"]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SpecError([f"{shown}:{line}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+                         f"({exc.reason}); save the file as UTF-8"]) from None
 
 
-def _syntax_hint(text: str, line: int, message: str) -> str:
-    # PyYAML's words name the parser's state, not the usual cause; add the cause for the two commonest.
-    lines = text.splitlines()
-    source = lines[line - 1] if 0 < line <= len(lines) else ""
-    if "\t" in source[:len(source) - len(source.lstrip())]:
-        return " (a tab in the indentation: YAML indents with spaces only)"
-    if "mapping values are not allowed" in message:
-        return " (a value containing ': ' must be quoted)"
-    return ""
+def _not_a_spec(doc: yamlsource.Document) -> tuple[int, tuple, str] | None:
+    """A mapping without apiVersion: pipeline/... is some other file: one problem, and nothing of it is quoted."""
+    if "apiVersion" not in doc.data:
+        return (doc.line_of(()), ("apiVersion",), "required field is missing; a spec starts with apiVersion: pipeline/v1, "
+                                                  "and nothing else is checked without it")
+    value = doc.data["apiVersion"]
+    if isinstance(value, str) and value.startswith("pipeline/"):
+        return None  # another version of this format: check it as one, so every problem is reported
+    got = explain.got(value) if ("apiVersion",) not in doc.multiline else f"a {explain.kind(value)}"
+    return (doc.line_of(("apiVersion",)), ("apiVersion",),
+            f"must be pipeline/v1, got {got}; nothing else is checked in a file that is not a pipeline spec")
 
 
-def _dotted(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+def _huge(value: Any, at: tuple) -> Iterator[tuple[tuple, yamlsource.HugeInt]]:
+    """Every integer too long to convert, wherever it is: the schema bounds fields, but this must never pass."""
+    if isinstance(value, yamlsource.HugeInt):
+        yield at, value
+    elif isinstance(value, dict):
+        for key, sub in value.items():
+            yield from _huge(sub, at + (key,))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            yield from _huge(sub, at + (i,))
 
 
 def _schema_problems(doc: yamlsource.Document) -> list[tuple[int, tuple, str]]:
@@ -243,84 +263,8 @@ def _schema_problems(doc: yamlsource.Document) -> list[tuple[int, tuple, str]]:
     validator = Draft202012Validator(schema())
     out: list[tuple[int, tuple, str]] = []
     for error in validator.iter_errors(doc.data):
-        out.extend(_explain(error, doc))
+        out.extend(explain.explain(error, doc))
     return out
-
-
-def _explain(error: Any, doc: yamlsource.Document) -> list[tuple[int, tuple, str]]:
-    """Turn one jsonschema error into user-facing (line, path, message) triples."""
-    path = tuple(error.absolute_path)
-    kind = error.validator
-    sub = error.schema if isinstance(error.schema, dict) else {}
-    if kind == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = sorted(sub.get("properties", {}))
-        extra = [k for k in error.instance if k not in sub.get("properties", {})]
-        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
-        return [(doc.line_of(path + (k,)), path + (k,), f"unknown key{hint}") for k in extra]
-    if kind == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else str(error.message)
-        return [(doc.line_of(path), path + (missing,), "required field is missing")]
-    line = doc.line_of(path)
-    if kind == "oneOf" and path[-1:] == ("source",):
-        # Explain the branch the user evidently meant: a path (string) or a registry mapping.
-        branch = 0 if isinstance(error.instance, str) else 1 if isinstance(error.instance, dict) else None
-        meant = [e for e in error.context if e.relative_schema_path[0] == branch]
-        if meant:
-            return [problem for e in meant for problem in _explain(e, doc)]
-        return [(line, path, f"expected a file path or a mapping {{registry: azureml, file: ...}}, got {_got(error.instance)}")]
-    if "errorMessage" in sub and kind in ("pattern", "type", "minLength", "maxLength"):
-        if kind == "pattern":
-            return [(line, path, f"{_show(error.instance)} {sub['errorMessage']}")]
-        if kind != "type":
-            return [(line, path, sub["errorMessage"])]
-        hint = "" if "quote" in sub["errorMessage"] else _quote_hint(error)
-        return [(line, path, f"{sub['errorMessage']}, got {_got(error.instance)}{hint}")]
-    if kind == "type":
-        expected = error.validator_value
-        names = [_TYPE_NAMES.get(t, str(t)) for t in (expected if isinstance(expected, list) else [expected])]
-        article = "an" if names[0][0] in "aeiou" else "a"
-        return [(line, path, f"expected {article} {' or '.join(names)}, got {_got(error.instance)}{_quote_hint(error)}")]
-    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
-        return [(line, path, f"must be {op} {error.validator_value}, got {_show(error.instance)}")]
-    if kind == "const":
-        return [(line, path, f"must be {error.validator_value}, got {_show(error.instance)}")]
-    if kind == "enum":
-        options = ", ".join(repr(v) for v in error.validator_value)
-        return [(line, path, f"{_show(error.instance)} is not one of [{options}]")]
-    if kind in ("minLength", "maxLength"):
-        limit = error.validator_value
-        message = "must not be empty" if kind == "minLength" and limit == 1 else f"length must be {'>=' if kind == 'minLength' else '<='} {limit}, got {len(error.instance)}"
-        if "propertyNames" in error.schema_path:  # the error is about a key of this mapping, not its value
-            message = "keys must not be empty" if error.instance == "" else f"key {_show(error.instance)}: {message}"
-        return [(line, path, message)]
-    return [(line, path, error.message)]
-
-
-# JSON Schema's type names in the words of YAML, which is what the user wrote.
-_TYPE_NAMES = {"object": "mapping", "array": "list"}
-
-
-def _quote_hint(error: Any) -> str:
-    # YAML reads unquoted yes/no/true, 1.10 and all-digit hashes as booleans and numbers.
-    wanted_string = error.validator_value == "string"
-    return "; quote it to make it a string" if wanted_string and isinstance(error.instance, (bool, int, float)) else ""
-
-
-def _got(value: Any) -> str:
-    return "null (an empty value)" if value is None else f"{_kind(value)} {_show(value)}"
-
-
-def _kind(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _show(value: Any) -> str:
-    # YAML's spelling for true/false/null and collections; repr() for strings and numbers.
-    text = repr(value) if not isinstance(value, (dict, list, bool)) else json.dumps(value, default=str, ensure_ascii=False)
-    if len(text) <= 60:
-        return text
-    return text[:56] + "…" + (text[-1] if text[-1] in "'\"]}" else "")  # keep the closing quote or bracket
 
 
 def apply_defaults(data: Any, node: Mapping[str, Any]) -> Any:

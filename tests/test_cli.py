@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,52 @@ def test_run_json_keeps_stdout_pure_when_a_stage_fails(run_cli, project):
     assert result.code == 1
     doc = _json.loads(result.out)
     assert doc["ok"] is False and "evaluate" in result.err
+
+
+# -- status for scripts ---------------------------------------------------------------------------
+
+def test_status_exits_0_only_for_a_live_service_that_matches_its_record(run_cli, project: Path) -> None:
+    import signal
+
+    def status() -> tuple[int, str, bool]:
+        result = run_cli("status", "specs/mnist.yaml", "--json")
+        doc = json.loads(result.out)
+        assert run_cli("status", "specs/mnist.yaml").code == result.code  # the same answer without --json
+        assert doc["ok"] is (result.code == 0)
+        return result.code, doc["state"], doc["deployed"]
+
+    assert status() == (1, "not deployed", False)
+    assert run_cli("status", "specs/mnist.yaml", "--quiet").code == 1
+    assert run_cli("run", "specs/mnist.yaml").code == 0
+    assert status() == (0, "live", True)
+
+    record = json.loads((project / ".pipeline" / "sklearn-mnist-svc" / "state.json").read_text())["service"]
+    score = Path(record["config"]).parent / "app" / "score.py"
+    original = score.read_text()
+    score.write_text(original + "# edited by hand\n")
+    assert status() == (1, "drifted", True)
+    score.write_text(original)
+    assert status() == (0, "live", True)
+
+    os.killpg(record["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10  # until the kernel has taken the process away; not a timing assertion
+    while time.monotonic() < deadline and status()[1] != "down":
+        time.sleep(0.1)
+    assert status() == (1, "down", True)
+    assert run_cli("delete", "specs/mnist.yaml").code == 0
+    assert status() == (1, "not deployed", False)
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "specs/mnist.yaml", "--bogus"),
+                                  ("status", "specs/mnist.yaml", "extra.yaml")])
+def test_status_usage_errors_exit_2(run_cli, project: Path, args: tuple[str, ...]) -> None:
+    result = run_cli(*args)
+    assert result.code == 2 and "usage: pipeline" in result.err and "error:" in result.err
+    no_traceback(result)
+
+
+def test_status_help_states_its_exit_codes(run_cli) -> None:
+    result = run_cli("status", "--help")
+    assert result.code == 0
+    assert "0 the service is live and matches its record; 1 it is down, drifted, unreachable or not deployed" in " ".join(
+        result.out.split())

@@ -5,6 +5,7 @@ import collections
 import hashlib
 import os
 import pickle
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -69,9 +70,9 @@ def test_unpinned_pickle_is_refused_with_the_line_to_pin(tmp_path: Path, fmt: st
     with pytest.raises(ModelError) as err:
         load_model(path, fmt, None)
     message = str(err.value)
-    assert message.startswith(f"{path}: refusing to load an unpinned {fmt} model: ")
-    assert "loading a pickle runs code" in message
-    assert message.endswith(f"model.sha256: {sha256_file(path)}")
+    # the words validate and fetch use too (models.pin_problem), ending with the line to paste under model:
+    assert message == (f"{path}: refusing to load: model.sha256: not pinned: loading a {fmt} file runs code stored in it, "
+                       f"so review the file and pin its digest in the spec: sha256: {sha256_file(path)}")
     assert "\n" not in message and not marker.exists()
 
 
@@ -168,6 +169,31 @@ def test_fetch_mismatch_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_fetch_missing_local_file(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"gone.pkl: model file not found"):
         fetch_model(LocalSource(tmp_path / "gone.pkl"), tmp_path / "store", "m", 1, None)
+    assert not (tmp_path / "store" / "m").exists()
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o600, 0o444])
+def test_fetch_keeps_the_source_files_permissions(tmp_path: Path, mode: int) -> None:
+    source = tmp_path / "model.pkl"
+    source.write_bytes(EXAMPLE_MODEL.read_bytes())
+    source.chmod(mode)
+    got = fetch_model(LocalSource(source), tmp_path / "store", "m", 1, sha256_file(EXAMPLE_MODEL))
+    assert stat.S_IMODE(got.stat().st_mode) == mode  # a 0640 model is not made world-readable by fetching it
+    assert got.read_bytes() == EXAMPLE_MODEL.read_bytes()
+
+
+def test_fetch_says_what_a_source_that_is_not_a_file_is(tmp_path: Path) -> None:
+    (tmp_path / "folder.pkl").mkdir()
+    os.symlink("/dev/zero", tmp_path / "zero.pkl")
+    os.mkfifo(tmp_path / "pipe.pkl")
+    cases = {tmp_path / "folder.pkl": "is a directory, not a regular file",
+             tmp_path / "zero.pkl": "is a symlink to /dev/zero, which is a character device, not a regular file",
+             Path("/dev/null"): "is a character device, not a regular file",
+             tmp_path / "pipe.pkl": "is a named pipe (FIFO), not a regular file"}
+    for path, words in cases.items():
+        with pytest.raises(ModelError) as err:  # none of them is read: /dev/zero would never end, the FIFO would block
+            fetch_model(LocalSource(path), tmp_path / "store", "m", 1, None)
+        assert str(err.value) == f"{path}: {words}; a model must be a regular file"
     assert not (tmp_path / "store" / "m").exists()
 
 

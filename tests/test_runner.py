@@ -180,11 +180,23 @@ def test_changed_model_byte_stops_before_loading(project, run_cli):
     assert "sha256 mismatch" in result.out and "expected f2ff0eb8" in result.out
 
 
-def test_unpinned_model_plan_prints_the_digest_to_paste(project, run_cli):
+def test_unpinned_model_is_refused_before_anything_runs_with_the_digest_to_paste(project, run_cli):
     _edit(project / SPEC, "  sha256: f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4\n", "")
-    plan = run_cli("plan", SPEC)
-    assert "sha256: f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4" in plan.out
-    assert run_cli("run", SPEC).code == 1
+    # validate, plan and run say it in one line at model (where sha256 belongs), in the fetch stage's own words
+    words = ("model.sha256: not pinned: loading a joblib file runs code stored in it, so review the file and pin its "
+             "digest in the spec: sha256: f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4")
+    for command in ("validate", "plan", "run"):
+        result = run_cli(command, SPEC)
+        assert result.code == 2 and f"{SPEC}:7: {words}\n" in result.err, (command, result.err)
+    assert not (project / ".pipeline" / "sklearn-mnist-svc" / "models").exists()  # nothing was fetched
+    from pipeline import spec as specs
+    from pipeline.errors import ModelError
+    from pipeline.stages.fetch import check_pin
+
+    loaded = specs.load(SPEC, check_files=False)  # status and delete do not need the pin
+    with pytest.raises(ModelError) as err:
+        check_pin(loaded, "f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4")
+    assert str(err.value) == words
 
 
 def test_damaged_state_file_is_a_clear_error(project, run_cli):

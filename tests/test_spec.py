@@ -78,7 +78,7 @@ GOLDEN: dict[str, list[str]] = {
         'tests/data/specs/invalid/min-accuracy-too-high.yaml:28: test.min_accuracy: must be <= 1, got 1.5',
     ],
     "missing-apiversion.yaml": [
-        'tests/data/specs/invalid/missing-apiversion.yaml:2: apiVersion: required field is missing',
+        'tests/data/specs/invalid/missing-apiversion.yaml:2: apiVersion: required field is missing; a spec starts with apiVersion: pipeline/v1, and nothing else is checked without it',
     ],
     "missing-data-file.yaml": [
         "tests/data/specs/invalid/missing-data-file.yaml:25: test.images: file not found: ../../../../examples/mnist/data/t10k-images.gz (resolved against the spec's folder: examples/mnist/data/t10k-images.gz)",
@@ -482,6 +482,38 @@ def test_the_published_schema_file_is_the_assembled_schema() -> None:
     assert specs.SCHEMA_PATH.read_text(encoding="utf-8") == specs.schema_text(), \
         "regenerate it: python -m pipeline schema > pipeline/schema/spec.schema.json"
     assert specs.schema()["properties"]["deploy"]["properties"]["target"]["enum"] == list(targets.TARGETS)
+
+
+def _unbounded(node: Any, where: str = "$") -> list[str]:
+    """Every number without a maximum, string without a length bound, list without maxItems, open mapping without
+    maxProperties: what a hostile spec could make as large as its file (a 5,000-digit integer, 100,000 tags)."""
+    found = []
+    if isinstance(node, dict):
+        kind = node.get("type")
+        if kind in ("integer", "number") and not {"maximum", "exclusiveMaximum"} & set(node):
+            found.append(f"{where}: no maximum")
+        bounded_pattern = "pattern" in node and not re.search(r"[+*]|\{\d+,\}", node["pattern"])
+        if kind == "string" and "maxLength" not in node and not bounded_pattern and "enum" not in node:
+            found.append(f"{where}: no maxLength")
+        if kind == "array" and "maxItems" not in node:
+            found.append(f"{where}: no maxItems")
+        if kind == "object" and node.get("additionalProperties", True) is not False and "maxProperties" not in node:
+            found.append(f"{where}: no maxProperties")
+        for key, sub in node.items():
+            found += _unbounded(sub, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, sub in enumerate(node):
+            found += _unbounded(sub, f"{where}[{i}]")
+    return found
+
+
+def test_every_field_is_bounded() -> None:
+    assert _unbounded(specs.schema()) == []
+    assert _unbounded({"type": "object", "properties": {"n": {"type": "integer"}, "s": {"type": "string", "pattern": "^a+$"},
+                                                         "ok": {"type": "string", "pattern": "^a{1,3}$"}}}) == [
+        "$: no maxProperties", "$.properties.n: no maximum", "$.properties.s: no maxLength"]
+    tags = specs.schema()["properties"]["tags"]
+    assert (tags["maxProperties"], tags["additionalProperties"]["maxLength"]) == (50, 256)  # Azure's own limits
 
 
 def test_property_walk_finds_a_missing_description() -> None:

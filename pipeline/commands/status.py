@@ -1,4 +1,4 @@
-"""`status SPEC`: live health probe, scoring URI, model, last smoke test, drift."""
+"""`status SPEC`: live health probe, scoring URI, model, last smoke test, drift; exit 0 only when live and as recorded."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +25,8 @@ def main(args: argparse.Namespace, console: Console) -> int:
             raise StageFailed(f"{ctx.spec.name} is not deployed; `python -m pipeline run {args.spec}` deploys it")
         console.always(record.scoring_uri)
         return 0
-    out: dict[str, Any] = {"spec": ctx.spec.name, "target": ctx.spec.deploy.target, "deployed": record is not None}
+    out: dict[str, Any] = {"spec": ctx.spec.name, "target": ctx.spec.deploy.target, "deployed": record is not None,
+                           "state": "not deployed"}
     if record is not None:
         from pipeline import targets
         from pipeline.stages.smoke import SmokeOutput
@@ -44,12 +45,15 @@ def main(args: argparse.Namespace, console: Console) -> int:
     history = ctx.state.get("history") or []
     if history:
         out["last_run"] = {"at": history[-1]["at"], "command": history[-1]["command"], "ok": history[-1]["ok"]}
+    # for scripts: 0 only for a healthy service that matches its record; down, drifted, unknown, not deployed: 1
+    code = 0 if out["state"] == "live" else 1
+    out["ok"] = code == 0
     if args.json:
         console.always(json.dumps(out, indent=2, default=str))
-        return 0
+        return code
     if not record:
         console.print(f"{ctx.spec.name}: not deployed (target {ctx.spec.deploy.target})")
-        return 0
+        return code
     console.print(f"{ctx.spec.name}: {console.paint(out['state'], COLOURS[out['state']])} - {out['detail']}")
     console.print(f"  scoring URI  {out['scoring_uri']}")
     if out.get("swagger_uri"):
@@ -65,4 +69,4 @@ def main(args: argparse.Namespace, console: Console) -> int:
                       + (f", sample accuracy {s['sample_accuracy']:.2f}" if s.get("sample_accuracy") is not None else ""))
     for name, key in (out.get("keys") or {}).items():
         console.print(f"  {name:<12} {key}")
-    return 0
+    return code

@@ -1,11 +1,13 @@
-"""Stage check: the spec is valid (it loaded), its files exist, and the packages the stages need import."""
+"""Stage check: the spec is valid (it loaded), its files exist, the packages the stages need import, the model fits."""
 
 from __future__ import annotations
 
 import importlib
+import numbers
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import StageFailed
@@ -54,13 +56,54 @@ def model_runtime(ctx: Context) -> dict[str, str | None]:
     return {"python": platform.python_version(), **{dist: _version(dist) for dist in MODEL_RUNTIME}}
 
 
+def _model_file(ctx: Context) -> Path | None:
+    """The model file check can load now: the local source, or a registry model fetched before; only if pinned and
+    matching (fetch reports an unpinned or changed file; skops files are audited by load_model itself)."""
+    from pipeline.stages.fetch import FetchOutput
+
+    model = ctx.spec.model
+    if isinstance(model.source, Path):
+        path, digest = model.source, ctx.file_digest(model.source)
+    else:
+        fetched = ctx.output(FetchOutput)
+        if fetched is None or not Path(fetched.path).is_file():
+            return None  # not here before fetch: evaluate's predictions show a mismatch
+        path, digest = Path(fetched.path), fetched.sha256
+    if model.sha256 is None and model.format != "skops":
+        return None
+    return path if model.sha256 in (None, digest) else None
+
+
+def model_problems(ctx: Context) -> list[str]:
+    """What the spec says of the model that the model itself contradicts: its width and its kind of answers."""
+    from pipeline import models
+
+    path = _model_file(ctx)
+    if path is None:
+        return []
+    spec = ctx.spec
+    model = models.load_model(path, spec.model.format, spec.model.sha256, list(spec.model.trusted_types))
+    problems = []
+    width = getattr(model, "n_features_in_", None)
+    if isinstance(width, numbers.Integral) and not isinstance(width, bool) and int(width) != spec.scoring.features:
+        problems.append(f"scoring.features is {spec.scoring.features}, but the model was fitted on {width} features "
+                        f"(its n_features_in_): set scoring.features: {width}")
+    if spec.scoring.output == "probabilities" and not hasattr(model, "predict_proba"):
+        problems.append(f"scoring.output is probabilities, but the model ({type(model).__name__}) has no predict_proba: "
+                        "use output: labels, or a model that estimates probabilities")
+    return problems
+
+
 class Check(Stage):
     name = "check"
 
     def inputs(self, ctx: Context) -> dict[str, Any]:
         # only what check looks at (the spec itself was validated on loading); versions come from metadata
+        from pipeline.stages.evaluate import model_digest
+
         return {"python": platform.python_version(), "target": ctx.spec.deploy.target, "format": ctx.spec.model.format,
-                "packages": {dist: _version(dist) for dist in sorted(_needed(ctx))}}
+                "packages": {dist: _version(dist) for dist in sorted(_needed(ctx))},
+                "model": model_digest(ctx), "features": ctx.spec.scoring.features, "output": ctx.spec.scoring.output}
 
     def run(self, ctx: Context, step: Step) -> Outcome:
         problems = []
@@ -75,6 +118,9 @@ class Check(Stage):
             versions[dist] = _version(dist) or "unknown"
         if problems:
             raise StageFailed("; ".join(problems))
+        checked = model_problems(ctx)
+        if checked:
+            raise StageFailed("; ".join(checked))
         python = platform.python_version()
         detail = f"python {python}, " + ", ".join(f"{d} {versions[d]}" for d in ("numpy", "scikit-learn") if d in versions)
         return Outcome(detail, CheckOutput(python, versions, ctx.spec.deploy.target))

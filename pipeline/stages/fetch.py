@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     from pipeline.models import ModelSource
     from pipeline.records import Step
 
-PICKLE_FORMATS = ("joblib", "pickle")
-
 
 @dataclass(frozen=True)
 class FetchOutput(Output):
@@ -27,15 +25,16 @@ class FetchOutput(Output):
 
 
 def check_pin(spec: Spec, actual: str | None) -> None:
-    """The one pin rule: a pickle-based model is loaded only once its digest is pinned, and only if it matches.
+    """The one pin rule (models.pin_problem): a pickle-based model is loaded only once pinned, and only if it matches.
 
     `actual` is the local file's digest when known before fetching (None for a registry model).
     """
+    from pipeline import models
+
     model = spec.model
-    if model.sha256 is None and model.format in PICKLE_FORMATS:
-        detail = f": sha256: {actual}" if actual else ""
-        raise ModelError(f"model.sha256 is not pinned: loading a {model.format} file runs code stored in it, "
-                         f"so review the file and pin its digest in the spec{detail}")
+    unpinned = models.pin_problem(model.format, model.sha256, actual)
+    if unpinned:
+        raise ModelError(f"model.sha256: {unpinned}")
     if model.sha256 is not None and actual is not None and actual != model.sha256:
         raise ModelError(f"sha256 mismatch for {model.source}: expected {model.sha256} (model.sha256), got {actual}; "
                          f"the file was not loaded")

@@ -56,7 +56,8 @@ SETTINGS_SCHEMA: dict[str, Any] = {
     "default": {},
     "properties": {
         "workspace_config": {"description": "Path, relative to the spec, of the workspace config.json; default: the "
-                             "SDK's search (./config.json, .azureml/config.json).", "type": "string", "minLength": 1},
+                             "SDK's search (./config.json, .azureml/config.json).", "type": "string", "minLength": 1,
+                             "maxLength": 4096},
         "compute_target": {"description": "aks: name of the attached AKS compute target.", "type": "string",
                            "minLength": 2, "maxLength": 16},
         "replicas": {"description": "aks / azureml-online: fixed number of replicas (instances).", "type": "integer",
@@ -66,9 +67,10 @@ SETTINGS_SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "min_replicas": {"description": "Lowest replica count.", "type": "integer", "minimum": 1, "default": 1},
+                "min_replicas": {"description": "Lowest replica count.", "type": "integer", "minimum": 1, "maximum": 1000,
+                                 "default": 1},
                 "max_replicas": {"description": "Highest replica count.", "type": "integer", "minimum": 1,
-                                 "default": 10},
+                                 "maximum": 1000, "default": 10},
                 "target_utilization": {"description": "Target utilization in percent.", "type": "integer",
                                        "minimum": 1, "maximum": 100, "default": 70},
             },
@@ -76,10 +78,10 @@ SETTINGS_SCHEMA: dict[str, Any] = {
         "token_auth": {"description": "aks: Azure AD token authentication (excludes deploy.auth key auth).",
                        "type": "boolean", "default": False},
         "instance_type": {"description": "azureml-online: VM size; default chosen from cpu_cores and memory_gb "
-                          "(see README).", "type": "string", "pattern": "^Standard_[A-Za-z0-9_]+$",
+                          "(see README).", "type": "string", "maxLength": 64, "pattern": "^Standard_[A-Za-z0-9_]+$",
                           "errorMessage": "must be an Azure VM size such as Standard_DS3_v2"},
         "base_image": {"description": "azureml-online: base image of the environment.", "type": "string",
-                       "minLength": 1, "default": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"},
+                       "minLength": 1, "maxLength": 512, "default": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"},
     },
 }
 # Azure Resource Manager tags: at most 50 per resource, and these characters are rejected in names.
