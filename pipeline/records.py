@@ -58,6 +58,7 @@ class Live:
     healthy: bool  # the service answers its health route
     detail: str  # one line for the user
     drift: tuple[str, ...] = field(default=())  # how the live service differs from its record
+    refusal: str | None = None  # the platform already refused what deploy would send (a server-side dry run)
 
     @property
     def state(self) -> str:
@@ -90,6 +91,7 @@ class Change:
     drift: tuple[str, ...] = ()
     checked: bool = True  # False: the live service could not be asked, so the action is the record's guess
     rollout: str = ""  # for an update: how it reaches the live service (rolling, blue/green, downtime)
+    refusal: str | None = None  # the platform refused it in a dry run: the stage is known to fail
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def plan(spec_name: str, state: dict[str, Any], facts: Facts, selection: Selecti
         key = digest(inputs) if inputs is not None else None
         record = state["stages"].get(name)
         change = stage.change(state, facts.live[name], inputs) if name in facts.live else None
-        error = facts.errors.get(name)
+        error = facts.errors.get(name) or (change.refusal if change is not None else None)
         if name not in chosen:
             steps.append(Step(name, StepAction.NOT_SELECTED, "outside --only/--from/--to", key, inputs, change, error))
             continue
@@ -100,6 +100,8 @@ def _why_run(stage: all_stages.Stage, key: str | None, record: dict[str, Any] | 
         return f"will fail: {facts.errors[name]}"
     if selection.force:
         return "--force"
+    if change is not None and change.refusal and change.action is not DeployAction.NOOP:
+        return f"will fail: {change.refusal}"
     if change is not None:
         if change.action is DeployAction.NOOP:
             return ""

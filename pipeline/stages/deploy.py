@@ -73,10 +73,8 @@ class Deploy(Stage):
             shared = (ctx.state.get("deployed") or {}).get("files")
             if shared is not None:  # the live files as the state document records them, whoever deployed
                 old_files = dict(shared)
-            else:
-                folder = ctx.paths.deployed
-                for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-                    old_files[path.name] = path.read_text(encoding="utf-8", errors="replace")
+            elif ctx.paths.deployed.is_dir():
+                old_files = _read_tree(ctx.paths.deployed)
         elif ctx.target.capabilities.probe_unrecorded:
             # nothing recorded: ask the target whether it can be reached and whether a service of that name exists
             live = ctx.target.probe(None, ctx.spec)
@@ -91,11 +89,12 @@ class Deploy(Stage):
         """Pure: create / update / replace / no-op, with the field-level and file-level diff."""
         assert isinstance(live, DeployLive)
         record, probe = live.record, live.live
+        refusal = probe.refusal if probe else None
         if record is None:
             why = "no service is recorded" + (f"; {probe.detail}" if probe else "")
             new_files = tuple((name, f"+ {name} ({len(text.splitlines())} lines; `render` writes it)\n")
                               for name, text in sorted(live.new_files.items()))
-            return Change(DeployAction.CREATE, why, _fields({}, inputs or {}), new_files)
+            return Change(DeployAction.CREATE, why, _fields({}, inputs or {}), new_files, refusal=refusal)
         fields = _fields(dict(record.inputs or {}), inputs or {})
         files = _files(live.old_files, live.new_files)
         probe = probe or Live(True, False, "not probed")
@@ -111,7 +110,8 @@ class Deploy(Stage):
             return Change(DeployAction.REPLACE, "the live service drifted from its record: " + "; ".join(drift),
                           fields, files, drift)
         if not same:
-            return Change(DeployAction.UPDATE, probe.detail, fields, files, drift, rollout=live.rollout)
+            return Change(DeployAction.UPDATE, probe.detail, fields, files, drift, rollout=live.rollout,
+                          refusal=refusal)
         return Change(DeployAction.NOOP, probe.detail or "the service matches the spec", (), (), drift)
 
     def run(self, ctx: Context, step: Step) -> Outcome:
@@ -242,6 +242,11 @@ def _snapshot(ctx: Context, build: Path) -> None:
         shutil.rmtree(folder)
     shutil.copytree(build, folder)
     # and in the state document, which may be shared: a runner that did not deploy diffs against what is live
-    ctx.state["deployed"] = {"files": {p.name: p.read_text(encoding="utf-8", errors="replace")
-                                       for p in sorted(folder.iterdir()) if p.is_file()}}
+    ctx.state["deployed"] = {"files": _read_tree(folder)}
     services.save(ctx)
+
+
+def _read_tree(folder: Path) -> dict[str, str]:
+    """Every file under folder by its relative path: a target may render into sub-folders (k8s/, image/)."""
+    return {p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8", errors="replace")
+            for p in sorted(folder.rglob("*")) if p.is_file()}

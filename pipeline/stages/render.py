@@ -46,10 +46,12 @@ class Render(Stage):
 
         files = ctx.rendered
         build = ctx.paths.build
-        if build.is_dir():
-            for old in build.iterdir():
-                if old.is_file() and old.name not in files:
+        if build.is_dir():  # sub-folders too: a stale k8s/hpa.yaml must never be shipped
+            for old in sorted(build.rglob("*"), reverse=True):
+                if old.is_file() and old.relative_to(build).as_posix() not in files:
                     old.unlink()
+                elif old.is_dir() and not any(old.iterdir()):
+                    old.rmdir()
         render.write_files(build, files)
         return Outcome(f"{', '.join(sorted(files))} -> {build}", RenderOutput(str(build), digests(files)))
 
