@@ -31,6 +31,7 @@ class DeployAction(enum.StrEnum):
     CREATE = "create"
     UPDATE = "update"
     REPLACE = "replace"
+    ADOPT = "adopt"  # a service of that name exists, made by hand (no stamp): deploy takes it over
     NOOP = "no-op"
 
 
@@ -59,6 +60,10 @@ class Live:
     detail: str  # one line for the user
     drift: tuple[str, ...] = field(default=())  # how the live service differs from its record
     refusal: str | None = None  # the platform already refused what deploy would send (a server-side dry run)
+    # What the service itself says, for a runner with no record of it (a fresh CI machine):
+    found: bool | None = None  # a service of the spec's name exists (None: not asked, or could not tell)
+    stamp: Mapping[str, str] | None = None  # what deploy stamped on it (STAMP_* keys), if it carries a stamp
+    observed: Mapping[str, Any] = field(default_factory=dict)  # flat field -> live value, for plan's diff
 
     @property
     def state(self) -> str:
@@ -92,6 +97,7 @@ class Change:
     checked: bool = True  # False: the live service could not be asked, so the action is the record's guess
     rollout: str = ""  # for an update: how it reaches the live service (rolling, blue/green, downtime)
     refusal: str | None = None  # the platform refused it in a dry run: the stage is known to fail
+    adopted: Mapping[str, Any] | None = None  # a record made from the live service's stamp, to keep on run
 
 
 @dataclass(frozen=True)

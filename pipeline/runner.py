@@ -138,6 +138,12 @@ def execute(ctx: Context, the_plan: Plan, *, command: str, cleanup: bool = False
     ctx.plan, ctx.results = the_plan, results
     failed = False
     started = ctx.clock()
+    for step in the_plan.steps:  # a live service found by its stamp is recorded here, as plan saw it
+        if step.change is not None and step.change.adopted is not None and ctx.service is None:
+            from pipeline.targets.base import ServiceRecord
+
+            ctx.service = ServiceRecord.from_dict(dict(step.change.adopted))
+            states.save(ctx.paths, ctx.state)
     try:
         for step in the_plan.steps:
             stage = all_stages.get(step.stage)

@@ -15,7 +15,15 @@ from pipeline.errors import PipelineError, StageFailed
 from pipeline.files import sha256_bytes
 from pipeline.records import Change, DeployAction, Live
 from pipeline.stages import Outcome, Output, Stage
-from pipeline.targets.base import DeployRequest, Rollout, ServiceRecord
+from pipeline.targets.base import (
+    STAMP_DIGEST,
+    STAMP_MODEL,
+    STAMP_SPEC,
+    STAMP_VERSION,
+    DeployRequest,
+    Rollout,
+    ServiceRecord,
+)
 
 if TYPE_CHECKING:
     from pipeline.context import Context
@@ -38,6 +46,7 @@ class DeployLive:
     old_files: dict[str, str] = field(default_factory=dict)
     new_files: dict[str, str] = field(default_factory=dict)
     rollout: str = ""  # how an update would reach the live service, in the target's words
+    adopted: bool = False  # `record` was made from the live service's stamp: nothing of it is in the state
 
 
 class Deploy(Stage):
@@ -63,6 +72,7 @@ class Deploy(Stage):
     def live(self, ctx: Context) -> DeployLive:
         record = ctx.service
         live = None
+        adopted = False
         old_files: dict[str, str] = {}
         if record is not None:
             if record.target != ctx.spec.deploy.target:
@@ -76,14 +86,19 @@ class Deploy(Stage):
             elif ctx.paths.deployed.is_dir():
                 old_files = _read_tree(ctx.paths.deployed)
         elif ctx.target.capabilities.probe_unrecorded:
-            # nothing recorded: ask the target whether it can be reached and whether a service of that name exists
+            # nothing recorded: ask the target whether it can be reached and whether a service of that name exists;
+            # one that carries our stamp is adopted (a runner with no state plans against what is live)
             live = ctx.target.probe(None, ctx.spec)
+            if live.stamp:
+                record = ctx.target.adopt(live, ctx.spec)
+                adopted = record is not None
         try:
             new_files = dict(ctx.rendered)
         except Exception:  # noqa: BLE001  a render error is reported by the render stage itself
             new_files = {}
         same_target = record if record is not None and record.target == ctx.target.name else None
-        return DeployLive(record, live, old_files, new_files, ctx.target.describe_update(same_target, ctx.spec))
+        return DeployLive(record, live, old_files, new_files, ctx.target.describe_update(same_target, ctx.spec),
+                          adopted)
 
     def change(self, state: dict[str, Any], live: Any, inputs: Any) -> Change:
         """Pure: create / update / replace / no-op, with the field-level and file-level diff."""
@@ -91,10 +106,15 @@ class Deploy(Stage):
         record, probe = live.record, live.live
         refusal = probe.refusal if probe else None
         if record is None:
-            why = "no service is recorded" + (f"; {probe.detail}" if probe else "")
             new_files = tuple((name, f"+ {name} ({len(text.splitlines())} lines; `render` writes it)\n")
                               for name, text in sorted(live.new_files.items()))
+            if probe is not None and probe.found:  # made by hand, as in the tutorial: deploy takes it over
+                why = f"a service of this name exists without pipeline's stamp; deploy takes it over ({probe.detail})"
+                return Change(DeployAction.ADOPT, why, _observed_fields(probe, inputs), new_files, refusal=refusal)
+            why = "no service is recorded" + (f"; {probe.detail}" if probe else "")
             return Change(DeployAction.CREATE, why, _fields({}, inputs or {}), new_files, refusal=refusal)
+        if live.adopted:  # no record here: compare what the live service shows of itself
+            return _adopted_change(record, probe, live, inputs)
         fields = _fields(dict(record.inputs or {}), inputs or {})
         files = _files(live.old_files, live.new_files)
         probe = probe or Live(True, False, "not probed")
@@ -131,7 +151,7 @@ class Deploy(Stage):
             previous = None
         request = DeployRequest(spec=ctx.spec, build_dir=build_dir, model_path=Path(fetched.path),
                                 model_dir=Path(fetched.model_dir), service_dir=ctx.paths.service,
-                                previous=previous, console=ctx.console)
+                                previous=previous, console=ctx.console, stamp=stamp_for(ctx, new_inputs, fetched.sha256))
         ctx.paths.service.mkdir(parents=True, exist_ok=True)
 
         def stamp(record: ServiceRecord) -> ServiceRecord:
@@ -140,11 +160,20 @@ class Deploy(Stage):
 
         record = rollout(ctx, request, stamp)
         _snapshot(ctx, build_dir)
-        verb = {DeployAction.CREATE: "created", DeployAction.UPDATE: "updated", DeployAction.REPLACE: "replaced"}
+        verb = {DeployAction.CREATE: "created", DeployAction.UPDATE: "updated", DeployAction.REPLACE: "replaced",
+                DeployAction.ADOPT: "took over"}
         said = verb.get(step.change.action, "deployed") if step.change else "deployed"
         assert record.deployed_at is not None
         return Outcome(f"{said} {record.scoring_uri or ''}", DeployOutput(record.scoring_uri, record.deployed_at),
                        inputs=new_inputs, digest=record.digest)
+
+
+def stamp_for(ctx: Context, inputs: Any, model_sha256: str | None) -> dict[str, str]:
+    """What the target writes on the live service so that it can be told apart without any state."""
+    from pipeline import __version__
+
+    return {STAMP_DIGEST: digest(inputs), STAMP_MODEL: model_sha256 or "", STAMP_SPEC: ctx.spec.name,
+            STAMP_VERSION: __version__}
 
 
 def rollout(ctx: Context, request: DeployRequest, stamp: Any) -> ServiceRecord:
@@ -198,6 +227,31 @@ def _save_service(ctx: Context, record: ServiceRecord) -> None:
         ctx.service = record
         ctx.state["candidate"] = None
         services.save(ctx)
+
+
+def _adopted_change(record: ServiceRecord, probe: Live | None, live: DeployLive, inputs: Any) -> Change:
+    """A service found by its stamp: no-op when it carries these inputs' digest, else update what can be compared."""
+    assert probe is not None
+    adopted = record.to_dict()
+    if inputs is not None and record.digest == digest(inputs) and probe.healthy and not probe.drift:
+        return Change(DeployAction.NOOP, f"the live service carries this spec's digest ({probe.detail})",
+                      adopted=adopted)
+    if not probe.healthy:
+        return Change(DeployAction.REPLACE, f"the stamped live service is down: {probe.detail}", (), (), probe.drift,
+                      adopted=adopted)
+    return Change(DeployAction.UPDATE, f"the live service carries another digest ({probe.detail})",
+                  _observed_fields(probe, inputs), (), probe.drift, rollout=live.rollout, refusal=probe.refusal,
+                  adopted=adopted)
+
+
+def _observed_fields(probe: Live, inputs: Any) -> tuple[tuple[str, Any, Any], ...]:
+    """The fields the live service shows of itself (tags, resources) against the spec: all a stateless plan can diff."""
+    new = {k: v for k, v in _flatten(inputs or {}).items() if not k.startswith("files.")}
+    out = []
+    for key, old in sorted(probe.observed.items()):
+        if key in new and digest(new[key]) != digest(old):
+            out.append((key, old, new[key]))
+    return tuple(out)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

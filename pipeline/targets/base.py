@@ -20,6 +20,14 @@ __all__ = ["AddProblem", "Capabilities", "DeployRequest", "Live", "Reply", "Roll
 # rules() reports a problem as add(field path, message); the spec loader adds the file and line.
 AddProblem = Callable[[tuple[Any, ...], str], None]
 
+# What every target stamps on the live service (tags, annotations, a file of its own), so that a runner
+# with no state at all can tell what runs there: the deploy inputs' digest, the model, the spec, the tool.
+STAMP_DIGEST = "pipeline-digest"
+STAMP_MODEL = "pipeline-model-sha256"
+STAMP_SPEC = "pipeline-spec"
+STAMP_VERSION = "pipeline-version"
+STAMP_KEYS = (STAMP_DIGEST, STAMP_MODEL, STAMP_SPEC, STAMP_VERSION)
+
 
 class Rollout(enum.StrEnum):
     """How a target replaces a running version with a new one."""
@@ -111,6 +119,7 @@ class DeployRequest:
     service_dir: Path  # .pipeline/<name>/service: the target's own files (logs, keys, configs)
     previous: ServiceRecord | None  # the service record of the last deploy, if any
     console: Console
+    stamp: Mapping[str, str] = field(default_factory=dict)  # STAMP_* -> value: put it on the live service
 
 
 class Target(Protocol):
@@ -162,7 +171,13 @@ class Target(Protocol):
         """Stop a staged candidate that failed; the live service never saw it."""
 
     def probe(self, record: ServiceRecord | None, spec: Spec | None = None) -> Live:
-        """Is the recorded service alive, and does it still match its record? None: look for the spec's by name."""
+        """Is the recorded service alive, and does it still match its record? None: look for the spec's by name.
+
+        Either way the Live carries the service's stamp when it has one (and, with no record, `found`).
+        """
+
+    def adopt(self, live: Live, spec: Spec) -> ServiceRecord | None:
+        """A record for a live service found by name that carries our stamp (a runner without state)."""
 
     def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         """POST one scoring request through the target's own path (HTTP, SDK, endpoint key)."""
@@ -192,6 +207,9 @@ class BaseTarget:
 
     def assets(self, spec: Spec) -> dict[str, Path]:
         return {}
+
+    def adopt(self, live: Live, spec: Spec) -> ServiceRecord | None:
+        return None
 
     def describe_update(self, record: ServiceRecord | None, spec: Spec) -> str:
         return {

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pipeline.spec import Spec
 
 APP_FILES = ("score.py", "myenv.yml")
+STAMP_FILE = "stamp.json"  # in the version's folder: what deploy stamped on it (inputs digest, model, spec)
 RELEASES = "releases"  # service_dir/releases/<n>/: one folder per version (app, model copy, config, ready file)
 KEEP_ALIVE_S = 5  # the host's keep-alive timeout: a draining version waits this long for idle connections
 SETTINGS_SCHEMA: dict[str, Any] = {
@@ -128,6 +129,7 @@ class LocalTarget(BaseTarget):
         config = service_config(spec, app_dir, model_dir, keys_file, ready_file, port) | {"staged": True, "join": join}
         config_file = release / "config.json"
         atomic_write(config_file, json.dumps(config, indent=2).encode())
+        atomic_write(release / STAMP_FILE, json.dumps(dict(request.stamp), indent=2).encode())  # the service's own
         log_file = request.service_dir / "service.log"
         process = None
         try:
@@ -225,7 +227,7 @@ class LocalTarget(BaseTarget):
         stray = (f"; {len(strays)} process(es) of an unfinished deploy still run (pid {', '.join(map(str, strays))}): "
                  "`run` or `delete` stops them") if strays else ""
         return Live(True, True, f"healthy at {record.scoring_uri} (pid {service.pid}){_incidents(service.folder)}"
-                    f"{stray}", tuple(drift))
+                    f"{stray}", tuple(drift), stamp=_read_stamp(service.folder))
 
     def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         headers = {"Authorization": "Bearer " + keys.read_primary(service_dir)} if record.auth else {}
@@ -252,6 +254,14 @@ class LocalTarget(BaseTarget):
 
     def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
         return host.tail_file(Path(LocalService.of(record).log), tail)
+
+
+def _read_stamp(folder: Path) -> dict[str, str] | None:
+    try:
+        data = json.loads((folder / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
 
 
 def _running(record: ServiceRecord | None) -> LocalService | None:
