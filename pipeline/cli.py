@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state_flags(p, lock=True)
     _add_output_flags(p, json_flag=False)
 
+    p = sub.add_parser("rollback", help="bring back an earlier deployment, tested before it takes traffic",
+                       description="Bring back a kept release (its rendered files, model and spec) by the same gated "
+                                   "procedure as a deploy; `status` lists the releases.")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--to", type=int, metavar="N", help="the release to bring back (default: the one before the live one)")
+    _add_state_flags(p, lock=True)
+    _add_output_flags(p, json_flag=False)
+
     p = sub.add_parser("logs", help="show the service's own log", description="Show the tail of the service's log.")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("-n", "--tail", type=int, default=50, metavar="N", help="number of lines (default 50)")

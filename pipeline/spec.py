@@ -180,11 +180,14 @@ class Spec:
         return self.path.parent
 
 
-def load(path: str | os.PathLike[str], *, check_files: bool = True) -> Spec:
-    """Read, parse, validate and build a spec; raise SpecError with every problem at once (at most 20 lines)."""
+def load(path: str | os.PathLike[str], *, check_files: bool = True, text: str | None = None) -> Spec:
+    """Read, parse, validate and build a spec; raise SpecError with every problem at once (at most 20 lines).
+
+    `text` stands in for the file's content (a release's spec as it was deployed), read as if it were at `path`.
+    """
     path = Path(path)
     shown = display_path(path)
-    text = _read(path, shown)
+    text = _read(path, shown) if text is None else text
     try:
         doc = yamlsource.parse(text)
     except yamlsource.YamlSyntaxError as exc:

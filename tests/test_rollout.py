@@ -169,3 +169,42 @@ def test_after_a_killed_run_the_next_run_finishes_the_job(project, run_cli):
     assert again.code == 0, again.out + again.err
     assert len(_hosts(project)) == 1  # the stray from the killed run was stopped, the new version serves
     assert "healthy" in run_cli("status", SPEC).out
+
+
+def test_rollback_brings_back_the_previous_release_without_dropping_a_request(project, run_cli):
+    assert run_cli("rollback", SPEC).code == 2  # nothing deployed, nothing kept
+    assert run_cli("run", SPEC).code == 0
+    refused = run_cli("rollback", SPEC)
+    assert refused.code == 2 and "no earlier release to roll back to (the live one is release 1)" in refused.err
+    _edit(project / SPEC, "method: sklearn}", "method: sklearn-v2}")
+    assert run_cli("run", SPEC).code == 0
+    uri = run_cli("status", SPEC, "--uri").out.strip()
+    status = run_cli("status", SPEC, "--json")
+    assert [(r["n"], r["live"]) for r in json.loads(status.out)["releases"]] == [(2, True), (1, False)]
+    body = (ROOT / "examples" / "mnist" / "sample.json").read_bytes()
+    load = Load(uri, body, connections=8).start()
+    try:
+        load.wait_for(200)
+        back = run_cli("rollback", SPEC)
+        assert back.code == 0, back.out + back.err
+        assert "rolled back to release 1" in back.out
+        load.wait_for(load.figures.ok + 200)
+    finally:
+        figures = load.stop()
+    assert figures.failed == 0, dict(figures.errors)
+    assert run_cli("status", SPEC, "--uri").out.strip() == uri
+    state = json.loads((project / ".pipeline" / "sklearn-mnist-svc" / "state.json").read_text())
+    assert state["service"]["digest"] == state["releases"][0]["digest"]  # release 1 runs again
+    assert state["service"]["inputs"]["tags"]["method"] == "sklearn"
+    plan = run_cli("plan", SPEC)
+    assert "~ tags.method: 'sklearn' -> 'sklearn-v2'" in plan.out  # the spec in git still says v2
+    forward = run_cli("rollback", SPEC, "--to", "2")
+    assert forward.code == 0 and "rolled back to release 2" in forward.out
+    steps = {s["stage"]: s for s in json.loads(run_cli("plan", SPEC, "--json").out)["steps"]}
+    assert steps["deploy"]["deploy"]["action"] == "no-op"  # the live service is what the spec says again
+    assert steps["smoke"]["action"] == "run"  # and the smoke stage tests it once more on the next run
+    assert run_cli("rollback", SPEC, "--to", "9").code == 2
+    shutil.rmtree(project / ".pipeline" / "sklearn-mnist-svc" / "releases" / "1")
+    gone = run_cli("rollback", SPEC, "--to", "1")
+    assert gone.code == 2 and "release 1's files are not on this machine" in gone.err
+    assert len(_hosts(project)) == 1

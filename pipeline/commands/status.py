@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from pipeline import releases
 from pipeline.commands._common import context
 from pipeline.console import Console
 from pipeline.errors import StageFailed
@@ -42,6 +43,11 @@ def main(args: argparse.Namespace, console: Console) -> int:
         if record.auth:
             keys = keyfile.read(ctx.paths.service)
             out["keys"] = keys if args.show_keys else {k: _mask(v) for k, v in keys.items()}
+    kept = releases.listed(ctx)
+    if kept:
+        live_digest = record.digest if record else None
+        out["releases"] = [{"n": r.n, "at": r.at, "model": r.model, "model_sha256": r.model_sha256,
+                            "live": r.digest == live_digest} for r in reversed(kept)]
     history = ctx.state.get("history") or []
     if history:
         out["last_run"] = {"at": history[-1]["at"], "command": history[-1]["command"], "ok": history[-1]["ok"]}
@@ -69,4 +75,11 @@ def main(args: argparse.Namespace, console: Console) -> int:
                       + (f", sample accuracy {s['sample_accuracy']:.2f}" if s.get("sample_accuracy") is not None else ""))
     for name, key in (out.get("keys") or {}).items():
         console.print(f"  {name:<12} {key}")
+    for i, r in enumerate(out.get("releases") or []):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"]))
+        now = " (live)" if r["live"] else ""
+        console.print(f"  {'releases' if i == 0 else '':<12} #{r['n']} {when} model {r['model']} "
+                      f"sha256 {str(r['model_sha256'])[:12]}…{now}")
+    if out.get("releases") and len(out["releases"]) > 1:
+        console.print(f"  (`python -m pipeline rollback {args.spec} --to N` brings one back)")
     return code

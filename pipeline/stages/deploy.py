@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import interrupts
+from pipeline import interrupts, releases
 from pipeline import service as services
 from pipeline.context import digest, plain
 from pipeline.errors import PipelineError, StageFailed
@@ -160,12 +160,40 @@ class Deploy(Stage):
 
         record = rollout(ctx, request, stamp)
         _snapshot(ctx, build_dir)
+        releases.keep(ctx, record, build_dir, Path(fetched.path))  # for `rollback`
+        services.save(ctx)
         verb = {DeployAction.CREATE: "created", DeployAction.UPDATE: "updated", DeployAction.REPLACE: "replaced",
                 DeployAction.ADOPT: "took over"}
         said = verb.get(step.change.action, "deployed") if step.change else "deployed"
         assert record.deployed_at is not None
         return Outcome(f"{said} {record.scoring_uri or ''}", DeployOutput(record.scoring_uri, record.deployed_at),
                        inputs=new_inputs, digest=record.digest)
+
+
+def roll_back(ctx: Context, release: releases.Release, build: Path, model: Path) -> ServiceRecord:
+    """Bring back a kept release (its files and model, as deployed) by the same gated procedure as a deploy."""
+    previous = ctx.service
+    target = release.record.get("target")
+    if previous is not None and target != previous.target:
+        raise StageFailed(f"release {release.n} ran on target {target!r}; the service now runs on {previous.target!r}: "
+                          "deploy that version of the spec instead")
+    from pipeline import __version__
+
+    stamp = {STAMP_DIGEST: release.digest, STAMP_MODEL: release.model_sha256 or "", STAMP_SPEC: ctx.spec.name,
+             STAMP_VERSION: __version__}
+    request = DeployRequest(spec=ctx.spec, build_dir=build, model_path=model, model_dir=model.parent,
+                            service_dir=ctx.paths.service, previous=previous, console=ctx.console, stamp=stamp)
+    ctx.paths.service.mkdir(parents=True, exist_ok=True)
+
+    def stamped(record: ServiceRecord) -> ServiceRecord:
+        return record.stamped(inputs=release.record.get("inputs"), digest=release.digest, deployed_at=ctx.clock(),
+                              model_sha256=release.model_sha256, model=release.model)
+
+    record = rollout(ctx, request, stamped)
+    _snapshot(ctx, build)
+    ctx.state["stages"].pop("smoke", None)  # the live service changed: smoke it again on the next run
+    services.save(ctx)
+    return record
 
 
 def stamp_for(ctx: Context, inputs: Any, model_sha256: str | None) -> dict[str, str]:
