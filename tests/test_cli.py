@@ -16,7 +16,8 @@ from pipeline.cli import build_parser
 from pipeline.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("validate", "schema", "render", "plan", "run", "status", "delete", "logs", "serve", "state", "force-unlock")
+COMMANDS = ("validate", "schema", "render", "plan", "run", "status", "rollback", "delete", "logs", "serve", "state",
+            "force-unlock")
 BAD_TARGET = "tests/data/specs/invalid/bad-target.yaml"
 SEVERAL = "tests/data/specs/invalid/several-problems.yaml"
 
