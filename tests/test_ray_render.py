@@ -447,3 +447,58 @@ def test_an_unreachable_remote_cluster_is_not_reachable_rather_than_down():
     assert not live.reachable and "cannot reach the Ray dashboard" in live.detail
     with pytest.raises(Exception, match="cannot reach the Ray dashboard"):
         Rest("http://127.0.0.1:9", timeout=1).details()
+
+
+# -- the record, the plan's words, the rendered folder -----------------------------------------------
+def test_the_record_reads_back_equal_and_a_damaged_one_is_a_state_error(dashboard):
+    from pipeline.errors import StateError
+    from pipeline.targets.ray_service import RayService
+
+    record = _record(dashboard.port, {"name": "svc", "route_prefix": "/svc"})
+    again = ServiceRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert again == record and RayService.of(again).cluster == Cluster(f"http://127.0.0.1:{dashboard.port}")
+    for broken, words in (({"cluster": None}, "ray cluster record is damaged"),
+                          ({"replicas": "r1"}, "replicas is 'r1'"),
+                          ({"config": {"applications": []}}, "has no application"),
+                          ({"cluster": {"dashboard": "http://h:1", "head_pid": "12"}}, "head_pid is '12'")):
+        damaged = ServiceRecord("ray", record.scoring_uri, extra={**record.extra, **broken})
+        with pytest.raises(StateError, match=words):
+            RayService.of(damaged)
+    with pytest.raises(StateError, match="cluster, app, health_uri, config missing"):
+        RayService.of(ServiceRecord("ray", None, extra={"pid": 1}))
+
+
+def test_serve_ignores_new_http_options_while_it_runs_so_they_are_compared():
+    from pipeline.targets.ray_service import http_divergence
+
+    live = {"host": "127.0.0.1", "port": 8000, "request_timeout_s": 6.0, "keep_alive_timeout_s": 90}
+    assert http_divergence(live, {"host": "127.0.0.1", "port": 8000, "request_timeout_s": 6}) == []
+    assert http_divergence(live, {"request_timeout_s": 10.0}) == ["http_options.request_timeout_s: live 6, deployed 10"]
+    assert http_divergence(None, {"request_timeout_s": 10.0}) == []  # Serve is not running: a PUT starts it so
+
+
+def test_plan_says_how_an_update_reaches_the_service(tmp_path):
+    target = ray_target.RayTarget()
+    spec = _ray_spec(tmp_path)
+    owned = {"owned": True, "dashboard": "http://127.0.0.1:1", "head_pid": 1, "temp_dir": "/t",
+             "ports": {"serve_http": 2}}
+    config = {"http_options": {"request_timeout_s": 6.0}, "applications": [{"name": spec.name}]}
+    record = ServiceRecord("ray", "http://127.0.0.1:2/x/score", extra={
+        "cluster": owned, "app": spec.name, "health_uri": "http://127.0.0.1:2/x/", "config": config})
+    assert target.describe_update(None, spec).startswith("rolling: Ray Serve replaces replicas one at a time")
+    assert target.describe_update(record, spec).startswith("rolling:")  # 5000 ms + 1 s, as recorded
+    longer = _ray_spec(tmp_path / "b", request_timeout_ms=9000)
+    assert "new request timeout (6 s -> 10 s)" in target.describe_update(record, longer)
+    elsewhere = _ray_spec(tmp_path / "c", ray={"address": "http://head:8265"})
+    assert target.describe_update(record, elsewhere).startswith("moves to the cluster at http://head:8265")
+
+
+def test_a_rendered_folder_is_the_application_folder(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_spec(tmp_path, deploy={"target": "ray"})
+    result = run_cli("render", path, "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    out = tmp_path / "out"
+    assert {"serve_app.py", "score.py", "swagger.json", "sklearn_mnist_model.pkl"} <= {p.name for p in out.iterdir()}
+    config = yaml.safe_load((out / "serve_config.yaml").read_text())
+    assert config["applications"][0]["args"]["model_dir"] == "."  # the model is found beside score.py

@@ -180,6 +180,7 @@ class Load:
         self.port, self.path = port, path
         self.stop = threading.Event()
         self.ok = 0
+        self.slowest = 0.0  # seconds: how long a request waited at worst (printed, never asserted)
         self.failures: list[str] = []
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(8)]
@@ -189,11 +190,13 @@ class Load:
         deadline = time.monotonic() + 300  # bounded even if nobody stops it
         while not self.stop.is_set() and time.monotonic() < deadline:
             try:
+                sent = time.monotonic()
                 conn.request("POST", self.path, body=self.bodies[index], headers={"Content-Type": "application/json"})
                 response = conn.getresponse()
                 body = response.read()
                 good = response.status == 200 and json.loads(body) == [self.expected[index]]
                 with self.lock:
+                    self.slowest = max(self.slowest, time.monotonic() - sent)
                     if good:
                         self.ok += 1
                     else:
@@ -216,10 +219,33 @@ class Load:
             thread.join(60)
 
 
+def _port(record: dict) -> int:
+    return int(record["scoring_uri"].split(":")[2].split("/")[0])
+
+
+@needs_namespace
+def test_replacing_the_only_replica_fails_no_request_under_load(project):
+    """A new memory_gb is a new ray_actor_options: Serve stops the one replica and starts another; requests wait."""
+    record = project.record()
+    project.edit("  memory_gb: 1\n", "  memory_gb: 1.5\n")
+    code, out, err = cli("plan", project.spec)
+    assert code == 0 and "with one replica, the old one stops before its successor is up" in out, out + err
+    with Load(_port(record), f"/{NAME}/score") as load:
+        time.sleep(1)
+        code, out, err = cli("run", project.spec)
+        time.sleep(1)
+    assert code == 0, out + err
+    assert load.failures == [], load.failures[:10]
+    new = project.record()
+    assert len(new["replicas"]) == 1 and set(new["replicas"]) != set(record["replicas"])  # replaced, not reconfigured
+    assert new["config"]["applications"][0]["deployments"][0]["ray_actor_options"]["memory"] == int(1.5 * 1024**3)
+    print(f"the only replica replaced under load: {load.ok} requests answered, 0 failed, slowest {load.slowest:.1f} s")
+
+
 @needs_namespace
 def test_an_update_to_two_replicas_and_a_tag_fails_no_request_under_load(project):
     record = project.record()
-    port = int(record["scoring_uri"].split(":")[2].split("/")[0])
+    port = _port(record)
     project.edit("tags: {data: MNIST, method: sklearn}", "tags: {data: MNIST, method: sklearn, stage: canary}")
     project.edit("  local: {port: 0}", "  local: {port: 0}\n  ray: {replicas: 2}")
     code, out, err = cli("plan", project.spec, "--detailed-exitcode")
@@ -241,6 +267,26 @@ def test_an_update_to_two_replicas_and_a_tag_fails_no_request_under_load(project
     live = Rest(new["cluster"]["dashboard"]).details()["applications"][NAME]
     assert live["deployed_app_config"]["deployments"][0]["user_config"]["tags"]["stage"] == "canary"
     print(f"update under load: {load.ok} requests answered, {len(load.failures)} failed")
+
+
+@needs_namespace
+def test_a_new_request_timeout_restarts_serve_so_its_proxy_takes_it(project):
+    """Serve ignores new HTTP options while it runs; on a cluster of the service's own, deploy restarts it."""
+    from pipeline.targets.ray_cluster import Rest
+
+    record = project.record()
+    rest = Rest(record["cluster"]["dashboard"])
+    assert rest.details()["http_options"]["request_timeout_s"] == 6.0  # 5000 ms and Serve's 1 s margin
+    project.edit("request_timeout_ms: 5000", "request_timeout_ms: 9000")
+    code, out, err = cli("plan", project.spec)
+    assert code == 0 and "Serve takes its new request timeout (6 s -> 10 s) only when it starts" in out, out + err
+    code, out, err = cli("run", project.spec)
+    assert code == 0, out + err
+    assert rest.details()["http_options"]["request_timeout_s"] == 10.0
+    new = project.record()
+    assert new["scoring_uri"] == record["scoring_uri"] and new["cluster"]["head_pid"] == record["cluster"]["head_pid"]
+    status = project.status()
+    assert status["state"] == "live" and status["drift"] == [], status
 
 
 @needs_namespace

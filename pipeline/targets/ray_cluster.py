@@ -304,7 +304,8 @@ def stop(cluster: Cluster, grace_s: float = 20.0) -> str:
         Path(cluster.alias).unlink()
     if not before:
         return f"the local Ray cluster (head pid {pid}) was not running"
-    forced = f"; {len(left)} still running after the head had gone were killed" if left else ""
+    forced = (f"; {len(left)} {'process' if len(left) == 1 else 'processes'} still running after the head exited "
+              f"{'was' if len(left) == 1 else 'were'} killed") if left else ""
     return f"stopped the local Ray cluster (head pid {pid}, {len(before)} processes){forced}"
 
 
