@@ -1,7 +1,8 @@
 """The target conformance suite: every target in TARGETS, and a test-only one, honour the same protocol.
 
 A new target gets these tests by adding one line to HARNESSES. The local and threaded targets run for
-real (real processes or threads, real HTTP on 127.0.0.1).
+real (real processes or threads, real HTTP on 127.0.0.1); so does ray, on a real local Ray cluster per
+deploy, inside a loopback-only network namespace (tests/netns.py): Ray binds some ports on every interface.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import render
+from pipeline import render, targets
 from pipeline import spec as specs
-from pipeline import targets
 from pipeline.console import Console
 from pipeline.records import Live
 from pipeline.targets.base import Auth, DeployRequest, Rollout, ServiceRecord, Target
+from tests import netns
 from tests.conftest import EXAMPLE_MODEL, ROOT
 
 THREADED = "tests.targets.threaded:ThreadedTarget"
@@ -49,11 +50,14 @@ class Harness:
     name: str
     make: Callable[[], Target]
     registered: bool = True  # False: a test-only target that the suite registers itself
+    requires: str | None = None  # a module of the target's extra: its cases are skipped without it
+    netns: bool = False  # its services listen beyond loopback: deploys run only in a loopback-only namespace
 
 
 HARNESSES = [
     Harness("local", lambda: targets.get("local")),
     Harness("threaded", lambda: targets.get("threaded"), registered=False),
+    Harness("ray", lambda: targets.get("ray"), requires="ray.serve", netns=True),
 ]
 
 
@@ -62,6 +66,8 @@ def harness(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     h: Harness = request.param
     if not h.registered:
         monkeypatch.setitem(targets.TARGETS, "threaded", THREADED)
+    if h.requires:
+        pytest.importorskip(h.requires, reason=f"needs the {h.name} extra: pip install '.[{h.name}]'")
     return h
 
 
@@ -76,6 +82,9 @@ class Deployed:
 def deployed(harness: Harness, tmp_path: Path) -> Iterator[Callable[..., Deployed]]:
     """Deploy the example model to the harness's target; every service made is deleted at the end."""
     made: list[Deployed] = []
+    if harness.netns and not netns.INSIDE:
+        pytest.skip(f"{harness.name} deploys run in a loopback-only network namespace, started by "
+                    f"test_{harness.name}_deploys_in_a_loopback_only_network_namespace")
 
     def deploy(*, auth: bool = False) -> Deployed:
         folder = tmp_path / f"d{len(made)}"
@@ -177,6 +186,14 @@ def test_probe_without_a_record_only_where_the_target_can(harness: Harness, tmp_
     assert isinstance(live, Live)
     if not target.capabilities.probe_unrecorded:
         assert not live.reachable  # it cannot look a service up by name, and says so
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.skipif(netns.INSIDE, reason="the outer half: runs only outside the namespace")
+def test_ray_deploys_in_a_loopback_only_network_namespace() -> None:
+    """The ray harness's cases, re-run in a loopback-only network namespace where its deploys may run."""
+    netns.rerun_inside(__file__, "ray and not loopback_only_network_namespace")
 
 
 # -- a target is one module: the test-only target through the whole CLI, no other file edited ---------
