@@ -110,7 +110,7 @@ def _service_processes(record: dict[str, Any]) -> list[int]:
     if record["target"] == "ray":
         from pipeline.targets import ray_cluster
 
-        return ray_cluster.processes(record["ray"]["cluster"])
+        return ray_cluster.processes(ray_cluster.Cluster.of(record["cluster"]))
     parent = psutil.Process(int(record["pid"]))
     return [parent.pid] + [child.pid for child in parent.children(recursive=True)]
 

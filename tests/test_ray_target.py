@@ -2,8 +2,9 @@
 
 Ray binds some ports on every interface (each Serve replica's gRPC server), so these tests never run on the
 machine's own network: the module re-runs itself under `unshare --net` (tests/netns.py) and reports the inner
-run as one test. Inside, the tests share one service and run in order: run, answers, no-op, update under load,
-a new model version with one replica under load, a killed replica, delete.
+run as one test. Inside, the tests share one service and run in order: run (after a cluster left by a killed
+deploy), answers, no-op, the only replica replaced under load, 1 -> 2 replicas and a tag under load, a new
+request timeout, a killed replica, delete.
 """
 
 from __future__ import annotations
@@ -122,9 +123,18 @@ def _images(count: int, seed: int = 7) -> tuple[list[list[float]], list[int]]:
 
 @needs_namespace
 def test_run_brings_up_a_serve_application_whose_smoke_test_passes(project):
+    from pipeline.console import Console
+    from pipeline.targets import ray_cluster
+
+    # what a deploy killed (-9) right after `ray start` leaves: a running cluster named only by cluster.json
+    service_dir = project.root / ".pipeline" / NAME / "service"
+    service_dir.mkdir(parents=True)
+    stray = ray_cluster.processes(ray_cluster.start(service_dir, Console(quiet=True), 120))
+    assert stray
     started = time.monotonic()
     code, out, err = cli("run", project.spec)
     assert code == 0, out + err
+    assert [pid for pid in stray if ray_cluster.pid_alive(pid)] == []  # stopped by PID before a new one started
     record = project.record()
     assert record["target"] == "ray"
     assert record["scoring_uri"].startswith("http://127.0.0.1:") and record["scoring_uri"].endswith(f"/{NAME}/score")
@@ -327,5 +337,7 @@ def test_delete_leaves_no_ray_process_behind(project):
     assert alive == [], f"still running after delete: {alive}"
     assert ray_cluster.processes(cluster) == []
     assert not Path(cluster.alias or "/nonexistent").exists()
+    service_dir = project.root / ".pipeline" / NAME / "service"
+    assert not (service_dir / "ray").exists() and not (service_dir / "cluster.json").exists()
     code, out, err = cli("status", project.spec)
     assert code == 0 and "not deployed" in out

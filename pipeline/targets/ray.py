@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 
 APP_FILES = ("serve_app.py", "score.py", "swagger.json")  # the folder the cluster runs, with the model beside them
 TIMEOUT_MARGIN_S = 1.0
+# a dashboard starting Serve (its first call connects it to Ray) can take tens of seconds on a busy machine;
+# deploy and delete wait that long for an answer, probe (status, plan) does not
+SLOW_CALL_S = 60.0
 
 
 def route_prefix(spec: Spec) -> str:
@@ -173,7 +176,7 @@ class RayTarget(BaseTarget):
         key_file = keyfile.ensure(request.service_dir, spec.deploy.auth)
         cluster, started = self._cluster(spec, previous, request)
         same = previous is not None and previous.cluster.dashboard == cluster.dashboard
-        rest = Rest(cluster.dashboard)
+        rest = Rest(cluster.dashboard, timeout=SLOW_CALL_S)
         try:
             console.progress("deploy: uploading the application folder to the Ray cluster")
             package = rest.upload(app_dir)
@@ -254,12 +257,15 @@ class RayTarget(BaseTarget):
         if cluster.owned:
             parts.append(clusters.stop(cluster))  # Serve is shut down first, then the session, by PID
         else:
-            parts.append(remove_app(Rest(cluster.dashboard), service.app))
+            parts.append(remove_app(Rest(cluster.dashboard, timeout=SLOW_CALL_S), service.app))
         stray = clusters.recorded(service_dir)
         if stray is not None and stray.head_pid != cluster.head_pid and clusters.processes(stray):
             parts.append(f"{clusters.stop(stray)}, of a deploy that never finished")
         keyfile.remove(service_dir)
         shutil.rmtree(service_dir / "app", ignore_errors=True)
+        if not clusters.processes(cluster) and (stray is None or not clusters.processes(stray)):
+            (service_dir / clusters.CLUSTER_FILE).unlink(missing_ok=True)
+            shutil.rmtree(service_dir / "ray", ignore_errors=True)  # the stopped sessions' sockets and logs
         return "; ".join(parts)
 
     def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
@@ -282,7 +288,7 @@ class RayTarget(BaseTarget):
 def _forget_elsewhere(previous: RayService, console: Console) -> None:
     """The application has moved to another cluster: take it off the one it was on, if that one still answers."""
     try:
-        remove_app(Rest(previous.cluster.dashboard), previous.app)
+        remove_app(Rest(previous.cluster.dashboard, timeout=SLOW_CALL_S), previous.app)
     except TargetError as exc:
         console.error(f"warning: application {previous.app} may still run on {previous.cluster.dashboard}: {exc}")
 

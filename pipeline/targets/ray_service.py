@@ -75,9 +75,12 @@ def wait_ready(rest: Rest, name: str, ours: Mapping[str, Any], timeout_s: float,
     wanted = canonical(ours["applications"][0])
     started = time.monotonic()
     while True:
-        details = rest.details()
+        try:
+            details = rest.details()
+            status, message = "NOT_STARTED", ""
+        except TargetError as exc:  # Serve's controller, busy starting or replacing, may miss a call: ask again
+            details, status, message = {}, "no answer", str(exc)
         app = (details.get("applications") or {}).get(name)
-        status, message = "NOT_STARTED", ""
         if app is not None and canonical(app.get("deployed_app_config")) == wanted:
             status, message = app.get("status", "?"), app.get("message") or ""
             deployment = (app.get("deployments") or {}).get(DEPLOYMENT) or {}
