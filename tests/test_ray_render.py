@@ -502,3 +502,35 @@ def test_a_rendered_folder_is_the_application_folder(tmp_path, run_cli, monkeypa
     assert {"serve_app.py", "score.py", "swagger.json", "sklearn_mnist_model.pkl"} <= {p.name for p in out.iterdir()}
     config = yaml.safe_load((out / "serve_config.yaml").read_text())
     assert config["applications"][0]["args"]["model_dir"] == "."  # the model is found beside score.py
+
+
+def test_a_runner_without_state_finds_the_stamped_application_and_adopts_it(dashboard, tmp_path):
+    from pipeline.targets.base import STAMP_DIGEST, STAMP_MODEL, STAMP_SPEC
+
+    target = ray_target.RayTarget()
+    spec = _ray_spec(tmp_path, ray={"address": f"http://127.0.0.1:{dashboard.port}"})
+    live = target.probe(None, spec)
+    assert (live.reachable, live.healthy, live.found, live.stamp) == (True, False, False, None), live.detail
+    stamp = {STAMP_DIGEST: "d" * 64, STAMP_MODEL: "m" * 64, STAMP_SPEC: spec.name}
+    ours = ray_config.live_config(_rendered(tmp_path / "r"), "gcs://_ray_pkg_x.zip", Cluster("http://h:1"), None, stamp)
+    config = {**ours["applications"][0], "route_prefix": "/svc"}
+    assert config["deployments"][0]["user_config"]["stamp"] == stamp  # what the dashboard shows anyone who asks
+    dashboard.app({**config, "name": spec.name}, ["r1"])
+    live = target.probe(None, spec)
+    assert live.found and live.stamp == stamp and "deployed by pipeline" in live.detail
+    assert live.observed["tags.method"] == "sklearn" and live.observed["deploy.memory_gb"] == 1
+    record = target.adopt(live, spec)
+    assert record is not None and (record.digest, record.model_sha256) == (stamp[STAMP_DIGEST], stamp[STAMP_MODEL])
+    assert record.scoring_uri == f"http://127.0.0.1:{dashboard.port}/svc/score" and not record.auth
+    assert target.probe(record, spec).healthy  # the adopted record judges the live application like any other
+    del config["deployments"][0]["user_config"]["stamp"]
+    dashboard.app({**config, "name": spec.name}, ["r1"])
+    by_hand = target.probe(None, spec)
+    assert by_hand.found and by_hand.stamp is None and "not made by pipeline" in by_hand.detail
+
+
+def test_without_a_cluster_json_nothing_is_orphaned(tmp_path):
+    target = ray_target.RayTarget()
+    assert target.orphans(tmp_path) == [] and target.stop_orphans(tmp_path) == []
+    (tmp_path / "cluster.json").write_text('{"dashboard": "http://127.0.0.1:1", "owned": true, "head_pid": 999999999}')
+    assert target.orphans(tmp_path) == []  # named, but nothing of it runs

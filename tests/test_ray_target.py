@@ -64,8 +64,9 @@ class Project:
 
     def status(self) -> dict:
         code, out, err = cli("status", self.spec, "--json")
-        assert code == 0, err
-        return json.loads(out)
+        answer = json.loads(out)
+        assert code == (0 if answer["state"] == "live" else 1), err  # status exits 0 only for a live service
+        return answer
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,8 @@ def test_run_brings_up_a_serve_application_whose_smoke_test_passes(project):
     service_dir.mkdir(parents=True)
     stray = ray_cluster.processes(ray_cluster.start(service_dir, Console(quiet=True), 120))
     assert stray
+    status = project.status()
+    assert status["state"] == "orphaned" and f"head pid {stray[0]}" in status["orphans"][0], status
     started = time.monotonic()
     code, out, err = cli("run", project.spec)
     assert code == 0, out + err
@@ -340,4 +343,56 @@ def test_delete_leaves_no_ray_process_behind(project):
     service_dir = project.root / ".pipeline" / NAME / "service"
     assert not (service_dir / "ray").exists() and not (service_dir / "cluster.json").exists()
     code, out, err = cli("status", project.spec)
-    assert code == 0 and "not deployed" in out
+    assert code == 1 and "not deployed" in out
+
+
+@needs_namespace
+def test_on_a_cluster_elsewhere_a_runner_without_state_plans_from_the_stamp(tmp_path, monkeypatch):
+    """deploy.ray.address: a cluster the service does not own, shared by two projects as by two CI runners."""
+    from pipeline.console import Console
+    from pipeline.targets import ray_cluster
+
+    (tmp_path / "elsewhere").mkdir()
+    cluster = ray_cluster.start(tmp_path / "elsewhere", Console(quiet=True), 120)
+    try:
+        runners = []
+        for name in ("a", "b"):  # the same spec in two checkouts, each with its own (empty) state
+            root = tmp_path / name
+            (root / "specs").mkdir(parents=True)
+            shutil.copytree(ROOT / "examples" / "mnist", root / "examples" / "mnist",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            text = (ROOT / "specs" / "mnist.yaml").read_text().replace("target: local", "target: ray")
+            (root / "specs" / "mnist-ray.yaml").write_text(
+                text.replace("  local: {port: 0}", f"  ray: {{address: '{cluster.dashboard}'}}"))
+            runners.append(Project(root))
+        a, b = runners
+
+        def on(runner: Project, *args: str) -> tuple[int, str, str]:
+            monkeypatch.chdir(runner.root)
+            monkeypatch.setenv("PIPELINE_HOME", str(runner.root / ".pipeline"))
+            monkeypatch.setenv("PIPELINE_REPORTS", str(runner.root / "reports"))
+            return cli(*args, runner.spec)
+
+        def deploy_step(runner: Project) -> dict:
+            code, out, err = on(runner, "plan", "--json")
+            assert code == 0, out + err
+            return next(s for s in json.loads(out)["steps"] if s["stage"] == "deploy")
+
+        assert deploy_step(b)["deploy"]["action"] == "create"  # nothing of that name on the cluster yet
+        code, out, err = on(a, "run")
+        assert code == 0, out + err
+        record = a.record()
+        assert record["cluster"] == {**record["cluster"], "owned": False, "dashboard": cluster.dashboard}
+        assert record["config"]["applications"][0]["deployments"][0]["user_config"]["stamp"]["pipeline-spec"] == NAME
+        step = deploy_step(b)  # b has no state at all: it finds the application by name, and reads its stamp
+        assert step["deploy"]["action"] == "no-op" and "carries this spec's digest" in step["deploy"]["live"], step
+        b.edit("tags: {data: MNIST, method: sklearn}", "tags: {data: MNIST, method: scikit-learn}")
+        step = deploy_step(b)
+        assert step["deploy"]["action"] == "update", step
+        assert {"path": "tags.method", "old": "sklearn", "new": "scikit-learn"} in step["deploy"]["fields"], step
+        code, out, err = on(a, "delete")
+        assert code == 0 and f"removed Serve application {NAME} from the cluster at {cluster.dashboard}" in out, out
+        assert deploy_step(b)["deploy"]["action"] == "create"
+        assert ray_cluster.processes(cluster)  # a cluster the service does not own keeps running
+    finally:
+        print(ray_cluster.stop(cluster))

@@ -22,6 +22,8 @@ from pipeline.spec import RegistrySource, Spec
 from pipeline.targets import keys as keyfile
 from pipeline.targets import ray_cluster as clusters
 from pipeline.targets.base import (
+    STAMP_DIGEST,
+    STAMP_MODEL,
     AddProblem,
     Auth,
     BaseTarget,
@@ -43,6 +45,7 @@ from pipeline.targets.ray_config import (
     validate_serve_config,
 )
 from pipeline.targets.ray_service import (
+    HTTP_KEYS,
     RayService,
     http_divergence,
     judge,
@@ -180,7 +183,7 @@ class RayTarget(BaseTarget):
         try:
             console.progress("deploy: uploading the application folder to the Ray cluster")
             package = rest.upload(app_dir)
-            ours = live_config(request.build_dir / "serve_config.yaml", package, cluster, key_file)
+            ours = live_config(request.build_dir / "serve_config.yaml", package, cluster, key_file, request.stamp)
             details = rest.details()
             diverging = http_divergence(details.get("http_options"), ours["http_options"])
             if diverging and cluster.owned:  # a new request timeout: Serve takes it only when it starts
@@ -243,6 +246,45 @@ class RayTarget(BaseTarget):
             return Live(True, False, f"application {service.app} is not on the Ray cluster at {cluster.dashboard}",
                         ("application: recorded, but missing from the cluster",))
         return judge(record, service, details)
+
+    def adopt(self, live: Live, spec: Spec) -> ServiceRecord | None:
+        """A record for the stamped application of the spec's name on the cluster at deploy.ray.address."""
+        address = spec.deploy.settings().get("address")
+        if not address or not live.stamp:
+            return None
+        cluster = Cluster(dashboard=address.rstrip("/"))
+        try:
+            details = Rest(cluster.dashboard).details()
+        except TargetError:
+            return None
+        app = (details.get("applications") or {}).get(spec.name) or {}
+        config = app.get("deployed_app_config")
+        if not isinstance(config, dict):
+            return None
+        http_options = details.get("http_options") or {}
+        base = serve_base(cluster, http_options) + str(config.get("route_prefix") or route_prefix(spec)).rstrip("/")
+        deployment = (config.get("deployments") or [{}])[0]
+        service = RayService(cluster, spec.name, f"{base}/",
+                             {"http_options": {k: http_options[k] for k in HTTP_KEYS if k in http_options},
+                              "applications": [config]}, None,
+                             str((config.get("runtime_env") or {}).get("working_dir") or ""),
+                             tuple(sorted(r["replica_id"] for r in replicas_of(app))),
+                             "autoscaling_config" not in deployment)
+        stamp = dict(live.stamp)
+        auth = bool((deployment.get("user_config") or {}).get("auth_key_sha256"))
+        return ServiceRecord(self.name, f"{base}/score", auth, f"{base}/swagger.json", service.extra(),
+                             digest=stamp.get(STAMP_DIGEST) or None, model_sha256=stamp.get(STAMP_MODEL) or None)
+
+    def orphans(self, service_dir: Path) -> list[str]:
+        """A local cluster named only by cluster.json: started by a deploy killed before its record was saved."""
+        stray = clusters.recorded(service_dir)
+        pids = clusters.processes(stray) if stray is not None else []
+        return [f"local Ray cluster, head pid {stray.head_pid} ({len(pids)} processes, from {service_dir})"
+                ] if stray is not None and pids else []
+
+    def stop_orphans(self, service_dir: Path) -> list[str]:
+        stray = clusters.recorded(service_dir)
+        return [clusters.stop(stray)] if stray is not None and clusters.processes(stray) else []
 
     def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         headers = {"Authorization": "Bearer " + keyfile.read_primary(service_dir)} if record.auth else {}

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pipeline.targets.ray_cluster import Cluster
 
 RAY_VERSION = "2.60.0"  # the pinned extra; rayservice.yaml names the same version
+STAMP_FIELD = "stamp"  # user_config.stamp of the scoring deployment: what deploy stamped on the application
 
 # deploy.ray: the target's block of the spec, assembled into the schema by pipeline.spec.schema()
 SETTINGS_SCHEMA: dict[str, Any] = {
@@ -130,20 +131,59 @@ def check_rayservice(data: Any, serve_config: str) -> None:
         raise RenderError("rendered rayservice.yaml: rayClusterConfig needs a headGroupSpec and a worker group")
 
 
-def live_config(rendered: Path, package: str, cluster: Cluster, key_file: Path | None) -> dict[str, Any]:
+def live_config(rendered: Path, package: str, cluster: Cluster, key_file: Path | None,
+                stamp: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The rendered Serve config as deployed: our package as working_dir; loopback and a free port for our own
-    cluster; the keys' sha256 digests for the replicas to check."""
+    cluster; the keys' sha256 digests for the replicas to check; deploy's stamp (STAMP_* keys), which the
+    live application then shows to anyone who asks the dashboard."""
     config = check_yaml(rendered.read_text(encoding="utf-8"), rendered.name)
     app = config["applications"][0]
     app["runtime_env"] = {**(app.get("runtime_env") or {}), "working_dir": package}
     if cluster.owned:
         config["http_options"] = {**config["http_options"], "host": "127.0.0.1", "port": cluster.serve_port}
+    user_config = dict(app["deployments"][0]["user_config"])
     if key_file is not None:
         stored = json.loads(key_file.read_text(encoding="utf-8"))
-        digests = [hashlib.sha256(str(stored[k]).encode()).hexdigest() for k in ("primary", "secondary")
-                   if stored.get(k)]
-        app["deployments"][0]["user_config"] = {**app["deployments"][0]["user_config"], "auth_key_sha256": digests}
+        user_config["auth_key_sha256"] = [hashlib.sha256(str(stored[k]).encode()).hexdigest()
+                                          for k in ("primary", "secondary") if stored.get(k)]
+    if stamp:
+        user_config[STAMP_FIELD] = dict(stamp)
+    app["deployments"][0]["user_config"] = user_config
     return dict(config)
+
+
+def stamp_of(app_config: Any) -> dict[str, str] | None:
+    """The stamp a live application's config carries, or None (one made by hand, or by an older pipeline)."""
+    try:
+        stamp = app_config["deployments"][0]["user_config"][STAMP_FIELD]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return {str(k): str(v) for k, v in stamp.items()} if isinstance(stamp, dict) else None
+
+
+def observed(app_config: Any) -> dict[str, Any]:
+    """What a live application shows of the spec, as the deploy inputs' flat field paths (for a plan without state)."""
+    try:
+        deployment = app_config["deployments"][0]
+    except (KeyError, IndexError, TypeError):
+        return {}
+    user, actor = deployment.get("user_config") or {}, deployment.get("ray_actor_options") or {}
+    out: dict[str, Any] = {f"tags.{k}": v for k, v in (user.get("tags") or {}).items()}
+    if "description" in user:
+        out["description"] = user["description"]
+    if "num_cpus" in actor:
+        out["deploy.cpu_cores"] = actor["num_cpus"]
+    if "memory" in actor:
+        out["deploy.memory_gb"] = round(actor["memory"] / 1024**3, 6)
+    if "request_timeout_ms" in (app_config.get("args") or {}):
+        out["deploy.request_timeout_ms"] = app_config["args"]["request_timeout_ms"]
+    if "num_replicas" in deployment:
+        out["deploy.ray.replicas"] = deployment["num_replicas"]
+    for key, value in (deployment.get("autoscaling_config") or {}).items():
+        out[f"deploy.ray.autoscaling.{key}"] = value
+    if "route_prefix" in app_config:
+        out["deploy.ray.route_prefix"] = app_config["route_prefix"]
+    return out
 
 
 def merged(details: Mapping[str, Any], ours: Mapping[str, Any] | None, *, drop: str | None = None) -> dict[str, Any]:

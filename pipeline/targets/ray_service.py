@@ -14,7 +14,7 @@ from pipeline.errors import StateError, TargetError
 from pipeline.targets import ray_cluster as clusters
 from pipeline.targets.base import Live, ServiceRecord
 from pipeline.targets.ray_cluster import Cluster, Rest
-from pipeline.targets.ray_config import canonical, config_drift, merged
+from pipeline.targets.ray_config import canonical, config_drift, merged, observed, stamp_of
 
 if TYPE_CHECKING:
     from pipeline.console import Console
@@ -124,7 +124,8 @@ def restart_serve(rest: Rest, console: Console, timeout_s: float = 60.0) -> None
 
 
 def probe_unrecorded(address: str | None, name: str) -> Live:
-    """Plan before a first deploy: a cluster of the service's own cannot exist yet; one elsewhere is asked by name."""
+    """No record (a first deploy, a fresh runner): a cluster of the service's own exists only through its record;
+    one elsewhere is asked for the application by name, and what it shows of itself (its stamp, its settings)."""
     if not address:
         return Live(True, False, "no local Ray cluster runs for this service yet; deploy starts one")
     try:
@@ -132,9 +133,15 @@ def probe_unrecorded(address: str | None, name: str) -> Live:
     except TargetError as exc:
         return Live(False, False, str(exc))
     if app is None:
-        return Live(True, False, f"the Ray cluster at {address} is reachable; application {name} does not exist yet")
-    return Live(True, app.get("status") == "RUNNING", f"application {name} is {app.get('status')} on {address} "
-                "but is not recorded here; deploy will update it")
+        return Live(True, False, f"the Ray cluster at {address} is reachable; application {name} does not exist yet",
+                    found=False)
+    config = app.get("deployed_app_config")
+    stamp = stamp_of(config)
+    deployment = (app.get("deployments") or {}).get(DEPLOYMENT) or {}
+    healthy = app.get("status") == "RUNNING" and deployment.get("status") == "HEALTHY"
+    made = "deployed by pipeline" if stamp else "not made by pipeline (no stamp)"
+    return Live(True, healthy, f"application {name} is {app.get('status')} on {address}, {made}",
+                found=True, stamp=stamp, observed=observed(config))
 
 
 def judge(record: ServiceRecord, service: RayService, details: Mapping[str, Any]) -> Live:
@@ -163,7 +170,7 @@ def judge(record: ServiceRecord, service: RayService, details: Mapping[str, Any]
     detail = (f"Serve application {service.app} {app.get('status')} at {record.scoring_uri}; deployment {DEPLOYMENT} "
               f"{deployment.get('status')}, {len(replicas)}/{deployment.get('target_num_replicas', '?')} replicas: "
               f"{states}")
-    return Live(True, healthy, detail, tuple(drift))
+    return Live(True, healthy, detail, tuple(drift), stamp=stamp_of(app.get("deployed_app_config")))
 
 
 def remove_app(rest: Rest, name: str, timeout_s: float = 60.0) -> str:
