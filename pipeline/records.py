@@ -110,6 +110,9 @@ class Step:
     change: Change | None = None
     error: str | None = None  # the stage is already known to fail, and why
     rebuild: bool = False  # runs only to make again local files missing here (a fresh runner): nothing changes
+    # the stage's record in the state the plan compared with (its inputs and outputs at its last success), so a
+    # report written after the run can still say what changed: by then the run has replaced the record
+    recorded: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:
