@@ -157,6 +157,17 @@ class Plan:
             out.append(item)
         return {"spec": self.spec_name, "changes": self.changes, "steps": out}
 
+    def _repr_markdown_(self) -> str:
+        """Jupyter shows a Plan as the CLI prints it, as Markdown (see pipeline.planview)."""
+        from pipeline import planview
+
+        return planview.markdown(self)
+
+    def _repr_html_(self) -> str:
+        from pipeline import planview
+
+        return planview.html(self)
+
 
 @dataclass(frozen=True)
 class Result:
