@@ -177,10 +177,9 @@ def _evaluation(report: dict[str, Any]) -> list[Block]:
                  f"{_signed(correct['change'], 0)} |"]
         if gates["before"] != gates["after"]:
             lines.append(f"| gate `test.min_accuracy` | {gates['before']:g} | {gates['after']:g} | |")
-        models = (f"the same model, {shown(ev.get('model_sha256'))}" if cmp["same_model"] else
-                  f"model {shown(cmp['model']['before'])} before, {shown(cmp['model']['after'])} after")
+        same = f" of the same model, {shown(ev.get('model_sha256'))}" if cmp["same_model"] else ""
         out += ["\n".join(lines), "",
-                f"Before: the last successful evaluation; after: this run's ({models}). Gate {gate:g}: "
+                f"Before: the last successful evaluation; after: this run's{same}. Gate {gate:g}: "
                 f"**{'passed' if passed else 'failed'}**.", ""]
         if cmp["moved"]:
             moved = ["Errors that moved most (the confusion matrix's off-diagonal cells; "
