@@ -243,6 +243,11 @@ class RunResult:
     stages: list[Result]
     seconds: float
 
+    def __repr__(self) -> str:
+        ran = sum(r.status is Status.RAN for r in self.stages)
+        verdict = f"failed at {self.failed.stage}" if self.failed else "done"
+        return f"<RunResult {self.context.spec.name}: {verdict} in {self.seconds:.1f} s, {ran} stage(s) ran>"
+
     @property
     def failed(self) -> Result | None:
         return next((r for r in self.stages if r.status is Status.FAILED), None)

@@ -42,6 +42,10 @@ class EvaluationResult:
     model_sha256: str | None
     plot: Path | None  # confusion.png, as the evaluate stage wrote it
 
+    def __repr__(self) -> str:
+        return (f"<EvaluationResult accuracy {self.accuracy:.4f} on {self.n:,} test images, gate "
+                f"{self.min_accuracy:g} {'passed' if self.passed else 'failed'}>")
+
     @property
     def passed(self) -> bool:
         """The gate: accuracy at least test.min_accuracy."""
@@ -92,7 +96,7 @@ class SmokeResult:
     """The tutorial's "test the deployed service": seeded random test images sent, answers compared."""
 
     uri: str
-    indices: tuple[int, ...]  # the test images sent, by their index in the test set
+    indices: list[int]  # the test images sent, by their index in the test set (X_test[indices])
     answers: list[Any]  # what the service answered, one per image
     local: list[Any]  # what the local model predicts for them
     labels: list[Any] | None  # their true labels
@@ -103,6 +107,10 @@ class SmokeResult:
     plot: Path | None  # samples.png, as the smoke stage wrote it
     output: str = "labels"
     images: Callable[[Sequence[int]], Any] | None = field(default=None, repr=False)  # rows of the test set
+
+    def __repr__(self) -> str:
+        verdict = "agree" if self.agree else "DIFFER"
+        return f"<SmokeResult {len(self.indices)} images sent to {self.uri}: answers {verdict}>"
 
     @property
     def predicted(self) -> list[Any]:
@@ -124,7 +132,7 @@ class SmokeResult:
     @classmethod
     def of(cls, output: SmokeOutput, scoring_output: str,
            images: Callable[[Sequence[int]], Any] | None) -> SmokeResult:
-        return cls(output.uri, tuple(output.indices), list(output.answers), list(output.local), output.labels,
+        return cls(output.uri, list(output.indices), list(output.answers), list(output.local), output.labels,
                    output.agree, output.sample_accuracy, dict(output.latency_ms), output.bytes_sent,
                    Path(output.samples_png) if output.samples_png else None, scoring_output, images)
 
