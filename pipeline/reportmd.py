@@ -36,8 +36,8 @@ class Fold:
 
     def _wrap(self, body: list[str], cut: int) -> str:
         inner = ([f"```{self.fence}"] + body + ["```"]) if self.fence is not None else body
-        note = [f"_… {cut:,} more line(s) cut to keep this comment under {LIMIT:,} characters; report.json has them._"] \
-            if cut else []
+        note = [f"_… {cut:,} more line(s) cut to keep this comment under {LIMIT:,} characters; report.json has "
+                 f"them._"] if cut else []
         return "\n".join([f"<details><summary>{self.summary}</summary>", "", *inner, *note, "", "</details>"])
 
     @property
@@ -150,7 +150,8 @@ def _stages(report: dict[str, Any]) -> list[Block]:
 def _matrix(ev: dict[str, Any]) -> list[str]:
     labels = ev["labels"]
     lines = ["| true \\ predicted | " + " | ".join(str(v) for v in labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    lines += [f"| **{label}** | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, ev["confusion"])]
+    lines += [f"| **{label}** | " + " | ".join(str(v) for v in row) + " |"
+              for label, row in zip(labels, ev["confusion"])]
     return lines
 
 

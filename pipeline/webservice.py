@@ -152,7 +152,7 @@ def _mask(key: str) -> str:
 
 
 def status(pipeline: Pipeline, *, show_keys: bool = False) -> dict[str, Any]:
-    """The live probe, the record, the last smoke test and run; `state` is live, drifted, down, unknown or not deployed."""
+    """The live probe, the record, the last smoke test and run; `state`: live, drifted, down, unknown, not deployed."""
     from pipeline.targets import keys as keyfile
 
     ctx = pipeline.context(check_files=False)

@@ -53,7 +53,8 @@ def test_plan_is_the_plan_the_cli_prints(project, run_cli) -> None:
     plan = p.plan()
     assert plan.to_dict() == json.loads(run_cli("plan", SPEC, "--json").out)
     md, html = plan._repr_markdown_(), plan._repr_html_()
-    assert "| deploy | create | no service is recorded |" in md and md.rstrip().endswith("7 stage(s) to run, 0 unchanged.")
+    assert "| deploy | create | no service is recorded |" in md
+    assert md.rstrip().endswith("7 stage(s) to run, 0 unchanged.")
     assert "<td>deploy</td><td>create</td>" in html and "<details><summary>score.py</summary>" in html
     assert p.validate().name == "sklearn-mnist-svc"
 

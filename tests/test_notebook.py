@@ -48,7 +48,8 @@ def test_the_notebook_is_kept_with_its_outputs_stripped() -> None:
         assert cell.outputs == [] and cell.execution_count is None, f"outputs left in: {cell.source[:60]!r}"
     assert set(nb.metadata) <= {"kernelspec", "language_info"}, nb.metadata  # no widget state, no run times
     # the tutorial's steps, each in its own cell
-    assert {"evaluate", "confusion-figure", "deploy", "svc-run", "samples-plot", "requests", "delete"} <= set(_by_tag(nb))
+    steps = {"evaluate", "confusion-figure", "deploy", "svc-run", "samples-plot", "requests", "delete"}
+    assert steps <= set(_by_tag(nb))
 
 
 def _project_copy(tmp_path: Path) -> Path:

@@ -146,7 +146,8 @@ def _big_report() -> dict:
             "changes": [{"field": "tags.a", "before": "1", "after": "2", "kind": "value", "stages": ["deploy"]}],
             "stages": [], "evaluation": ev, "evaluated": True, "comparison": None, "smoke": None,
             "plan": {"steps": [{"stage": "deploy", "action": "run",
-                                "deploy": {"action": "update", "files": {"score.py": diff, "myenv.yml": diff[:9000]}}}]}}
+                                "deploy": {"action": "update",
+                                           "files": {"score.py": diff, "myenv.yml": diff[:9000]}}}]}}
 
 
 def _balanced(md: str) -> None:
@@ -195,7 +196,8 @@ def test_changes_are_named_by_spec_field_and_said_once() -> None:
     steps = (
         _step("check", {"model": old_pin, "packages": {"numpy": "2.4.5"}, "output": "labels"},
               {"model": new_pin, "packages": {"numpy": "2.4.6"}, "output": "labels"}),
-        _step("fetch", {"pin": old_pin, "source": {"sha256": old_pin}}, {"pin": new_pin, "source": {"sha256": new_pin}}),
+        _step("fetch", {"pin": old_pin, "source": {"sha256": old_pin}},
+              {"pin": new_pin, "source": {"sha256": new_pin}}),
         _step("evaluate", {"model": old_pin, "min_accuracy": 0.85, "runtime": {"numpy": "2.4.5"}},
               {"model": new_pin, "min_accuracy": 0.9, "runtime": {"numpy": "2.4.6"}}),
         _step("render", {"files": {"local.json": "1"}}, {"files": {"local.json": "2"}},
@@ -224,8 +226,8 @@ def test_changes_are_named_by_spec_field_and_said_once() -> None:
 
 
 def test_a_rendered_file_that_changed_without_a_spec_field_is_named_as_such() -> None:
-    step = _step("render", {"files": {"score.py": "1", "myenv.yml": "1"}}, {"files": {"score.py": "2", "myenv.yml": "1"}},
-                 outputs={"values": {"name": "x"}})
+    step = _step("render", {"files": {"score.py": "1", "myenv.yml": "1"}},
+                 {"files": {"score.py": "2", "myenv.yml": "1"}}, outputs={"values": {"name": "x"}})
     found = changes.step_changes(step, pinned=True, values={"name": "x"})
     assert [(c.field, c.kind) for c in found] == [("score.py", "rendered")]
     unpinned = changes.step_changes(_step("evaluate", {"model": "a"}, {"model": "b"}), pinned=False)

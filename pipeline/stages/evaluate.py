@@ -100,7 +100,8 @@ class Evaluate(Stage):
         # a failed gate writes beside, never over, the outputs of the last success that later skips rely on
         folder = ctx.paths.eval if passed else ctx.paths.eval / "failed"
         folder.mkdir(parents=True, exist_ok=True)
-        baseline = keep_baseline(ctx, step, previous) if passed else _existing(previous.evaluation if previous else None)
+        last = previous.evaluation if previous else None
+        baseline = keep_baseline(ctx, step, previous) if passed else _existing(last)
         plot = evaluate.plot_confusion(result.confusion, folder / "confusion.png", result.labels)
         sha = fetched.sha256 if fetched else None
         record = result.to_dict() | {"min_accuracy": spec.test.min_accuracy, "model_sha256": sha}
