@@ -11,7 +11,8 @@ class PipelineError(Exception):
 
     def _render_traceback_(self) -> list[str]:
         """In Jupyter, an expected error reads as the CLI prints it: its message, not a traceback."""
-        return [f"{type(self).__name__}: {line}" for line in str(self).splitlines() or [""]]
+        first, *rest = str(self).splitlines() or [""]
+        return [f"{type(self).__name__}: {first}", *rest]
 
 
 class UsageError(PipelineError):

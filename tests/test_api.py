@@ -35,7 +35,8 @@ def test_a_bad_spec_is_the_cli_s_spec_error(run_cli) -> None:
     cli = run_cli("validate", str(ROOT / bad))
     assert cli.code == 2 and cli.err.splitlines()[:-1] == err.value.messages
     # in Jupyter the message is shown, not a traceback
-    assert err.value._render_traceback_() == [f"SpecError: {m}" for m in err.value.messages]
+    first, *rest = err.value.messages
+    assert err.value._render_traceback_() == [f"SpecError: {first}", *rest]
 
 
 def test_selection_is_checked_as_the_cli_checks_its_flags(project) -> None:
@@ -146,5 +147,5 @@ def test_get_keys_of_a_service_without_auth_says_so(project) -> None:
 
 
 def test_every_expected_error_renders_as_its_message_in_jupyter() -> None:
-    assert PipelineError("one\ntwo")._render_traceback_() == ["PipelineError: one", "PipelineError: two"]
+    assert PipelineError("one\ntwo")._render_traceback_() == ["PipelineError: one", "two"]
     assert UsageError("bad")._render_traceback_() == ["UsageError: bad"]
