@@ -35,8 +35,9 @@ FIELDS: dict[str, dict[str, tuple[str, str]]] = {
     "smoke": {"service": (SKIP, VALUE), "model": (MODEL, CONTENT), **_TEST, "sample_size": ("test.sample_size", VALUE),
               "seed": ("test.seed", VALUE), "output": ("scoring.output", VALUE), "runtime": ("", RUNTIME)},
 }
-# the deploy stage's inputs and the render stage's template values, where they differ from the spec's field names
-RENAMED = {"target": "deploy.target", "model.file": "model.source", "environment.name": SKIP}
+# the deploy stage's inputs and the render stage's template values, where they differ from the spec's field names;
+# the model's file name and the environment's name follow from model.source and name, which say it
+RENAMED = {"target": "deploy.target", "model.file": SKIP, "environment.name": SKIP}
 
 
 @dataclass(frozen=True)

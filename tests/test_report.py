@@ -230,6 +230,10 @@ def test_a_rendered_file_that_changed_without_a_spec_field_is_named_as_such() ->
                  {"files": {"score.py": "2", "myenv.yml": "1"}}, outputs={"values": {"name": "x"}})
     found = changes.step_changes(step, pinned=True, values={"name": "x"})
     assert [(c.field, c.kind) for c in found] == [("score.py", "rendered")]
+    moved = _step("render", {"files": {"score.py": "1"}}, {"files": {"score.py": "2"}},
+                  outputs={"values": {"model": {"source": "../m/a.pkl", "file": "a.pkl"}}})
+    found = changes.step_changes(moved, pinned=True, values={"model": {"source": "../m/b.pkl", "file": "b.pkl"}})
+    assert [(c.field, c.old, c.new) for c in found] == [("model.source", "../m/a.pkl", "../m/b.pkl")]  # said once
     unpinned = changes.step_changes(_step("evaluate", {"model": "a"}, {"model": "b"}), pinned=False)
     assert [(c.field, c.kind) for c in unpinned] == [("model.source", "content")]
 

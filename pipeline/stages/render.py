@@ -65,6 +65,7 @@ def template_values(ctx: Context) -> dict[str, Any]:
     from pipeline.context import plain
 
     values = render.context(ctx.spec)
+    values["model"]["source"] = plain(ctx.spec.data["model"]["source"])  # as the spec says it, not resolved here
     values["deploy"][ctx.spec.deploy.settings_key] = plain(ctx.spec.deploy.settings())
     return values
 
