@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.console import Console
@@ -23,13 +25,15 @@ def console() -> Console:
 class NotebookConsole(Console):
     """The run's lines in one display that updates in place, its last line the progress of the current stage."""
 
-    def __init__(self, *, quiet: bool = False) -> None:
+    def __init__(self, *, quiet: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(quiet=quiet)
+        self.clock = clock
         self.colour = False
         self.interactive = True
         self.lines: list[str] = []
         self.status = ""
         self.handle: Any = None
+        self.shown_at = -1.0
 
     def _show(self) -> None:
         from IPython.display import Pretty, display
@@ -49,8 +53,14 @@ class NotebookConsole(Console):
         self._show()
 
     def progress(self, text: str) -> None:
+        """The current stage's progress, at most ten updates a second (a deploy polls far more often)."""
+        if text[:120] == self.status:
+            return
         self.status = text[:120]
-        self._show()
+        now = self.clock()
+        if now - self.shown_at >= 0.1:
+            self.shown_at = now
+            self._show()
 
     def clear_progress(self) -> None:
         if self.status:

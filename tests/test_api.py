@@ -149,3 +149,41 @@ def test_get_keys_of_a_service_without_auth_says_so(project) -> None:
 def test_every_expected_error_renders_as_its_message_in_jupyter() -> None:
     assert PipelineError("one\ntwo")._render_traceback_() == ["PipelineError: one", "two"]
     assert UsageError("bad")._render_traceback_() == ["UsageError: bad"]
+
+
+def test_in_a_kernel_the_run_s_lines_and_progress_update_one_output_area(monkeypatch) -> None:
+    """IPython's display, recorded at its module boundary: what a notebook's output area is sent."""
+    import types
+
+    from pipeline import jupyter
+
+    assert type(jupyter.console()).__name__ == "Console"  # a script or a terminal: the terminal's console
+    sent: list[tuple[str, str]] = []
+
+    class Handle:
+        def update(self, obj) -> None:
+            sent.append(("update", obj.data))
+
+    class Pretty:
+        def __init__(self, data: str) -> None:
+            self.data = data
+
+    def display(obj, display_id: bool = False) -> Handle:
+        assert display_id
+        sent.append(("display", obj.data))
+        return Handle()
+
+    shell = types.SimpleNamespace(kernel=object())
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    monkeypatch.setitem(sys.modules, "IPython.display", types.SimpleNamespace(Pretty=Pretty, display=display))
+    assert isinstance(jupyter.console(), jupyter.NotebookConsole)
+    now = [100.0]
+    console = jupyter.NotebookConsole(clock=lambda: now[0])
+    console.progress("evaluate: 500 of 1,000 rows")
+    console.progress("evaluate: 500 of 1,000 rows")  # the same line again: nothing sent
+    now[0] += 0.05
+    console.progress("evaluate: 1,000 of 1,000 rows")  # within a tenth of a second: kept for the next update
+    console.print("evaluate  ran")
+    console.clear_progress()
+    assert sent == [("display", "evaluate: 500 of 1,000 rows"),
+                    ("update", "evaluate  ran\nevaluate: 1,000 of 1,000 rows"), ("update", "evaluate  ran")]
