@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cleanup", action="store_true", help="delete the service after a successful smoke test (CI mode)")
     p.add_argument("--adopt", action="store_true",
                    help="take over a service name another spec file owns (the spec was renamed or moved)")
+    p.add_argument("--summary", metavar="FILE",
+                   help="append the report's Markdown to FILE, for a CI job summary (default: $GITHUB_STEP_SUMMARY "
+                        "when it is set)")
     _add_selection(p)
     _add_state_flags(p, lock=True)
     _add_output_flags(p)

@@ -9,6 +9,11 @@ class PipelineError(Exception):
 
     exit_code = 1
 
+    def _render_traceback_(self) -> list[str]:
+        """In Jupyter, an expected error reads as the CLI prints it: its message, not a traceback."""
+        first, *rest = str(self).splitlines() or [""]
+        return [f"{type(self).__name__}: {first}", *rest]
+
 
 class UsageError(PipelineError):
     """Bad command-line usage or arguments: nothing ran."""
@@ -60,6 +65,14 @@ class StageFailed(PipelineError):
     def __init__(self, message: str, outputs: Any = None) -> None:
         super().__init__(message)
         self.outputs = outputs  # the stage's Output record, when it got far enough to have one
+
+
+class RunFailed(StageFailed):
+    """A run stopped at a failed stage (the Python API's run()); `result` holds what every stage did."""
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class TargetError(PipelineError):

@@ -1,7 +1,6 @@
 """Test the model locally, as the tutorial does: accuracy, confusion matrix, per-class scores, plot."""
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import time
@@ -134,38 +133,12 @@ def format_confusion(conf: np.ndarray) -> str:
 
 
 def plot_confusion(conf: np.ndarray, path: Path, labels: tuple[int, ...] | None = None) -> Path:
-    """The tutorial's figure of errors: row-normalized, diagonal zeroed, bone colormap, PNG."""
-    import numpy as np
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """The tutorial's figure of errors (pipeline.figures.confusion_figure) as a PNG file."""
+    from pipeline import figures
 
     path = Path(path)
-    conf = np.asarray(conf)
-    rows = conf.sum(axis=1, keepdims=True)
-    # A class absent from the test set has a zero row: show it as 0 errors, not NaN.
-    norm = np.divide(conf, rows, out=np.zeros(conf.shape, dtype=np.float64), where=rows > 0)
-    np.fill_diagonal(norm, 0)  # so the correct answers do not drown out the errors
-
-    # The object API with the Agg canvas needs no display and leaves no global pyplot figure.
-    fig = Figure(figsize=(8, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(111)
-    cax = ax.matshow(norm, cmap=colormaps["bone"])
-    ticks = np.arange(conf.shape[0])
-    ax.set_xticks(ticks)
-    ax.set_yticks(ticks)
-    names = [str(v) for v in (labels if labels is not None else ticks)]
-    ax.set_xticklabels(names)
-    ax.set_yticklabels(names)
-    fig.colorbar(cax)
-    ax.set_ylabel("true labels", fontsize=14)
-    ax.set_xlabel("predicted values", fontsize=14)
-
-    buf = io.BytesIO()
     # No Software/date chunks: the same matrix gives the same bytes, so reports diff cleanly.
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    _write_atomic(path, buf.getvalue())
+    _write_atomic(path, figures.png(figures.confusion_figure(conf, labels)))
     return path
 
 

@@ -111,6 +111,9 @@ class Step:
     change: Change | None = None
     error: str | None = None  # the stage is already known to fail, and why
     rebuild: bool = False  # runs only to make again local files missing here (a fresh runner): nothing changes
+    # the stage's record in the state the plan compared with (its inputs and outputs at its last success), so a
+    # report written after the run can still say what changed: by then the run has replaced the record
+    recorded: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -154,6 +157,17 @@ class Plan:
                 }
             out.append(item)
         return {"spec": self.spec_name, "changes": self.changes, "steps": out}
+
+    def _repr_markdown_(self) -> str:
+        """Jupyter shows a Plan as the CLI prints it, as Markdown (see pipeline.planview)."""
+        from pipeline import planview
+
+        return planview.markdown(self)
+
+    def _repr_html_(self) -> str:
+        from pipeline import planview
+
+        return planview.html(self)
 
 
 @dataclass(frozen=True)

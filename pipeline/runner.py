@@ -77,7 +77,7 @@ def plan(spec_name: str, state: dict[str, Any], facts: Facts, selection: Selecti
             upstream_runs.append(name)
         if rebuild:
             rebuilds.add(name)
-        steps.append(Step(name, action, reason, key, inputs, change, error, rebuild))
+        steps.append(Step(name, action, reason, key, inputs, change, error, rebuild, recorded=record))
     return Plan(spec_name, tuple(steps))
 
 

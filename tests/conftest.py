@@ -54,6 +54,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_HOME", str(root / ".pipeline"))
     monkeypatch.setenv("PIPELINE_REPORTS", str(root / "reports"))
     monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)  # under GitHub Actions, `run` would append to it
     yield root
     _stop_services(root / ".pipeline")
     _stop_strays(root)

@@ -1,37 +1,31 @@
-"""What the stateful commands share: load the spec, find its state and backend, build the stage context."""
+"""What the stateful commands share: the spec as a Pipeline (pipeline.api), its paths, the stage context."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from pipeline import backends, project
+from pipeline import api, backends
 from pipeline import spec as specs
 from pipeline import state as states
-from pipeline.backends.document import StateDocument
 from pipeline.console import Console
 from pipeline.context import Context
+from pipeline.planview import show  # noqa: F401  (re-exported: a field value in a diff line)
+
+
+def load(args: argparse.Namespace, console: Console, *, check_files: bool = True) -> api.Pipeline:
+    """The command's spec, loaded and validated, with the --state the command was given."""
+    return api.load(args.spec, state=getattr(args, "state_url", None), console=console, check_files=check_files)
 
 
 def context(args: argparse.Namespace, console: Console, *, check_files: bool = True) -> Context:
     """check_files=False for commands that only touch the service: a moved data file must not block delete."""
-    from pipeline import service
-
-    loaded = specs.load(args.spec, check_files=check_files)
-    paths = paths_for(loaded, getattr(args, "state_url", None), args.spec)
-    ctx = Context(spec=loaded, paths=paths, state=states.load(paths), console=console)
-    service.check_owner(ctx, adopt=bool(getattr(args, "adopt", False)))
-    return ctx
+    return load(args, console, check_files=check_files).context(console, adopt=bool(getattr(args, "adopt", False)))
 
 
 def paths_for(spec: specs.Spec, state_url: str | None, shown: str, *,
               choice: backends.Choice | None = None) -> states.Paths:
     """The spec's local folder at its project root, and its state document in the chosen backend."""
-    choice = choice or backends.choose(spec.state, state_url)
-    home = project.home(spec.path)
-    document = StateDocument(backends.open_backend(choice, home), spec.name, home / spec.name,
-                             reports=project.reports_root(spec.path) / spec.name,
-                             project=project.root_of(spec.path), spec_arg=str(shown))
-    return states.Paths(home / spec.name, document)
+    return api.paths_for(spec, state_url, shown, choice=choice)
 
 
 def lock_options(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -40,13 +34,9 @@ def lock_options(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 
 def selection(args: argparse.Namespace) -> Any:
-    from pipeline.runner import Selection
-
-    return Selection(force=args.force, only=args.only, from_stage=args.from_stage, to_stage=args.to_stage)
+    return api.selection(force=args.force, only=args.only, from_stage=args.from_stage, to=args.to_stage)
 
 
-def show(value: Any) -> str:
-    """A field value in a diff line."""
-    if value is None:
-        return "(none)"
-    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+def stages(args: argparse.Namespace) -> dict[str, Any]:
+    """--force, --only, --from, --to as the API's keyword arguments."""
+    return {"force": args.force, "only": args.only, "from_stage": args.from_stage, "to": args.to_stage}

@@ -6,24 +6,22 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.commands._common import context
+from pipeline.commands._common import load
 from pipeline.console import Console
 from pipeline.errors import UsageError
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    ctx = context(args, console, check_files=False)
-    record = ctx.service
-    if record is None:
-        raise UsageError(f"{ctx.spec.name}: no service is deployed; `run` it first")
-    from pipeline import targets
-
-    target = targets.get(record.target)
-    text = target.logs(record, ctx.paths.service, tail=args.tail)
+    p = load(args, console, check_files=False)
+    svc = p.service
+    if svc is None:
+        raise UsageError(f"{p.spec.name}: no service is deployed; `run` it first")
+    text = svc.get_logs(num_lines=args.tail)
     if text:
         console.always(text)
     if not args.follow:
         return 0
+    record = svc.record
     log = Path(str(record.extra.get("log", "")))
     if not record.extra.get("log") or not log.is_file():
         raise UsageError(f"--follow needs a local log file; target {record.target!r} has none")

@@ -6,13 +6,14 @@ import shutil
 from pathlib import Path
 
 from pipeline import render
-from pipeline import spec as specs
+from pipeline.commands._common import load
 from pipeline.console import Console
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    loaded = specs.load(args.spec)
-    files = render.render_all(loaded)
+    p = load(args, console)
+    loaded = p.spec
+    files = p.render()
     folder = Path(args.output) if args.output else Path("build") / loaded.name
     for path in render.write_files(folder, files):
         console.print(f"wrote {path}")

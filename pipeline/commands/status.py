@@ -4,69 +4,29 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
 
-from pipeline import releases
-from pipeline.commands._common import context
+from pipeline import webservice
+from pipeline.commands._common import load
 from pipeline.console import Console
-from pipeline.errors import StageFailed
 from pipeline.records import COLOURS
-from pipeline.targets import keys as keyfile
-
-
-def _mask(key: str) -> str:
-    return key[:4] + "…" + f" ({len(key)} characters; --show-keys prints it)"
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    ctx = context(args, console, check_files=False)
-    record = ctx.service
+    p = load(args, console, check_files=False)
     if args.uri:
-        if record is None or not record.scoring_uri:
-            raise StageFailed(f"{ctx.spec.name} is not deployed; `python -m pipeline run {args.spec}` deploys it")
-        console.always(record.scoring_uri)
+        console.always(webservice.scoring_uri(p))
         return 0
-    out: dict[str, Any] = {"spec": ctx.spec.name, "target": ctx.spec.deploy.target, "deployed": record is not None,
-                           "state": "not deployed"}
-    if record is None:
-        orphans = ctx.target.orphans(ctx.paths.service)
-        if orphans:  # a run killed before it recorded what it started: say so, delete stops it
-            out |= {"state": "orphaned", "orphans": orphans}
-    if record is not None:
-        from pipeline import targets
-        from pipeline.stages.smoke import SmokeOutput
-
-        live = targets.get(record.target).probe(record, ctx.spec)
-        out |= {"state": live.state, "detail": live.detail, "drift": list(live.drift),
-                "scoring_uri": record.scoring_uri, "swagger_uri": record.swagger_uri, "model": record.model,
-                "model_sha256": record.model_sha256, "deployed_at": record.deployed_at}
-        smoke = ctx.output(SmokeOutput)
-        if smoke is not None:
-            out["last_smoke"] = {"at": ctx.state["stages"]["smoke"].get("at"), "agree": smoke.agree,
-                                 "sample_accuracy": smoke.sample_accuracy, "latency_ms": smoke.latency_ms}
-        if record.auth:
-            keys = keyfile.read(ctx.paths.service)
-            out["keys"] = keys if args.show_keys else {k: _mask(v) for k, v in keys.items()}
-    kept = releases.listed(ctx)
-    if kept:
-        live_digest = record.digest if record else None
-        out["releases"] = [{"n": r.n, "at": r.at, "model": r.model, "model_sha256": r.model_sha256,
-                            "live": r.digest == live_digest} for r in reversed(kept)]
-    history = ctx.state.get("history") or []
-    if history:
-        out["last_run"] = {"at": history[-1]["at"], "command": history[-1]["command"], "ok": history[-1]["ok"]}
-    # for scripts: 0 only for a healthy service that matches its record; down, drifted, unknown, not deployed: 1
-    code = 0 if out["state"] == "live" else 1
-    out["ok"] = code == 0
+    out = p.status(show_keys=args.show_keys)
+    code = 0 if out["ok"] else 1  # for scripts: down, drifted, unknown, not deployed: 1
     if args.json:
         console.always(json.dumps(out, indent=2, default=str))
         return code
-    if not record:
-        console.print(f"{ctx.spec.name}: not deployed (target {ctx.spec.deploy.target})")
+    if not out["deployed"]:
+        console.print(f"{out['spec']}: not deployed (target {out['target']})")
         for line in out.get("orphans", []):
             console.print(f"  still running {line}: an unfinished deploy's; `run` or `delete` stops it")
         return code
-    console.print(f"{ctx.spec.name}: {console.paint(out['state'], COLOURS[out['state']])} - {out['detail']}")
+    console.print(f"{out['spec']}: {console.paint(out['state'], COLOURS[out['state']])} - {out['detail']}")
     console.print(f"  scoring URI  {out['scoring_uri']}")
     if out.get("swagger_uri"):
         console.print(f"  swagger      {out['swagger_uri']}")
@@ -86,6 +46,6 @@ def main(args: argparse.Namespace, console: Console) -> int:
         now = " (live)" if r["live"] else ""
         console.print(f"  {'releases' if i == 0 else '':<12} #{r['n']} {when} model {r['model']} "
                       f"sha256 {str(r['model_sha256'])[:12]}…{now}")
-    if out.get("releases") and len(out["releases"]) > 1:
+    if len(out.get("releases") or []) > 1:
         console.print(f"  (`python -m pipeline rollback {args.spec} --to N` brings one back)")
     return code

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import spec as specs
+from pipeline import api
 from pipeline.console import Console
 from pipeline.errors import SpecError
 
@@ -13,16 +13,16 @@ def main(args: argparse.Namespace, console: Console) -> int:
     results = []
     for path in args.specs:
         try:
-            loaded = specs.load(path)
+            valid = api.validate(path)
         except SpecError as exc:
             results.append({"spec": path, "valid": False, "errors": exc.messages})
             if not args.json:
                 for message in exc.messages:
                     console.error(message)
             continue
-        results.append({"spec": path, "valid": True, "errors": [], "name": loaded.name, "target": loaded.deploy.target})
+        results.append(valid.to_dict())
         if not args.json:
-            console.print(f"{console.paint('ok', 'green')}  {path}  ({loaded.name}, target {loaded.deploy.target})")
+            console.print(f"{console.paint('ok', 'green')}  {path}  ({valid.name}, target {valid.target})")
     if args.json:
         console.always(json.dumps(results, indent=2))
     invalid = sum(not r["valid"] for r in results)

@@ -60,6 +60,7 @@ class EvaluateOutput(Output):
     evaluation: str  # evaluation.json: the confusion matrix and per-class scores
     confusion_png: str
     model_sha256: str | None = None
+    baseline: str | None = None  # the last successful evaluation before this one: the report's "before"
 
 
 class Evaluate(Stage):
@@ -89,6 +90,7 @@ class Evaluate(Stage):
         spec = ctx.spec
         model, dataset = load_model_and_data(ctx)
         fetched = ctx.output(FetchOutput)
+        previous = ctx.output(EvaluateOutput)  # the last success: this run has no evaluation yet
 
         def progress(done: int, total: int) -> None:
             ctx.console.progress(f"evaluate: {done:,} of {total:,} rows ({100 * done / max(total, 1):.0f}%)")
@@ -98,13 +100,15 @@ class Evaluate(Stage):
         # a failed gate writes beside, never over, the outputs of the last success that later skips rely on
         folder = ctx.paths.eval if passed else ctx.paths.eval / "failed"
         folder.mkdir(parents=True, exist_ok=True)
+        last = previous.evaluation if previous else None
+        baseline = keep_baseline(ctx, step, previous) if passed else _existing(last)
         plot = evaluate.plot_confusion(result.confusion, folder / "confusion.png", result.labels)
         sha = fetched.sha256 if fetched else None
         record = result.to_dict() | {"min_accuracy": spec.test.min_accuracy, "model_sha256": sha}
         evaluation = folder / "evaluation.json"
         atomic_write(evaluation, (json.dumps(record, indent=2) + "\n").encode())
         matrix = evaluate.format_confusion(result.confusion)
-        outputs = EvaluateOutput(result.accuracy, result.n, str(evaluation), str(plot), sha)
+        outputs = EvaluateOutput(result.accuracy, result.n, str(evaluation), str(plot), sha, baseline)
         try:
             evaluate.check_gate(result, spec.test.min_accuracy)
         except StageFailed as exc:
@@ -112,3 +116,24 @@ class Evaluate(Stage):
         detail = (f"accuracy {result.accuracy:.4f} on {result.n:,} test images (gate {spec.test.min_accuracy:g})\n"
                   f"{matrix}\nOverall accuracy: {result.accuracy:.4f}")
         return Outcome(detail, outputs)
+
+
+def _existing(path: str | None) -> str | None:
+    return path if path and Path(path).is_file() else None
+
+
+def keep_baseline(ctx: Context, step: Step, previous: EvaluateOutput | None) -> str | None:
+    """Copy the evaluation this one replaces beside it (eval/baseline.json), for the report's before -> after.
+
+    The same evaluation made again (--force, or a fresh runner making its files again) keeps the baseline it had.
+    """
+    if previous is None:
+        return None
+    if step.recorded is not None and step.recorded.get("digest") == step.digest:
+        return _existing(previous.baseline)
+    source = _existing(previous.evaluation)
+    if source is None:
+        return None
+    target = ctx.paths.eval / "baseline.json"
+    atomic_write(target, Path(source).read_bytes())
+    return str(target)

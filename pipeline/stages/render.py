@@ -19,6 +19,8 @@ class RenderOutput(Output):
     stage = "render"
     dir: str
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256 of what was written
+    # the spec values the templates saw (and the target's settings block): the report names the fields that changed
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 def digests(files: dict[str, str]) -> dict[str, str]:
@@ -53,7 +55,19 @@ class Render(Stage):
                 elif old.is_dir() and not any(old.iterdir()):
                     old.rmdir()
         render.write_files(build, files)
-        return Outcome(f"{', '.join(sorted(files))} -> {build}", RenderOutput(str(build), digests(files)))
+        return Outcome(f"{', '.join(sorted(files))} -> {build}",
+                       RenderOutput(str(build), digests(files), template_values(ctx)))
+
+
+def template_values(ctx: Context) -> dict[str, Any]:
+    """What rendering read of the spec: the templates' values, and the chosen target's settings block."""
+    from pipeline import render
+    from pipeline.context import plain
+
+    values = render.context(ctx.spec)
+    values["model"]["source"] = plain(ctx.spec.data["model"]["source"])  # as the spec says it, not resolved here
+    values["deploy"][ctx.spec.deploy.settings_key] = plain(ctx.spec.deploy.settings())
+    return values
 
 
 def build_dir(ctx: Context) -> Path | None:

@@ -170,28 +170,7 @@ def check_service(ctx: Context, record: ServiceRecord, *, plot: bool = True) -> 
 
 def plot_samples(X: Any, labels: list[Any], predicted: list[Any], path: Path, side: int) -> Path:
     """The tutorial's figure: a row of images, the prediction above each, misclassified ones in red, inverted."""
-    import io
+    from pipeline import figures
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    from pipeline.files import atomic_write
-
-    n = len(predicted)
-    fig = Figure(figsize=(20, 1))
-    for i in range(n):
-        ax = fig.add_subplot(1, n, i + 1)
-        ax.axhline("")  # type: ignore[arg-type]  # the tutorial's own calls, kept for the same figure
-        ax.axvline("")  # type: ignore[arg-type]
-        wrong = labels[i] != predicted[i]
-        ax.text(x=10, y=-10, s=str(predicted[i]), fontsize=18, color="red" if wrong else "black")
-        ax.imshow(X[i].reshape(side, side), cmap="gray" if wrong else "Greys")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight", metadata={"Software": None})
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, buffer.getvalue())
-    return path
+    return figures.save(figures.samples_figure(X, labels, predicted, side), path, bbox_inches="tight")
