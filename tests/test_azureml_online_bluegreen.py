@@ -183,6 +183,19 @@ def test_discard_of_a_first_deploy_deletes_the_endpoint_made_for_it(azure, tmp_p
     assert not (req.service_dir / "keys.json").exists()
 
 
+def test_a_deploy_killed_after_staging_leaves_green_idle_and_the_next_one_replaces_it(azure, tmp_path):
+    record, spec = first_deploy(azure, tmp_path)
+    target = OnlineTarget()
+    target.stage(request(spec, tmp_path, previous=record, digest="d2"))  # then the run was killed
+    live = target.probe(record, spec)
+    assert (live.healthy, live.drift) == (True, ())  # blue still serves all of it
+    assert live.detail.endswith("; green also deployed there, taking no traffic")
+    again = target.deploy(request(spec, tmp_path, previous=record, digest="d3"))
+    assert again.extra["deployment"] == "green" and traffic(azure) == {"green": 100}
+    assert puts(azure, GREEN)[-1]["tags"]["pipeline-digest"] == "d3" and BLUE.lower() not in azure.resources
+    assert target.probe(again, spec).detail.endswith(f"at {again.scoring_uri}")
+
+
 def test_stage_refuses_an_endpoint_whose_traffic_is_split(azure, tmp_path):
     record, spec = first_deploy(azure, tmp_path)
     azure.resources[GREEN.lower()] = {**azure.resources[BLUE.lower()], "name": "green"}
@@ -202,6 +215,8 @@ def test_a_hand_made_deployment_is_left_beside_ours(azure, tmp_path):
     target = OnlineTarget()
     assert target.deploy(request(spec, tmp_path, digest="d2")).extra["deployment"] == "blue"
     assert traffic(azure) == {"blue": 100} and default in azure.resources  # not ours to delete
+    live = target.probe(None, spec)
+    assert "; default also deployed there, taking no traffic" in live.detail and live.stamp == stamp("d2")
 
 
 def test_invoke_fetches_the_key_on_a_machine_that_has_none(azure, tmp_path):
@@ -254,3 +269,9 @@ def test_run_at_the_wire_updates_blue_green_and_a_bad_update_leaves_the_live_one
     assert state["service"]["deployment"] == "green" and state.get("candidate") is None
     live = azure.resources[GREEN.lower()]["tags"]
     assert set(STAMP_KEYS) <= set(live) and live[STAMP_DIGEST] == state["service"]["digest"]
+
+    # rollback: the first release comes back the same way, as blue beside green
+    back = run_cli("rollback", path)
+    assert back.code == 0, back.out + back.err
+    assert traffic(azure) == {"blue": 100} and GREEN.lower() not in azure.resources
+    assert azure.resources[BLUE.lower()]["tags"]["method"] == "sklearn"  # the first release's tags

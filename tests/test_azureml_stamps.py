@@ -176,3 +176,37 @@ def test_probe_without_a_record_shows_what_the_service_shows_of_itself(wired, fa
     assert record is not None and record.digest == "d" * 64
     assert record.model_sha256 == spec.model.sha256 and (record.scoring_uri or "").startswith("http://127.0.0.1:")
     assert targets.get(target).probe(record, spec).drift == ()  # the adopted record matches what is live
+
+
+@pytest.mark.parametrize("target", list(SPECS))
+def test_the_stamps_tag_names_are_not_the_specs(target, tmp_path):
+    from pipeline import spec as specs
+    from pipeline.errors import SpecError
+
+    path = tmp_path / "spec.yaml"
+    text = (ROOT / "specs" / SPECS[target]).read_text().replace("../examples/", f"{ROOT}/examples/")
+    path.write_text(text.replace("tags: {data: MNIST, method: sklearn}", "tags: {data: MNIST, pipeline-digest: mine}"))
+    with pytest.raises(SpecError) as caught:
+        specs.load(path)
+    assert [m.split(": ", 1)[1] for m in caught.value.messages] == [
+        "tags.pipeline-digest: pipeline-digest is the name of a tag deploy writes itself (pipeline's stamp): "
+        "choose another"]
+
+
+def test_an_endpoint_takes_46_tags_of_the_spec_beside_the_stamp(tmp_path):
+    from pipeline import spec as specs
+    from pipeline.errors import SpecError
+
+    text = (ROOT / "specs" / SPECS["azureml-online"]).read_text().replace("../examples/", f"{ROOT}/examples/")
+    for count, ok in ((46, True), (47, False)):
+        tags = ", ".join(f"t{i}: v" for i in range(count))
+        path = tmp_path / f"spec{count}.yaml"
+        path.write_text(text.replace("tags: {data: MNIST, method: sklearn}", f"tags: {{{tags}}}"))
+        if ok:
+            assert len(specs.load(path).tags) == 46
+            continue
+        with pytest.raises(SpecError) as caught:
+            specs.load(path)
+        assert [m.split(": ", 1)[1] for m in caught.value.messages] == [
+            "tags: Azure resources allow at most 50 tags and pipeline's stamp takes 4: at most 46 remain for the "
+            "spec, got 47"]

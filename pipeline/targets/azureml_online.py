@@ -190,7 +190,11 @@ class OnlineTarget(BaseTarget):
             if common.is_not_found(exc):
                 return live_side.no_deployment(endpoint, info)
             return Live(False, False, f"cannot read deployment {which} of {name}: {common.reason(exc)}")
-        return live_side.live_of(endpoint, deployment, info, spec)
+        try:  # a deployment beside the serving one: a deploy that never finished, or one made by hand
+            others = sorted(d.name for d in client.online_deployments.list(endpoint_name=name) if d.name != which)
+        except Exception:  # noqa: BLE001  a courtesy: its absence must not hide what the probe found
+            others = []
+        return live_side.live_of(endpoint, deployment, info, spec, others)
 
     def adopt(self, live: Live, spec: Spec) -> ServiceRecord | None:
         """The record deploy would have kept for the stamped endpoint of the spec's name (read again from Azure)."""

@@ -43,7 +43,8 @@ def record_of(client: Any, endpoint: Any, deployment: Any, *, config: Path | Non
     )
 
 
-def live_of(endpoint: Any, deployment: Any, record: Mapping[str, Any], spec: Spec | None) -> Live:
+def live_of(endpoint: Any, deployment: Any, record: Mapping[str, Any], spec: Spec | None,
+            others: list[str] | None = None) -> Live:
     """The endpoint with the deployment that serves it (the recorded one, or the one the traffic goes to)."""
     name, which = endpoint.name, deployment.name
     drift = drift_of(endpoint, deployment, record)
@@ -51,6 +52,9 @@ def live_of(endpoint: Any, deployment: Any, record: Mapping[str, Any], spec: Spe
     healthy = states == ("Succeeded", "Succeeded") and weights_of(endpoint.traffic).get(which) == 100
     detail = (f"endpoint {name} is {states[0]}, deployment {which} is {states[1]}"
               + (f" at {endpoint.scoring_uri}" if healthy else ""))
+    idle = [name for name in others or [] if not weights_of(endpoint.traffic).get(name)]
+    if idle:
+        detail += f"; {', '.join(idle)} also deployed there, taking no traffic"
     stamp = common.stamp_of(deployment.tags)  # what serves: the deployment's own stamp, not the endpoint's
     recorded = bool(record.get("endpoint"))
     if not recorded:
