@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the stages whose inputs changed: check, fetch, evaluate, render, deploy, smoke, report.")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--cleanup", action="store_true", help="delete the service after a successful smoke test (CI mode)")
+    p.add_argument("--adopt", action="store_true",
+                   help="take over a service name another spec file owns (the spec was renamed or moved)")
     _add_selection(p)
     _add_state_flags(p, lock=True)
     _add_output_flags(p)
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", help="stop and remove the service (keeps the history)",
                        description="Stop and remove the deployed service, like the tutorial's service.delete().")
     p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--adopt", action="store_true", help="delete a service whose name another spec file owns")
     _add_state_flags(p, lock=True)
     _add_output_flags(p, json_flag=False)
 

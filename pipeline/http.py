@@ -35,3 +35,18 @@ def get(uri: str, timeout: float, *, limit: int = 1 << 16) -> Reply:
             return Reply(response.status, response.read(limit), time.perf_counter() - start, dict(response.headers))
     except urllib.error.HTTPError as exc:
         return Reply(exc.code, exc.read(limit), time.perf_counter() - start, dict(exc.headers or {}))
+
+
+def send(method: str, uri: str, body: bytes | None, headers: Mapping[str, str], timeout: float, *,
+         limit: int = 1 << 24) -> Reply:
+    """Any method (PUT, DELETE, ...) to a platform's control API, e.g. Ray's dashboard; an HTTP error is an answer.
+
+    Connection errors and timeouts propagate as urllib raises them, as for post and get.
+    """
+    request = urllib.request.Request(uri, data=body, headers=dict(headers), method=method)
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Reply(response.status, response.read(limit), time.perf_counter() - start, dict(response.headers))
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, exc.read(limit), time.perf_counter() - start, dict(exc.headers or {}))

@@ -48,6 +48,7 @@ COLOURS: dict[str, str] = {
     "drifted": "yellow",
     "down": "red",
     "unknown": "yellow",
+    "orphaned": "red",
 }
 
 

@@ -58,8 +58,8 @@ def test_stage_outputs_are_machine_independent_and_the_service_record_is_kept_ve
     model = str(home / NAME / "models" / "m" / "1" / "model.pkl")
     service = {"target": "local", "config": str(home / NAME / "service" / "config.json"), "pid": 7,
                "workspace_config": str(tmp_path / "a" / "azure" / "config.json"), "uri": "http://127.0.0.1:1/"}
-    data["stages"] = {"fetch": {"outputs": {"path": model, "other": "/opt/elsewhere/x", "n": 3}},
-                      "report": {"outputs": {"dir": str(reports)}}}
+    data["stages"] = {"fetch": {"digest": "d1", "outputs": {"path": model, "other": "/opt/elsewhere/x", "n": 3}},
+                      "report": {"digest": "d2", "outputs": {"dir": str(reports)}}}
     data["service"] = service
     data["files"] = {str(tmp_path / "x"): {"sha256": "ab"}}
     doc.save(data)

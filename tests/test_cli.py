@@ -16,7 +16,8 @@ from pipeline.cli import build_parser
 from pipeline.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("validate", "schema", "render", "plan", "run", "status", "delete", "logs", "serve", "state", "force-unlock")
+COMMANDS = ("validate", "schema", "render", "plan", "run", "status", "rollback", "delete", "logs", "serve", "state",
+            "force-unlock")
 BAD_TARGET = "tests/data/specs/invalid/bad-target.yaml"
 SEVERAL = "tests/data/specs/invalid/several-problems.yaml"
 
@@ -68,7 +69,7 @@ def test_validate_several_files_one_bad(run_cli, at_root: Path) -> None:
                                        "ok  tests/data/specs/valid/minimal.yaml  (minimal-svc, target local)"]
     assert result.err.splitlines() == [
         "tests/data/specs/invalid/bad-target.yaml:33: deploy.target: 'azur' is not one of "
-        "['local', 'aci', 'aks', 'azureml-online']",
+        "['local', 'aci', 'aks', 'azureml-online', 'ray']",
         "1 of 3 spec(s) invalid"]
 
 
@@ -93,7 +94,7 @@ def test_validate_json(run_cli, at_root: Path) -> None:
         {"spec": "specs/mnist.yaml", "valid": True, "errors": [], "name": "sklearn-mnist-svc", "target": "local"},
         {"spec": BAD_TARGET, "valid": False, "errors": [
             "tests/data/specs/invalid/bad-target.yaml:33: deploy.target: 'azur' is not one of "
-            "['local', 'aci', 'aks', 'azureml-online']"]},
+            "['local', 'aci', 'aks', 'azureml-online', 'ray']"]},
     ]
     ok = run_cli("validate", "--json", "specs/mnist.yaml")
     assert ok.code == 0 and json.loads(ok.out)[0]["valid"] is True

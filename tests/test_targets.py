@@ -1,8 +1,10 @@
 """The target conformance suite: every target in TARGETS, and a test-only one, honour the same protocol.
 
 A new target gets these tests by adding one line to HARNESSES. The local and threaded targets run for
-real (real processes or threads, real HTTP on 127.0.0.1); the Azure targets run their real SDKs against
-Azure faked at the network boundary (tests/fake_azure.py), which runs what was uploaded, so invoke scores.
+real (real processes or threads, real HTTP on 127.0.0.1); so does ray, on a real local Ray cluster per
+deploy, inside a loopback-only network namespace (tests/netns.py): Ray binds some ports on every interface.
+The Azure targets run their real SDKs against Azure faked at the network boundary (tests/fake_azure.py),
+which runs what was uploaded, so invoke scores.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pipeline import spec as specs
 from pipeline.console import Console
 from pipeline.records import Live
 from pipeline.targets.base import Auth, DeployRequest, Rollout, ServiceRecord, Target
+from tests import netns
 from tests.conftest import EXAMPLE_MODEL, ROOT
 
 THREADED = "tests.targets.threaded:ThreadedTarget"
@@ -56,18 +59,24 @@ class Harness:
     needs: tuple[str, ...] = ()  # fixtures it runs under (a cloud faked at its network boundary)
     settings: Callable[[Mapping[str, Any], bool], str] | None = None  # (those fixtures, auth) -> its deploy block
     skips: Mapping[str, str] = field(default_factory=dict)  # conformance test -> why it cannot pass honestly here
+    requires: str | None = None  # a module of the target's extra: its cases are skipped without it
+    netns: bool = False  # its services listen beyond loopback: deploys run only in a loopback-only namespace
 
 
 @dataclass
 class Bound:
     """A harness in one test: its fixtures resolved, so it can write the target's spec."""
 
-    harness: Bound
+    harness: Harness
     fixtures: dict[str, Any]
 
     @property
     def name(self) -> str:
         return self.harness.name
+
+    @property
+    def netns(self) -> bool:
+        return self.harness.netns
 
     def make(self) -> Target:
         return self.harness.make()
@@ -103,6 +112,7 @@ HARNESSES = [
     Harness("aks", lambda: targets.get("aks"), needs=AZURE, settings=_azureml(", compute_target: aks-mnist")),
     Harness("azureml-online", lambda: targets.get("azureml-online"), needs=AZURE,
             settings=_azureml(token_without_key=True)),
+    Harness("ray", lambda: targets.get("ray"), requires="ray.serve", netns=True),
 ]
 
 
@@ -111,6 +121,8 @@ def harness(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     h: Harness = request.param
     if not h.registered:
         monkeypatch.setitem(targets.TARGETS, "threaded", THREADED)
+    if h.requires:
+        pytest.importorskip(h.requires, reason=f"needs the {h.name} extra: pip install '.[{h.name}]'")
     why = h.skips.get(request.node.originalname)
     if why:
         pytest.skip(f"{h.name}: {why}")
@@ -128,6 +140,9 @@ class Deployed:
 def deployed(harness: Bound, tmp_path: Path) -> Iterator[Callable[..., Deployed]]:
     """Deploy the example model to the harness's target; every service made is deleted at the end."""
     made: list[Deployed] = []
+    if harness.netns and not netns.INSIDE:
+        pytest.skip(f"{harness.name} deploys run in a loopback-only network namespace, started by "
+                    f"test_{harness.name}_deploys_in_a_loopback_only_network_namespace")
 
     def deploy(*, auth: bool = False) -> Deployed:
         folder = tmp_path / f"d{len(made)}"
@@ -256,6 +271,14 @@ def test_probe_without_a_record_only_where_the_target_can(harness: Bound, tmp_pa
     assert isinstance(live, Live)
     if not target.capabilities.probe_unrecorded:
         assert not live.reachable  # it cannot look a service up by name, and says so
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.skipif(netns.INSIDE, reason="the outer half: runs only outside the namespace")
+def test_ray_deploys_in_a_loopback_only_network_namespace() -> None:
+    """The ray harness's cases, re-run in a loopback-only network namespace where its deploys may run."""
+    netns.rerun_inside(__file__, "ray and not loopback_only_network_namespace")
 
 
 # -- a target is one module: the test-only target through the whole CLI, no other file edited ---------

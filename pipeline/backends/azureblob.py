@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -146,6 +147,14 @@ class AzureBlobBackend:
 
         def refused() -> StateLocked:
             other = _holder_of(blob)
+            # our own claim may still be there: the winner names itself right after it takes the lease
+            for _ in range(20):
+                if other is None or other.to_dict() != holder.to_dict():
+                    break
+                time.sleep(0.05)
+                other = _holder_of(blob)
+            if other is not None and other.to_dict() == holder.to_dict():
+                other = None
             who = other.describe() if other else "unknown holder"
             return StateLocked(f"{name} is locked by another run ({who}) in {self.url}; wait for it to finish, "
                                f"or wait for it with --lock-timeout 5m", other)

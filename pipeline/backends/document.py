@@ -78,6 +78,15 @@ class StateDocument:
                 or not isinstance(data.get("service"), (dict, type(None))):
             raise StateError(f"{self.noun} {self.where} is damaged or from another version of pipeline; nothing was "
                              f"written to it; {afresh}")
+        for stage, record in data["stages"].items():  # every later read of a stage record may trust these types
+            if not isinstance(record, dict) or not isinstance(record.get("digest"), str) \
+                    or not isinstance(record.get("outputs", {}), dict) \
+                    or not isinstance(record.get("at", 0), (int, float)) or isinstance(record.get("at", 0), bool):
+                raise StateError(f"{self.noun} {self.where} is damaged: the record of stage {stage!r} is not what "
+                                 f"pipeline writes; nothing was written to it; {afresh}")
+        if not all(isinstance(entry, dict) for entry in data["history"]):
+            raise StateError(f"{self.noun} {self.where} is damaged: its history holds something that is not a run; "
+                             f"nothing was written to it; {afresh}")
         data.setdefault("history", [])
         return data
 
@@ -93,8 +102,13 @@ class StateDocument:
 
     def save(self, data: dict[str, Any]) -> None:
         """Write the whole document over the version last read or written; after a crash, old or new, never half."""
-        self.etag = self.backend.write(self.name, self.serialize(data), self.etag, self.lock)
-        self._write_cache(data.get("files") or {})
+        try:
+            self.etag = self.backend.write(self.name, self.serialize(data), self.etag, self.lock)
+            self._write_cache(data.get("files") or {})
+        except OSError as exc:  # a full disk, a read-only folder: the previous state is still whole
+            where = f"{exc.filename}" if exc.filename else self.where
+            raise StateError(f"cannot save the state to {where}: {exc.strerror or exc}; the previous state is kept "
+                             "as it was (nothing was half-written)") from None
 
     def _read_cache(self) -> dict[str, Any] | None:
         try:

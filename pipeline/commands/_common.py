@@ -14,9 +14,13 @@ from pipeline.context import Context
 
 def context(args: argparse.Namespace, console: Console, *, check_files: bool = True) -> Context:
     """check_files=False for commands that only touch the service: a moved data file must not block delete."""
+    from pipeline import service
+
     loaded = specs.load(args.spec, check_files=check_files)
     paths = paths_for(loaded, getattr(args, "state_url", None), args.spec)
-    return Context(spec=loaded, paths=paths, state=states.load(paths), console=console)
+    ctx = Context(spec=loaded, paths=paths, state=states.load(paths), console=console)
+    service.check_owner(ctx, adopt=bool(getattr(args, "adopt", False)))
+    return ctx
 
 
 def paths_for(spec: specs.Spec, state_url: str | None, shown: str, *,

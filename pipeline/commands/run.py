@@ -7,6 +7,7 @@ import sys
 import time
 
 from pipeline import runner
+from pipeline import service as services
 from pipeline import state as states
 from pipeline.commands._common import context, lock_options, selection
 from pipeline.console import Console
@@ -20,6 +21,8 @@ def main(args: argparse.Namespace, console: Console) -> int:
     ctx = context(args, console)
     with states.locked(ctx.paths, f"run {args.spec}", **lock_options(args, console)):
         ctx.state = states.load(ctx.paths)  # re-read under the lock
+        services.check_owner(ctx, adopt=args.adopt)
+        services.claim(ctx)
         facts = runner.gather(ctx)
         the_plan = runner.plan(ctx.spec.name, ctx.state, facts, selection(args))
         results = runner.execute(ctx, the_plan, command=f"run {args.spec}", cleanup=args.cleanup)

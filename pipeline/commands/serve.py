@@ -6,6 +6,7 @@ import argparse
 from pipeline import models, render
 from pipeline.commands._common import context
 from pipeline.console import Console
+from pipeline.errors import TargetError
 from pipeline.stages import fetch
 from pipeline.targets import keys as auth_keys
 from pipeline.targets import local
@@ -25,4 +26,10 @@ def main(args: argparse.Namespace, console: Console) -> int:
 
     auth = f"; Authorization: Bearer <key> from {keys} is required" if keys else ""
     console.error(f"serving {ctx.spec.name} on 127.0.0.1 (Ctrl-C stops it){auth}")
-    return serve(ServeConfig.from_dict(config))
+    try:
+        return serve(ServeConfig.from_dict(config))
+    except OSError as exc:  # the port is taken, or not ours to bind
+        where = f"127.0.0.1:{port}" if port else "127.0.0.1"
+        raise TargetError(f"cannot serve on {where}: {exc.strerror or exc}"
+                          + (" (another service holds the port; choose one with --port)" if exc.errno == 98 else "")
+                          ) from None

@@ -28,6 +28,10 @@ def main(args: argparse.Namespace, console: Console) -> int:
         return 0
     out: dict[str, Any] = {"spec": ctx.spec.name, "target": ctx.spec.deploy.target, "deployed": record is not None,
                            "state": "not deployed"}
+    if record is None:
+        orphans = ctx.target.orphans(ctx.paths.service)
+        if orphans:  # a run killed before it recorded what it started: say so, delete stops it
+            out |= {"state": "orphaned", "orphans": orphans}
     if record is not None:
         from pipeline import targets
         from pipeline.stages.smoke import SmokeOutput
@@ -59,6 +63,8 @@ def main(args: argparse.Namespace, console: Console) -> int:
         return code
     if not record:
         console.print(f"{ctx.spec.name}: not deployed (target {ctx.spec.deploy.target})")
+        for line in out.get("orphans", []):
+            console.print(f"  still running {line}: an unfinished deploy's; `run` or `delete` stops it")
         return code
     console.print(f"{ctx.spec.name}: {console.paint(out['state'], COLOURS[out['state']])} - {out['detail']}")
     console.print(f"  scoring URI  {out['scoring_uri']}")

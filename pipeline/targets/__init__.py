@@ -16,6 +16,7 @@ TARGETS: dict[str, str] = {
     "aci": "pipeline.targets.azureml_v1:AciTarget",
     "aks": "pipeline.targets.azureml_v1:AksTarget",
     "azureml-online": "pipeline.targets.azureml_online:OnlineTarget",
+    "ray": "pipeline.targets.ray:RayTarget",
 }
 
 

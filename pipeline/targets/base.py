@@ -179,6 +179,12 @@ class Target(Protocol):
     def adopt(self, live: Live, spec: Spec) -> ServiceRecord | None:
         """A record for a live service found by name that carries our stamp (a runner without state)."""
 
+    def orphans(self, service_dir: Path) -> list[str]:
+        """What still runs from the service's folder without a record (a run killed mid-deploy), one line each."""
+
+    def stop_orphans(self, service_dir: Path) -> list[str]:
+        """Stop what orphans() finds, whatever the state says (it may be damaged); one line each."""
+
     def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         """POST one scoring request through the target's own path (HTTP, SDK, endpoint key)."""
 
@@ -210,6 +216,12 @@ class BaseTarget:
 
     def adopt(self, live: Live, spec: Spec) -> ServiceRecord | None:
         return None
+
+    def orphans(self, service_dir: Path) -> list[str]:
+        return []
+
+    def stop_orphans(self, service_dir: Path) -> list[str]:
+        return []
 
     def describe_update(self, record: ServiceRecord | None, spec: Spec) -> str:
         return {

@@ -245,6 +245,12 @@ class LocalTarget(BaseTarget):
         shutil.rmtree(service_dir / RELEASES, ignore_errors=True)
         return detail
 
+    def orphans(self, service_dir: Path) -> list[str]:
+        return [f"scoring host pid {pid} (from {service_dir})" for pid in host.hosts_under(service_dir)]
+
+    def stop_orphans(self, service_dir: Path) -> list[str]:
+        return [host.stop_group(pid) for pid in host.hosts_under(service_dir)]
+
     def stop(self, record: ServiceRecord) -> str:
         """SIGTERM the service's process group, wait, then SIGKILL what is left."""
         service = LocalService.of(record)
