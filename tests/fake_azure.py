@@ -8,9 +8,10 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import responses
@@ -131,8 +132,10 @@ class FakeAzure:
         self.sleeps: list[float] = []                   # what the SDKs asked to sleep (tests make it free)
         self.lock = threading.RLock()
         self.config_file: Path | None = None            # a workspace config.json naming the fake workspace
-        self.containers: Path | None = None             # set: a healthy v1 service really runs what was uploaded
+        self.containers: Path | None = None             # set: a healthy service (v1) or deployment (v2) really runs
         self.servers: list[Any] = []                    # the loopback scoring servers standing in for containers
+        self.apps: dict[str, dict[str, Any]] = {}       # v2: endpoint key -> deployment name -> its running score.py
+        self.routers: dict[str, str] = {}               # v2: endpoint key -> its loopback scoring front end
         self.routes: list[tuple[str, str, re.Pattern[str], Handler]] = []
         self._token_routes()
         self._arm_routes()
@@ -204,6 +207,8 @@ class FakeAzure:
         """ARM and the AML data plane want a bearer token the fake issued and that has not expired."""
         if call.host not in ("management.azure.com", urlsplit(API).hostname):
             return None  # login needs none; blob storage is reached with SAS or account keys
+        if call.path == "/discovery":
+            return None  # the region's service discovery is public: azureml-core asks it without a token
         claims = self.tokens.get(call.token or "")
         challenge = {"WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/common", '
                                          'error="invalid_token", error_description="The access token is invalid"'}
@@ -304,9 +309,8 @@ class FakeAzure:
 
         @self.route("GET", api, r"/discovery")
         def discovery(call: Call, m: re.Match[str]) -> Answer:
-            services = {name: API for name in ("api", "catalog", "experimentation", "gallery", "history",
-                                               "hyperdrive", "labeling", "modelmanagement", "pipelines",
-                                               "studiocoreservices")}
+            services = dict.fromkeys(("api", "catalog", "experimentation", "gallery", "history", "hyperdrive",
+                                      "labeling", "modelmanagement", "pipelines", "studiocoreservices"), API)
             return 200, {}, {**services, "studio": "https://ml.azure.com"}
 
     # -- blob storage (artifact uploads and v2 datastore uploads land here) ------------------------
@@ -556,6 +560,13 @@ class FakeAzure:
             key = call.path.lower()
             if key not in self.resources:
                 return 204, {}, b""  # ARM: nothing by that name
+            if "/deployments/" in key:  # Azure keeps a deployment that takes traffic: route it elsewhere first
+                endpoint, name = key.rsplit("/deployments/", 1)
+                traffic = {k.lower(): int(v) for k, v in
+                           (self.resources.get(endpoint, {}).get("properties", {}).get("traffic") or {}).items()}
+                if traffic.get(name, 0) > 0:
+                    return error("BadRequest", f"deployment {name} takes {traffic[name]}% of the endpoint's traffic; "
+                                 "route the traffic to other deployments before deleting it")
             op = self._async_op(key, "Delete", Outcome())
             return 202, {"Location": op, "Azure-AsyncOperation": op, "Retry-After": "1"}, b""
 
@@ -636,14 +647,29 @@ class FakeAzure:
         outcome = self.outcomes.pop(0) if kind == "deployments" and self.outcomes else Outcome()
         resource["properties"]["provisioningState"] = "Updating" if previous else "Creating"
         if kind == "onlineEndpoints":
+            refused = self._refuse_traffic(key, resource["properties"].get("traffic") or {})
+            if refused:
+                return refused
             host = f"{name}.{REGION}.inference.ml.azure.com"
-            resource["properties"].update({"scoringUri": f"https://{host}/score",
-                                           "swaggerUri": f"https://{host}/swagger.json"})
+            score = self._endpoint_uri(key) if self.containers is not None else f"https://{host}/score"
+            resource["properties"].update({"scoringUri": score,
+                                           "swaggerUri": score.removesuffix("/score") + "/swagger.json"})
             resource.setdefault("_keys", {"primaryKey": f"primary-{uuid.uuid4().hex}",
                                           "secondaryKey": f"secondary-{uuid.uuid4().hex}"})
         self.resources[key] = resource
         op = self._async_op(key, "Create", outcome)
         return 200 if previous else 201, {"Azure-AsyncOperation": op, "Retry-After": "1"}, public(resource)
+
+    def _refuse_traffic(self, key: str, traffic: dict[str, Any]) -> Answer | None:
+        """Azure routes only to deployments the endpoint has, and the weights add up to 100 (or nothing is routed)."""
+        missing = sorted(name for name, weight in traffic.items() if int(weight) > 0
+                         and f"{key}/deployments/{name}".lower() not in self.resources)
+        if missing:
+            return error("BadRequest", f"traffic names deployments the endpoint does not have: {', '.join(missing)}")
+        total = sum(int(weight) for weight in traffic.values())
+        if total not in (0, 100):
+            return error("BadRequest", f"the traffic weights add up to {total}, not 100")
+        return None
 
     def _async_op(self, key: str, kind: str, outcome: Outcome) -> str:
         op_id = uuid.uuid4().hex
@@ -660,13 +686,19 @@ class FakeAzure:
             op["polls"] += 1
             return 200, {"Retry-After": "1"}, {"status": "InProgress", "startTime": NOW}
         resource = self.resources.get(op["resource"])
-        if op["kind"] == "Delete":
+        if op.get("done"):
+            pass  # asked again after it ended: the outcome happened once
+        elif op["kind"] == "Delete":
             for key in [k for k in self.resources if k == op["resource"] or k.startswith(op["resource"] + "/")]:
                 del self.resources[key]
+            self._forget(op["resource"])
         elif resource is not None:
             resource["properties"]["provisioningState"] = outcome.state
             if "/deployments/" in op["resource"]:
                 self.deployment_logs[op["resource"]] = outcome.logs
+                if self.containers is not None and outcome.state == "Succeeded":
+                    self._start_deployment(op["resource"])
+        op["done"] = True
         body: dict[str, Any] = {"status": outcome.state, "startTime": NOW, "endTime": NOW}
         if outcome.state != "Succeeded":
             body["error"] = outcome.error or {"code": "DeploymentFailed", "message": "the deployment failed"}
@@ -690,31 +722,48 @@ class FakeAzure:
         return out
 
     def _run_container(self, service: dict[str, Any]) -> str:
-        """Run the service as Azure would: the uploaded score.py and model, behind a loopback HTTP server."""
-        import http.server
-        import importlib.util
-        import os
-
+        """Run a v1 service as Azure would: the uploaded score.py and model, behind a loopback HTTP server."""
         request = service["environmentImageRequest"]
-        folder = Path(self.containers) / f"{service['name']}-{len(self.servers)}"
         script = next(a for a in request["assets"] if a["id"] == request.get("entryScript", "score.py"))
-        (folder / "app").mkdir(parents=True)
-        uploaded = self.blobs["azureml/" + script["url"].removeprefix("aml://artifact/")]
-        (folder / "app" / "score.py").write_bytes(uploaded)
+        models = []
         for model_id in request["modelIds"]:
             model = self.models[model_id]
             prefix = self.assets[model["url"].removeprefix("aml://asset/")]["artifacts"][0]["prefix"]
-            target = folder / "azureml-models" / model["name"] / str(model["version"]) / prefix.rsplit("/", 1)[-1]
-            target.parent.mkdir(parents=True)
-            target.write_bytes(self.blobs[f"azureml/{prefix}"])
-        models = folder / "azureml-models"
-        one = [p.parent for p in models.glob("*/*/*")]
-        spec = importlib.util.spec_from_file_location(f"score_{service['name'].replace('-', '_')}",
+            files = {prefix.rsplit("/", 1)[-1]: self.blobs[f"azureml/{prefix}"]}
+            models.append((model["name"], model["version"], files))
+        app = self._load_app(service["name"], self.blobs["azureml/" + script["url"].removeprefix("aml://artifact/")],
+                             models)
+        key = service["_keys"]["primaryKey"] if service.get("authEnabled") else None
+
+        def answer(headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
+            if key and headers.get("Authorization") != f"Bearer {key}":
+                return 401, {}, b'{"message": "invalid key"}'
+            return run_app(app, body)
+
+        return self._serve(answer)
+
+    def _load_app(self, name: str, script: bytes, models: list[tuple[str, Any, dict[str, bytes]]]) -> Any:
+        """score.py in a container folder of its own, its models laid out as Azure does, init() done."""
+        import importlib.util
+        import os
+
+        assert self.containers is not None
+        folder = Path(self.containers) / f"{name}-{len(self.servers)}-{uuid.uuid4().hex[:6]}"
+        (folder / "app").mkdir(parents=True)
+        (folder / "app" / "score.py").write_bytes(script)
+        models_dir = folder / "azureml-models"
+        for model_name, version, files in models:
+            for relative, data in files.items():
+                target = models_dir / model_name / str(version) / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        one = [p for p in models_dir.glob("*/*") if p.is_dir()]
+        spec = importlib.util.spec_from_file_location(f"score_{re.sub(r'[^A-Za-z0-9_]', '_', folder.name)}",
                                                       folder / "app" / "score.py")
-        module = importlib.util.module_from_spec(spec)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         spec.loader.exec_module(module)  # type: ignore[union-attr]
         saved = os.environ.get("AZUREML_MODEL_DIR")
-        os.environ["AZUREML_MODEL_DIR"] = str(one[0] if len(one) == 1 else models)  # as Azure sets it
+        os.environ["AZUREML_MODEL_DIR"] = str(one[0] if len(one) == 1 else models_dir)  # as Azure sets it
         try:
             module.init()
         finally:
@@ -722,21 +771,20 @@ class FakeAzure:
                 os.environ.pop("AZUREML_MODEL_DIR", None)
             else:
                 os.environ["AZUREML_MODEL_DIR"] = saved
-        key = service["_keys"]["primaryKey"] if service.get("authEnabled") else None
+        return module
+
+    def _serve(self, answer: Callable[[Any, bytes], tuple[int, dict[str, str], bytes]]) -> str:
+        """A loopback HTTP server whose POSTs `answer` takes (headers, body) -> (status, headers, body)."""
+        import http.server
 
         class Container(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if key and self.headers.get("Authorization") != f"Bearer {key}":
-                    status, data = 401, b'{"message": "invalid key"}'
-                else:
-                    answer = module.run(body.decode("utf-8"))
-                    if hasattr(answer, "status_code"):
-                        status, data = answer.status_code, answer.get_data()
-                    else:
-                        status, data = 200, json.dumps(answer).encode()
+                status, headers, data = answer(self.headers, body)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -748,6 +796,74 @@ class FakeAzure:
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self.servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/score"
+
+    # -- v2: one scoring front end per endpoint, routing to its deployments' containers ------------
+    def _endpoint_uri(self, key: str) -> str:
+        """The endpoint's scoring URI: with containers, a loopback front end that routes as Azure's does."""
+        if key not in self.routers:
+            self.routers[key] = self._serve(lambda headers, body: self._route_v2(key, headers, body))
+        return self.routers[key]
+
+    def _route_v2(self, key: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Azure's front end: the endpoint's auth, then the deployment the header names, else the traffic's."""
+        import random
+
+        with self.lock:
+            endpoint = self.resources.get(key)
+            apps = dict(self.apps.get(key, {}))
+        if endpoint is None:
+            return 404, {}, b'{"message": "endpoint not found"}'
+        name, props = endpoint["name"], endpoint["properties"]
+        given = headers.get("Authorization") or ""
+        if props.get("authMode") == "AMLToken":
+            allowed = {f"Bearer aml-token-for-{name}"}
+        else:
+            allowed = {f"Bearer {endpoint['_keys']['primaryKey']}", f"Bearer {endpoint['_keys']['secondaryKey']}"}
+        if given not in allowed:
+            return 401, {}, b'{"message": "An authentication header with a valid key or token is required"}'
+        wanted = headers.get("azureml-model-deployment")
+        if not wanted:
+            traffic = {k: int(v) for k, v in (props.get("traffic") or {}).items() if int(v) > 0}
+            if not traffic:
+                return 404, {}, (b'{"message": "No valid deployments to route to. Please check that the endpoint has '
+                                 b'at least one deployment with positive weight values or use a deployment specific '
+                                 b'header to route."}')
+            wanted = random.choices(list(traffic), weights=list(traffic.values()))[0]
+        app = apps.get(wanted)
+        if app is None:
+            return 404, {}, json.dumps({"message": f"deployment {wanted} not found in endpoint {name}"}).encode()
+        status, _, data = run_app(app, body)
+        routed = {"azureml-model-deployment": wanted}
+        if status != 200:  # Azure answers for the model: 424, with the model's own status in a header
+            return 424, {**routed, "ms-azureml-model-error-statuscode": str(status),
+                         "ms-azureml-model-error-reason": "model_error"}, data
+        return 200, routed, data
+
+    def _start_deployment(self, key: str) -> None:
+        """A deployment that succeeded runs its uploaded code and model, reachable through its endpoint."""
+        resource = self.resources[key]
+        props = resource["properties"]
+        code = self.resources[props["codeConfiguration"]["codeId"].lower()]["properties"]["codeUri"]
+        prefix = urlsplit(code).path.lstrip("/").rstrip("/") + "/"
+        script = self.blobs[prefix + props["codeConfiguration"]["scoringScript"]]
+        model_id = props["model"]
+        model_uri = self.resources[model_id.lower()]["properties"]["modelUri"]
+        path = f"{DATASTORE_CONTAINER}/{model_uri.split('/paths/', 1)[1]}"
+        files = {k[len(path):].lstrip("/") or k.rsplit("/", 1)[-1]: v for k, v in self.blobs.items()
+                 if k == path or k.startswith(path.rstrip("/") + "/")}
+        model_name, version = model_id.rstrip("/").split("/")[-3], model_id.rstrip("/").split("/")[-1]
+        app = self._load_app(resource["name"], script, [(model_name, version, files)])
+        endpoint = key.rsplit("/deployments/", 1)[0]
+        self.apps.setdefault(endpoint, {})[resource["name"]] = app
+
+    def _forget(self, key: str) -> None:
+        """A deleted deployment (or endpoint) serves no more."""
+        if "/deployments/" in key:
+            endpoint, name = key.rsplit("/deployments/", 1)
+            self.apps.get(endpoint, {}).pop(name, None)
+            return
+        self.apps.pop(key, None)
+        self.routers.pop(key, None)
 
     def stop(self) -> None:
         for server in self.servers:
@@ -770,7 +886,7 @@ class FakeAzure:
             "state": "Transitioning", "error": None, "createdBy": {"userName": "ci"}, "properties": {},
             "kvTags": {}, "description": None, "imageId": None, "imageDigest": None,
             "models": models, "environmentImageRequest": request,
-            "scoringUri": f"http://{host}/score" if kind == "ACI" else f"http://{host}/score",
+            "scoringUri": f"http://{host}/score",
             **settings, "_keys": keys,
         }
         if kind == "ACI":
@@ -810,6 +926,14 @@ def aks_compute(name: str) -> dict[str, Any]:
                                           "clusterFqdn": f"{name}.hcp.{REGION}.azmk8s.io",
                                           "loadBalancerSubnet": None,
                                           "systemServices": [], "sslConfiguration": {"status": "Disabled"}}}}
+
+
+def run_app(app: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """What Azure's inference server answers for one request: run(raw_data), an AMLResponse or a JSON value."""
+    answer = app.run(body.decode("utf-8"))
+    if hasattr(answer, "status_code"):
+        return answer.status_code, {}, answer.get_data()
+    return 200, {}, json.dumps(answer).encode()
 
 
 def public(resource: dict[str, Any]) -> dict[str, Any]:
@@ -858,6 +982,12 @@ def start(monkeypatch: Any, home: Path) -> Iterator[FakeAzure]:
     fake.config_file = home / "config.json"
     fake.config_file.write_text(json.dumps({"subscription_id": SUBSCRIPTION, "resource_group": RESOURCE_GROUP,
                                             "workspace_name": WORKSPACE}), encoding="utf-8")
+    try:  # azureml-core caches service discovery in ~/.azureml/.discovery, with ~ read when it was imported
+        from azureml._base_sdk_common.service_discovery import CachedServiceDiscovery
+
+        monkeypatch.setattr(CachedServiceDiscovery.__init__, "__defaults__", (str(home / ".azureml" / ".discovery"),))
+    except ImportError:
+        pass
     clock = _Clock(fake)
     for module in SDK_CLOCKS:
         try:

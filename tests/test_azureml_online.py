@@ -17,10 +17,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:The `context` parameter is depre
 from azure.ai.ml import load_online_deployment, load_online_endpoint  # noqa: E402  (slow: imported once)
 from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint  # noqa: E402
 
-from pipeline import render, spec as specs  # noqa: E402
+from pipeline import render  # noqa: E402
+from pipeline import spec as specs  # noqa: E402
 from pipeline.console import Console  # noqa: E402
 from pipeline.errors import RenderError, SpecError, TargetError, UsageError  # noqa: E402
-from pipeline.targets import azureml_common as common
+from pipeline.targets import azureml_common as common  # noqa: E402
 from pipeline.targets import keys  # noqa: E402
 from pipeline.targets.azureml_online import OnlineTarget  # noqa: E402
 from pipeline.targets.base import DeployRequest, ServiceRecord  # noqa: E402
@@ -231,7 +232,7 @@ def test_deploy_at_the_wire_creates_endpoint_uploads_deploys_then_routes_traffic
                 if code["properties"]["codeUri"].endswith(key.split("/", 1)[0] + "/build")}
     assert uploaded["build/score.py"] == (req.build_dir / "score.py").read_bytes()
     # the model: the fetched, verified file, uploaded to the default datastore as an anonymous model version
-    [model] = [c for c in fake_azure.requests_to("PUT", r"/models/[^/]+/versions/1$")]
+    [model] = fake_azure.requests_to("PUT", r"/models/[^/]+/versions/1$")
     assert model.path.lower() in props["model"].lower()
     model_uri = model.json["properties"]["modelUri"]
     assert "/datastores/workspaceblobstore/paths/LocalUpload/" in model_uri
@@ -269,15 +270,6 @@ def test_deploy_at_the_wire_prints_nothing_on_stdout_and_logs_what_the_sdk_said(
     assert "Uploading sklearn_mnist_model.pkl" in log and ".." in log
 
 
-def test_redeploy_at_the_wire_keeps_traffic_on_blue_while_it_updates(tmp_path, fake_azure):
-    spec = wired(tmp_path, fake_azure)
-    OnlineTarget().deploy(request(spec, tmp_path))
-    OnlineTarget().deploy(request(spec, tmp_path))
-    traffic = [body["properties"]["traffic"] for body in puts(fake_azure, ENDPOINT)]
-    assert traffic == [{}, {"blue": 100}, {"blue": 100}, {"blue": 100}]  # the update never routes 0% to blue
-    assert len(puts(fake_azure, DEPLOYMENT)) == 2
-
-
 def test_deploy_at_the_wire_failed_shows_azures_error_and_the_log_tail(tmp_path, fake_azure):
     logs = "".join(f"log line {i}\n" for i in range(100)) + "ModuleNotFoundError: No module named 'sklearn'\n"
     error = {"code": "BadArgument", "message": "Deployment failed: the container crashed on startup. "
@@ -295,6 +287,10 @@ def test_deploy_at_the_wire_failed_shows_azures_error_and_the_log_tail(tmp_path,
     assert logs_call.json["tail"] == common.LOG_LINES
     assert not fake_azure.requests_to("POST", r"/listKeys$")  # no traffic, no keys
     assert [b["properties"]["traffic"] for b in puts(fake_azure, ENDPOINT)] == [{}]
+    # the endpoint was made for this deployment alone: a failed first deploy leaves nothing behind
+    assert message.endswith(f"(deleted endpoint sklearn-mnist-online, made for it)\n"
+                            f"(everything the SDK printed is in {req.service_dir / common.SDK_LOG})")
+    assert not [k for k in fake_azure.resources if k.startswith(ENDPOINT.lower())]
 
 
 @pytest.mark.parametrize("status", [429, 503])

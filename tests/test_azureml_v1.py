@@ -21,10 +21,11 @@ from azureml._model_management._util import deploy_config_dict_to_obj  # noqa: E
 from azureml.core.webservice.aci import AciServiceDeploymentConfiguration  # noqa: E402
 from azureml.core.webservice.aks import AksServiceDeploymentConfiguration  # noqa: E402
 
-from pipeline import render, spec as specs  # noqa: E402
+from pipeline import render  # noqa: E402
+from pipeline import spec as specs  # noqa: E402
 from pipeline.console import Console  # noqa: E402
 from pipeline.errors import ModelError, SpecError, TargetError, UsageError  # noqa: E402
-from pipeline.targets import azureml_common as common
+from pipeline.targets import azureml_common as common  # noqa: E402
 from pipeline.targets import keys  # noqa: E402
 from pipeline.targets.azureml_v1 import AciTarget, AksTarget  # noqa: E402
 from pipeline.targets.base import DeployRequest, ServiceRecord  # noqa: E402
@@ -41,7 +42,7 @@ def _offline(no_network):
 
 
 def test_the_network_guard_blocks_azure_and_allows_loopback(no_network):
-    with pytest.raises(OSError, match="test tried to resolve 'management.azure.com'"):
+    with pytest.raises(OSError, match=r"test tried to resolve 'management\.azure\.com'"):
         socket.create_connection(("management.azure.com", 443), timeout=1)
     assert no_network == ["resolve 'management.azure.com'"]
     no_network.clear()  # recorded, as a swallowed attempt would be: the fixture fails such a test at teardown
@@ -271,7 +272,7 @@ def test_deploy_at_the_wire_registers_uploads_and_deploys_like_the_tutorial(tmp_
 def test_deploy_at_the_wire_prints_nothing_on_stdout_and_logs_what_the_sdk_said(tmp_path, fake_azure, capsys):
     req = request(wired(tmp_path, fake_azure), tmp_path)
     AciTarget().deploy(req)
-    out, err = capsys.readouterr()
+    out, _ = capsys.readouterr()
     assert out == ""  # `run --json` prints one JSON document: the SDK's prints went to the log
     log = (req.service_dir / common.SDK_LOG).read_text()
     assert "Registering model sklearn_mnist" in log
@@ -438,7 +439,7 @@ def test_aks_deploy_at_the_wire_sends_the_spec(tmp_path, fake_azure, settings, e
     spec = wired(tmp_path, fake_azure, "mnist-aks.yaml", {AKS["autoscale"]: settings})
     req = request(spec, tmp_path)
     record = AksTarget().deploy(req)
-    [compute] = fake_azure.requests_to("GET", r"/computes/aks-mnist$")  # ComputeTarget(ws, 'aks-mnist')
+    assert len(fake_azure.requests_to("GET", r"/computes/aks-mnist$")) == 1  # ComputeTarget(ws, 'aks-mnist')
     body = created(fake_azure)
     assert (body["computeType"], body["computeName"], body["name"]) == ("AKS", "aks-mnist", "sklearn-mnist-aks")
     assert body["containerResourceRequirements"] == {"cpu": 1, "cpuLimit": None, "memoryInGB": 1,
@@ -503,9 +504,12 @@ def test_probe_at_the_wire_before_the_first_deploy(tmp_path, fake_azure):
     live = AciTarget().probe(None, spec)
     assert (live.reachable, live.healthy, live.drift) == (True, False, ())
     assert live.detail == "workspace mlws is reachable; ACI service sklearn-mnist-aci does not exist yet"
-    deployed(tmp_path / "someone-else", fake_azure)  # someone else's service with the same name
+    assert live.found is False
+    deployed(tmp_path / "someone-else", fake_azure)  # someone else's service with the same name, without a stamp
     live = AciTarget().probe(None, spec)
-    assert live.detail.endswith("it is not recorded here, and deploy will overwrite it in workspace mlws")
+    assert live.detail.endswith("it is not recorded here and carries no stamp of pipeline: deploy will overwrite it "
+                                "in workspace mlws")
+    assert (live.found, live.stamp) == (True, None)
 
 
 def test_probe_at_the_wire_unhealthy(tmp_path, fake_azure):
@@ -622,9 +626,29 @@ def test_invoke_posts_with_the_stored_key(tmp_path, scoring_server):
     assert "Authorization" not in seen[1]["headers"]
 
 
-def test_invoke_without_keys_file_says_deploy_again(tmp_path):
-    with pytest.raises(TargetError, match="deploy again"):
-        AciTarget().invoke(rec({**RECORD, "auth": True}), b"{}", timeout=1, service_dir=tmp_path)
+def test_invoke_without_keys_file_asks_azure_and_says_why_it_could_not(tmp_path):
+    def offline(config):
+        raise OSError("HTTPSConnectionPool(host='management.azure.com', port=443): Max retries exceeded")
+
+    with pytest.raises(TargetError) as caught:
+        AciTarget(workspace_factory=offline).invoke(rec({**RECORD, "auth": True}), b"{}", timeout=1,
+                                                    service_dir=tmp_path)
+    assert str(caught.value) == (f"no key for ACI service sklearn-mnist-aci in {tmp_path}, and Azure did not give it: "
+                                 "cannot reach the Azure ML workspace: no network connection to Azure "
+                                 "(management.azure.com)")
+
+
+def test_invoke_at_the_wire_fetches_the_key_on_a_machine_that_has_none(tmp_path, fake_azure, scoring_server):
+    uri, seen = scoring_server
+    record, _, _ = deployed(tmp_path, fake_azure, **{"auth: false": "auth: true"})
+    fresh = tmp_path / "fresh-runner"
+    fresh.mkdir()
+    reply = AciTarget().invoke(rec({**record.to_dict(), "scoring_uri": uri}), b"{}", timeout=5, service_dir=fresh)
+    live = fake_azure.services["sklearn-mnist-aci"]["_keys"]
+    assert reply.status == 200 and seen[0]["headers"]["Authorization"] == f"Bearer {live['primaryKey']}"
+    assert json.loads((fresh / "keys.json").read_text()) == {"primary": live["primaryKey"],
+                                                             "secondary": live["secondaryKey"]}
+    assert stat.S_IMODE((fresh / "keys.json").stat().st_mode) == 0o600
 
 
 def test_delete_at_the_wire_deletes_the_service_and_its_keys(tmp_path, fake_azure, capsys):

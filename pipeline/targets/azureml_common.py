@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UsageError
-from pipeline.targets.base import AddProblem
+from pipeline.targets.base import STAMP_DIGEST, STAMP_KEYS, AddProblem
 
 EXTRA_V1 = "azure"
 EXTRA_V2 = "azure-v2"
@@ -100,12 +100,58 @@ def check_workspace_config(data: Mapping[str, Any], add: AddProblem, folder: Pat
 
 def check_arm_tags(data: Mapping[str, Any], add: AddProblem) -> None:
     """An Azure Resource Manager resource takes at most 50 tags, without some characters in their names."""
-    if len(data["tags"]) > ARM_MAX_TAGS:
-        add(("tags",), f"Azure resources allow at most {ARM_MAX_TAGS} tags, got {len(data['tags'])}")
+    room = ARM_MAX_TAGS - len(STAMP_KEYS)  # deploy adds its stamp to the spec's tags
+    if len(data["tags"]) > room:
+        add(("tags",), f"Azure resources allow at most {ARM_MAX_TAGS} tags and pipeline's stamp takes {len(STAMP_KEYS)}: "
+            f"at most {room} remain for the spec, got {len(data['tags'])}")
     for key in data["tags"]:
         bad = sorted(set(key) & set(ARM_TAG_FORBIDDEN))
         if bad:
             add(("tags", key), f"Azure rejects tag names containing {' '.join(bad)}")
+    check_stamp_tags(data, add)
+
+
+def check_stamp_tags(data: Mapping[str, Any], add: AddProblem) -> None:
+    """The stamp's tag names are pipeline's own: a spec tag of that name would be overwritten on the service."""
+    for key in data["tags"]:
+        if key in STAMP_KEYS:
+            add(("tags", key), f"{key} is the name of a tag deploy writes itself (pipeline's stamp): choose another")
+
+
+# -- the stamp: tags on the live service that say what pipeline deployed there ---------------------------------
+def stamp_of(tags: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The stamp among a live service's tags, or None when it carries none (made by hand, or before stamps)."""
+    tags = tags or {}
+    if not tags.get(STAMP_DIGEST):
+        return None
+    return {key: str(tags[key]) for key in STAMP_KEYS if key in tags}
+
+
+def user_tags(tags: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A live service's tags as the spec says them: without the stamp."""
+    return {key: value for key, value in (tags or {}).items() if key not in STAMP_KEYS}
+
+
+def stamped_tags(tags: Mapping[str, Any] | None, stamp: Mapping[str, str]) -> dict[str, Any]:
+    """The spec's tags with the deploy's stamp beside them: what goes on the live service."""
+    return {**user_tags(tags), **dict(stamp)}
+
+
+def observed_tags(live_tags: Mapping[str, Any] | None, spec_tags: Mapping[str, Any]) -> dict[str, Any]:
+    """tags.<name> -> the live value, and None for a tag the spec has and the service lacks (plan shows it added)."""
+    live = user_tags(live_tags)
+    out: dict[str, Any] = {f"tags.{key}": value for key, value in live.items()}
+    out.update({f"tags.{key}": None for key in spec_tags if key not in live})
+    return out
+
+
+def as_spec_number(live: Any, wanted: Any) -> Any:
+    """A live number in the spec's own type when they are equal (Azure answers 1.0 for the spec's 1): no false diff."""
+    numbers = (int, float)
+    if isinstance(live, numbers) and isinstance(wanted, numbers) and not isinstance(live, bool) \
+            and not isinstance(wanted, bool) and float(live) == float(wanted):
+        return wanted
+    return live
 
 
 def choose_instance_type(cpu_cores: float, memory_gb: float) -> str | None:
@@ -141,8 +187,8 @@ def recorded_config(record: Mapping[str, Any], spec: Any = None) -> Path | None:
 
 
 def tags_drift(live_tags: Mapping[str, Any] | None, record: Mapping[str, Any]) -> list[str]:
-    """The tags line of a drift report: the live service's tags against the recorded ones."""
-    live = dict(live_tags or {})
+    """The tags line of a drift report: the live service's tags (without the stamp) against the recorded ones."""
+    live = user_tags(live_tags)
     if "tags" in record and live != dict(record["tags"]):
         return [f"tags: live {live}, recorded {dict(record['tags'])}"]
     return []

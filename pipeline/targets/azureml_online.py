@@ -1,20 +1,39 @@
-"""Target `azureml-online`: an Azure ML managed online endpoint (SDK v2, azure-ai-ml), v1's living successor."""
+"""Target `azureml-online`: an Azure ML managed online endpoint (SDK v2, azure-ai-ml), v1's living successor.
+
+Updates are blue/green: the new version is a second deployment beside the live one (blue, then green, then
+blue...), with no traffic; the deploy stage smoke-tests it alone (the azureml-model-deployment header), then it
+takes 100% of the traffic and the old deployment is deleted. A failure before that leaves the old one serving.
+"""
 from __future__ import annotations
 
-import json
-import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline import http
-from pipeline.errors import RenderError, TargetError, UsageError
+from pipeline.errors import TargetError, UsageError
 from pipeline.render import check_yaml, render_template
 from pipeline.spec import RegistrySource, Spec
 from pipeline.targets import azureml_common as common
+from pipeline.targets import azureml_online_live as live_side
 from pipeline.targets import keys as keyfile
+from pipeline.targets.azureml_online_rollout import BlueGreen, sdk_log
+from pipeline.targets.azureml_online_sdk import (
+    FILES,
+    FIRST,
+    ClientFactory,
+    default_client,
+    initial_status,
+    instance_type,
+    load,
+    next_deployment,
+    sdk,
+    serving,
+)
 from pipeline.targets.base import (
+    STAMP_DIGEST,
+    STAMP_MODEL,
     AddProblem,
     Auth,
     BaseTarget,
@@ -26,91 +45,12 @@ from pipeline.targets.base import (
     ServiceRecord,
 )
 
-ClientFactory = Callable[[Path | None], Any]
-DEPLOYMENT = "blue"  # one deployment per endpoint, taking all traffic
-FILES = ("endpoint.yml", "deployment.yml")
-
-
-def default_client(config: Path | None) -> Any:
-    """MLClient(credential, subscription_id, resource_group, workspace_name) from the workspace config.json."""
-    _sdk()
-    common.require("azure.identity", "azureml-online", common.EXTRA_V2)
-    from azure.ai.ml import MLClient
-    from azure.identity import DefaultAzureCredential
-
-    # from_config reads subscription_id, resource_group and workspace_name; without a path it searches
-    # the working folder and its parents like azureml-core. The credential asks Azure only when first used.
-    return MLClient.from_config(credential=DefaultAzureCredential(), path=str(config) if config else None)
-
-
-def _sdk() -> Any:
-    common.require("azure.ai.ml", "azureml-online", common.EXTRA_V2)
-    import azure.ai.ml
-
-    # The SDK logs notes users can't act on ("This is an experimental class", "Found the config file in"),
-    # and azure-identity logs every credential it tried: the one-line reason in our error says enough.
-    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
-    logging.getLogger("azure.ai.ml._ml_client").setLevel(logging.WARNING)
-    logging.getLogger("azure.identity").setLevel(logging.ERROR)
-    return azure.ai.ml
-
-
-def instance_type(spec: Spec) -> tuple[str, str]:
-    """The VM size and why: deploy.azureml.instance_type, else the table's cheapest size that fits."""
-    given = spec.deploy.settings().get("instance_type")
-    if given:
-        return given, "instance_type: from deploy.azureml.instance_type"
-    chosen = common.choose_instance_type(spec.deploy.cpu_cores, spec.deploy.memory_gb)
-    if chosen is None:  # pipeline.rules rejects such a spec; this is the last line of defence
-        raise RenderError(f"no VM size in the table has {spec.deploy.cpu_cores} cores and {spec.deploy.memory_gb} GB; "
-                          "set deploy.azureml.instance_type")
-    cores, memory = next((c, m) for n, c, m in common.INSTANCE_TYPES if n == chosen)
-    return chosen, (f"instance_type: the smallest size with >= {spec.deploy.cpu_cores} cores and >= "
-                    f"{spec.deploy.memory_gb} GB ({cores} cores, {memory} GB); set deploy.azureml.instance_type to override")
-
-
-def load(folder: Path, model_path: Path | None = None) -> tuple[Any, Any]:
-    """endpoint.yml and deployment.yml as the SDK's entities, through its own loaders (offline)."""
-    ml = _sdk()
-    entities = []
-    for name, loader in (("endpoint.yml", ml.load_online_endpoint), ("deployment.yml", ml.load_online_deployment)):
-        override = [{"model.path": str(model_path)}] if name == "deployment.yml" and model_path else None
-        try:
-            entities.append(loader(source=str(folder / name), params_override=override))
-        except Exception as exc:  # noqa: BLE001  marshmallow ValidationError, the SDK's ValidationException, OSError
-            raise RenderError(f"rendered {name} is not accepted by azure-ai-ml: {validation_message(exc)}") from None
-    return entities[0], entities[1]
-
-
-def validation_message(exc: BaseException) -> str:
-    """The SDK's pretty-printed error JSON as `field.path: message` pairs, without its advertising."""
-    text = str(getattr(exc, "message", None) or exc).split("Visit this link")[0]
-    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
-    problems: list[str] = []
-    if start >= 0:
-        try:
-            _flatten(json.loads(text[start:].strip()), (), problems)
-        except ValueError:
-            problems = []
-    if not problems:
-        problems = [" ".join(text.split())[:300] or type(exc).__name__]
-    return "; ".join(dict.fromkeys(problems))
-
-
-def _flatten(node: Any, path: tuple[str, ...], out: list[str]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            _flatten(value, path if key == "_schema" else path + (str(key),), out)
-    elif isinstance(node, list):
-        for item in node:
-            _flatten(item, path, out)
-    else:
-        message = " ".join(str(node).split())
-        out.append(f"{'.'.join(path)}: {message}" if path else message)
+__all__ = ["OnlineTarget", "default_client"]
+MODEL_ERROR_STATUS = "ms-azureml-model-error-statuscode"  # Azure answers 424 for a model's non-200, its status here
 
 
 class OnlineTarget(BaseTarget):
-    """A managed online endpoint with one deployment (blue) taking all traffic."""
+    """A managed online endpoint whose deployments alternate blue and green, one taking all the traffic."""
 
     name: ClassVar[str] = "azureml-online"
     summary: ClassVar[str] = "an Azure ML managed online endpoint, SDK v2"
@@ -118,13 +58,15 @@ class OnlineTarget(BaseTarget):
     settings_schema: ClassVar[Mapping[str, Any]] = common.SETTINGS_SCHEMA
     extra: ClassVar[str | None] = common.EXTRA_V2
     packages: ClassVar[Mapping[str, str]] = {"azure-ai-ml": "azure.ai.ml", "azure-identity": "azure.identity"}
-    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=True, rollout=Rollout.IN_PLACE,
+    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=True, rollout=Rollout.SIDE_BY_SIDE,
                                                         auth=frozenset({Auth.KEY, Auth.TOKEN}))
     registry_sdk: ClassVar[str] = "v2"  # azure-ai-ml fetches registry models too: no azureml-core needed
     kind = "managed online endpoint"
 
     def __init__(self, client_factory: ClientFactory | None = None) -> None:
         self.client_factory = client_factory or default_client
+        self._clients: dict[Path | None, Any] = {}
+        self.blue_green = BlueGreen(self._client)
 
     # -- offline ---------------------------------------------------------------------------------
     def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
@@ -161,7 +103,7 @@ class OnlineTarget(BaseTarget):
         size, why = instance_type(spec)
         registry = isinstance(spec.model.source, RegistrySource)
         return {
-            "deployment": DEPLOYMENT,
+            "deployment": FIRST,  # the first deploy's; later ones alternate
             "auth_mode": "aml_token" if azure.get("token_auth") else "key",
             "registry_model": f"azureml:{spec.model.name}:{spec.model.version}" if registry else None,
             "base_image": azure["base_image"],
@@ -187,86 +129,39 @@ class OnlineTarget(BaseTarget):
             load(folder)
         return files
 
-    # -- deploy ----------------------------------------------------------------------------------
+    def describe_update(self, record: ServiceRecord | None, spec: Spec) -> str:
+        live = record.extra.get("deployment") if record is not None else None
+        if not isinstance(live, str):
+            return "blue/green: a new deployment beside the live one, tested alone, then 100% of the traffic"
+        return f"blue/green: {next_deployment(live)} beside {live}, tested alone, then 100% of the traffic"
+
+    # -- deploy: blue/green ----------------------------------------------------------------------
     def deploy(self, request: DeployRequest) -> ServiceRecord:
-        log = request.service_dir / common.SDK_LOG
-        try:
-            with common.sdk_output(log, request.console, request.spec.name):
-                return self._deploy(request)
-        except TargetError as exc:
-            raise TargetError(f"{exc}\n(everything the SDK printed is in {log})") from None
-        finally:
-            request.console.clear_progress()
+        """Stage, promote and retire without a test in between (the deploy stage tests the staged version first)."""
+        with sdk_log(request):
+            record = self.blue_green.promote(self.blue_green.stage(request), request)
+            if request.previous is not None:  # as the deploy stage does: only what pipeline deployed is retired
+                self.blue_green.retire_previous(request.previous, request)
+            return record
 
-    def _deploy(self, request: DeployRequest) -> ServiceRecord:
-        spec, console = request.spec, request.console
-        registry = isinstance(spec.model.source, RegistrySource)
-        try:
-            endpoint, deployment = load(request.build_dir, None if registry else request.model_path)
-        except RenderError as exc:
-            raise TargetError(f"{request.build_dir}: {exc}") from None
-        config = common.workspace_config(spec.deploy.settings(), spec.folder, spec.model.source)
-        client = self._client(config)
-        name = endpoint.name
-        try:
-            # The endpoint is PUT whole: keep the live traffic routing, or an update would route 0% to blue.
-            endpoint.traffic = dict(client.online_endpoints.get(name=name).traffic or {})
-        except Exception as exc:  # noqa: BLE001
-            if not common.is_not_found(exc):
-                raise TargetError(f"{common.UNREACHABLE}: {common.reason(exc)}") from None
-        console.progress(f"{name}: creating or updating the endpoint")
-        try:
-            client.online_endpoints.begin_create_or_update(endpoint).result()
-        except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"creating endpoint {name}: {common.excerpt(exc)}") from None
-        console.progress(f"{name}: deploying {DEPLOYMENT} on {deployment.instance_type} (this takes several minutes)")
-        try:
-            poller = client.online_deployments.begin_create_or_update(deployment)
-            poller.result(timeout=spec.deploy.ready_timeout_s)
-            failure = None if poller.done() else f"still not ready after {spec.deploy.ready_timeout_s} s"
-        except Exception as exc:  # noqa: BLE001  HttpResponseError, the SDK's deployment errors
-            failure = common.excerpt(exc)
-        if failure:
-            logs = common.logs_section(
-                lambda n: client.online_deployments.get_logs(name=DEPLOYMENT, endpoint_name=name, lines=n), "deployment")
-            raise TargetError(f"deployment {DEPLOYMENT} of endpoint {name} failed: {failure}{logs}")
-        endpoint.traffic = {DEPLOYMENT: 100}
-        console.progress(f"{name}: routing all traffic to {DEPLOYMENT}")
-        try:
-            client.online_endpoints.begin_create_or_update(endpoint).result()
-            live = client.online_endpoints.get(name=name)
-            live_deployment = client.online_deployments.get(name=DEPLOYMENT, endpoint_name=name)
-            if endpoint.auth_mode == "key":
-                keys = client.online_endpoints.get_keys(name=name)
-                keyfile.write(request.service_dir, keys.primary_key, keys.secondary_key)
-            else:
-                keyfile.remove(request.service_dir)  # tokens are fetched fresh for each request
-        except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"endpoint {name}: {common.excerpt(exc)}") from None
-        from pipeline.files import sha256_path
+    def stage(self, request: DeployRequest) -> ServiceRecord:
+        """The next deployment beside the live one, ready, with no traffic: addressable alone by its header."""
+        with sdk_log(request):
+            return self.blue_green.stage(request)
 
-        return ServiceRecord(
-            target=self.name,
-            scoring_uri=live.scoring_uri,
-            auth=endpoint.auth_mode == "key",
-            swagger_uri=live.openapi_uri,
-            model_sha256=spec.model.sha256 or (None if registry else sha256_path(request.model_path)),
-            extra={
-                "endpoint": name,
-                "deployment": DEPLOYMENT,
-                "workspace": {"name": client.workspace_name, "resource_group": client.resource_group_name,
-                              "subscription_id": client.subscription_id},
-                "workspace_config": str(config) if config else None,
-                "state": _value(live_deployment.provisioning_state),
-                "auth_mode": endpoint.auth_mode,
-                "model_id": _model_id(live_deployment.model),
-                "instance_type": deployment.instance_type,
-                "instance_count": deployment.instance_count,
-                "traffic": {DEPLOYMENT: 100},
-                "tags": dict(spec.tags),
-                "description": spec.description,
-            },
-        )
+    def promote(self, candidate: ServiceRecord, request: DeployRequest) -> ServiceRecord:
+        """All the endpoint's traffic to the tested deployment, and the endpoint stamped with what it now serves."""
+        with sdk_log(request):
+            return self.blue_green.promote(candidate, request)
+
+    def retire(self, previous: ServiceRecord, request: DeployRequest) -> str:
+        """Delete the previous deployment, once it takes no traffic (Azure drains it)."""
+        with sdk_log(request):
+            return self.blue_green.retire_previous(previous, request)
+
+    def discard(self, candidate: ServiceRecord, service_dir: Path) -> str:
+        """Delete a staged deployment that failed; the old one keeps (or gets back) all the traffic."""
+        return self.blue_green.discard(candidate, service_dir)
 
     # -- the live endpoint -----------------------------------------------------------------------
     def probe(self, record: ServiceRecord | None, spec: Spec | None = None) -> Live:
@@ -274,7 +169,7 @@ class OnlineTarget(BaseTarget):
         name = info.get("endpoint") or (spec.name if spec else "")
         recorded = bool(info.get("endpoint"))  # plan may ask before the first deploy, with no record
         try:
-            _sdk()
+            sdk()
             client = self._client(common.recorded_config(info, spec))
             endpoint = client.online_endpoints.get(name=name)
         except (TargetError, UsageError) as exc:
@@ -283,29 +178,47 @@ class OnlineTarget(BaseTarget):
             if not common.is_not_found(exc):
                 return Live(False, False, f"{common.UNREACHABLE}: {common.reason(exc)}")
             if not recorded:
-                return Live(True, False, f"workspace is reachable; endpoint {name} does not exist yet")
+                return Live(True, False, f"workspace is reachable; endpoint {name} does not exist yet", found=False)
             return Live(True, False, f"endpoint {name} not found in the workspace",
-                        ("endpoint: recorded, but missing from the workspace",))
+                        ("endpoint: recorded, but missing from the workspace",), found=False)
+        which = live_side.which_serves(endpoint, info)
+        if which is None:
+            return live_side.no_deployment(endpoint, info)
         try:
-            deployment = client.online_deployments.get(name=info.get("deployment", DEPLOYMENT), endpoint_name=name)
+            deployment = client.online_deployments.get(name=which, endpoint_name=name)
         except Exception as exc:  # noqa: BLE001
             if common.is_not_found(exc):
-                return Live(True, False, f"endpoint {name} has no deployment {DEPLOYMENT}",
-                            (f"deployment: {DEPLOYMENT} recorded, but missing from the endpoint",))
-            return Live(False, False, f"cannot read deployment {DEPLOYMENT} of {name}: {common.reason(exc)}")
-        drift = _drift(endpoint, deployment, info)
-        states = (_value(endpoint.provisioning_state), _value(deployment.provisioning_state))
-        healthy = states == ("Succeeded", "Succeeded") and (endpoint.traffic or {}).get(DEPLOYMENT) == 100
-        detail = (f"endpoint {name} is {states[0]}, deployment {DEPLOYMENT} is {states[1]}"
-                  + (f" at {endpoint.scoring_uri}" if healthy else ""))
-        if not recorded:
-            detail += "; it is not recorded here, and deploy will update it"
-        return Live(True, healthy, detail, tuple(drift))
+                return live_side.no_deployment(endpoint, info)
+            return Live(False, False, f"cannot read deployment {which} of {name}: {common.reason(exc)}")
+        try:  # a deployment beside the serving one: a deploy that never finished, or one made by hand
+            others = sorted(d.name for d in client.online_deployments.list(endpoint_name=name) if d.name != which)
+        except Exception:  # noqa: BLE001  a courtesy: its absence must not hide what the probe found
+            others = []
+        return live_side.live_of(endpoint, deployment, info, spec, others)
+
+    def adopt(self, live: Live, spec: Spec) -> ServiceRecord | None:
+        """The record deploy would have kept for the stamped endpoint of the spec's name (read again from Azure)."""
+        if not live.stamp:
+            return None
+        config = common.workspace_config(spec.deploy.settings(), spec.folder, spec.model.source)
+        try:
+            client = self._client(config)
+            endpoint = client.online_endpoints.get(name=spec.name)
+            which = serving(endpoint.traffic)
+            deployment = client.online_deployments.get(name=which, endpoint_name=spec.name) if which else None
+        except Exception:  # noqa: BLE001  gone or unreachable since the probe: nothing to adopt
+            return None
+        if deployment is None:
+            return None
+        stamp = common.stamp_of(deployment.tags) or {}
+        record = live_side.record_of(client, endpoint, deployment, config=config,
+                                     model_sha256=stamp.get(STAMP_MODEL) or None)
+        return record.stamped(digest=stamp.get(STAMP_DIGEST))
 
     def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
-        """An HTTP POST with the endpoint key (or a fresh aml_token), pinned to the recorded deployment."""
+        """An HTTP POST with the endpoint key (or a fresh aml_token), pinned to the record's deployment."""
         info = record.extra
-        headers = {"azureml-model-deployment": info.get("deployment", DEPLOYMENT)}
+        headers = {"azureml-model-deployment": info.get("deployment", FIRST)}
         if info.get("auth_mode") == "aml_token":
             client = self._client(common.recorded_config(info))
             try:
@@ -315,9 +228,26 @@ class OnlineTarget(BaseTarget):
                                   f"{common.reason(exc)}") from None
             headers["Authorization"] = "Bearer " + token
         else:
-            headers["Authorization"] = "Bearer " + keyfile.read_primary(service_dir)
+            headers["Authorization"] = "Bearer " + self._primary_key(record, service_dir)
         assert record.scoring_uri is not None
-        return http.post(record.scoring_uri, body, headers, timeout)
+        reply = http.post(record.scoring_uri, body, headers, timeout)
+        model_status = reply.headers.get(MODEL_ERROR_STATUS) if reply.status == 424 else None
+        if model_status and model_status.isdigit():  # the model's own answer, as every other target shows it
+            return Reply(int(model_status), reply.body, reply.seconds, reply.headers)
+        return reply
+
+    def _primary_key(self, record: ServiceRecord, service_dir: Path) -> str:
+        """The endpoint key from keys.json, fetched from Azure into it when this machine has none (a fresh runner)."""
+        if not (service_dir / keyfile.KEYS_FILE).is_file():
+            info = record.extra
+            try:
+                client = self._client(common.recorded_config(info))
+                keys = client.online_endpoints.get_keys(name=info.get("endpoint", ""))
+            except Exception as exc:  # noqa: BLE001
+                raise TargetError(f"no key for endpoint {info.get('endpoint')} in {service_dir}, and Azure did not "
+                                  f"give it: {common.reason(exc)}") from None
+            keyfile.write(service_dir, keys.primary_key, keys.secondary_key)
+        return keyfile.read_primary(service_dir)
 
     def delete(self, record: ServiceRecord, service_dir: Path) -> str:
         info = record.extra
@@ -335,9 +265,9 @@ class OnlineTarget(BaseTarget):
             keyfile.remove(service_dir)
             return gone
         keyfile.remove(service_dir)
-        if _initial_status(poller) == 204:  # ARM's answer for a name with nothing behind it: gone since the get
+        if initial_status(poller) == 204:  # ARM's answer for a name with nothing behind it: gone since the get
             return gone
-        return f"deleted endpoint {name} and its deployment {info.get('deployment', DEPLOYMENT)}"
+        return f"deleted endpoint {name} and its deployment {info.get('deployment', FIRST)}"
 
     def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
         info = record.extra
@@ -345,7 +275,7 @@ class OnlineTarget(BaseTarget):
         client = self._client(common.recorded_config(info))
         try:
             with common.sdk_output(service_dir / common.SDK_LOG, None, f"logs {name}"):
-                text = client.online_deployments.get_logs(name=info.get("deployment", DEPLOYMENT),
+                text = client.online_deployments.get_logs(name=info.get("deployment", FIRST),
                                                           endpoint_name=name, lines=tail)
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"cannot read the logs of {name}: {common.reason(exc)}") from None
@@ -353,42 +283,13 @@ class OnlineTarget(BaseTarget):
 
     # -- helpers ---------------------------------------------------------------------------------
     def _client(self, config: Path | None) -> Any:
+        """One MLClient per workspace config for the life of this target object: its credential caches the token."""
+        if config in self._clients:
+            return self._clients[config]
         try:
-            return self.client_factory(config)
+            self._clients[config] = self.client_factory(config)
+            return self._clients[config]
         except (TargetError, UsageError):
             raise
         except Exception as exc:  # noqa: BLE001  missing config.json, bad config
             raise TargetError(f"{common.UNREACHABLE}: {common.reason(exc)}") from None
-
-
-def _value(state: Any) -> Any:
-    """azure-ai-ml's states are str enums: 'Succeeded', not 'DeploymentProvisioningState.SUCCEEDED'."""
-    return getattr(state, "value", state)
-
-
-def _initial_status(poller: Any) -> int | None:
-    """The HTTP status of the request that started a long-running operation (204: there was nothing to do)."""
-    method = poller.polling_method() if hasattr(poller, "polling_method") else None
-    response = getattr(method, "_initial_response", None)  # azure-core keeps it; no public accessor
-    return getattr(getattr(response, "http_response", None), "status_code", None)
-
-
-def _model_id(model: Any) -> str | None:
-    if model is None or isinstance(model, str):
-        return model
-    return getattr(model, "id", None) or f"{getattr(model, 'name', '?')}:{getattr(model, 'version', '?')}"
-
-
-def _drift(endpoint: Any, deployment: Any, record: Mapping[str, Any]) -> list[str]:
-    out = common.tags_drift(endpoint.tags, record)
-    traffic = {k: int(v) for k, v in (endpoint.traffic or {}).items() if int(v)}
-    if "traffic" in record and traffic != dict(record["traffic"]):
-        out.append(f"traffic: live {traffic}, recorded {dict(record['traffic'])}")
-    for attr in ("instance_type", "instance_count"):
-        if attr in record and getattr(deployment, attr, None) != record[attr]:
-            out.append(f"{attr}: live {getattr(deployment, attr, None)}, recorded {record[attr]}")
-    if record.get("model_id") and _model_id(deployment.model) != record["model_id"]:
-        out.append(f"model: live {_model_id(deployment.model)}, recorded {record['model_id']}")
-    if record.get("scoring_uri") and endpoint.scoring_uri != record["scoring_uri"]:
-        out.append(f"scoring_uri: live {endpoint.scoring_uri}, recorded {record['scoring_uri']}")
-    return out

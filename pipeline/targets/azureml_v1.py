@@ -1,33 +1,19 @@
 """Targets `aci` and `aks`: Azure ML SDK v1 (azureml-core) web services, the tutorial's own path."""
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from pipeline import http
-from pipeline.errors import RenderError, TargetError, UsageError
-from pipeline.render import render_template
-from pipeline.spec import RegistrySource, Spec
+from pipeline.errors import TargetError
+from pipeline.spec import Spec
 from pipeline.targets import azureml_common as common
-from pipeline.targets import keys as keyfile
 from pipeline.targets.azureml_v1_api import AzureMLv1Api, WorkspaceFactory, default_workspace
-from pipeline.targets.base import (
-    AddProblem,
-    Auth,
-    BaseTarget,
-    Capabilities,
-    DeployRequest,
-    Live,
-    Reply,
-    Rollout,
-    ServiceRecord,
-)
+from pipeline.targets.azureml_v1_service import WebserviceTarget
+from pipeline.targets.base import AddProblem, Auth, Capabilities, Rollout, ServiceRecord
 
-__all__ = ["AciTarget", "AksTarget", "AzureMLv1Api", "WorkspaceFactory", "default_workspace"]
+__all__ = ["AciTarget", "AksTarget", "AzureMLv1Api", "WebserviceTarget", "WorkspaceFactory", "default_workspace"]
 
 # Azure Container Instances: the largest container group a standard Linux region offers.
 ACI_MAX_CPU_CORES = 4
@@ -36,275 +22,7 @@ ACI_MAX_MEMORY_GB = 16
 COMPUTE_NAME = r"[A-Za-z][A-Za-z0-9-]{0,14}[A-Za-z0-9]"
 
 
-class _WebserviceTarget(BaseTarget):
-    """What ACI and AKS share; the subclasses differ in their deployment configuration."""
-
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    settings_key: ClassVar[str] = "azureml"
-    settings_schema: ClassVar[Mapping[str, Any]] = common.SETTINGS_SCHEMA
-    extra: ClassVar[str | None] = common.EXTRA_V1
-    packages: ClassVar[Mapping[str, str]] = {"azureml-core": "azureml.core"}
-    # Model.deploy(overwrite=True) updates the service where it runs; Azure reports no staged version to test first.
-    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=True, rollout=Rollout.IN_PLACE,
-                                                        auth=frozenset({Auth.KEY}))
-    kind = ""  # how Azure names the compute, for messages
-    config_file = ""  # the rendered deploy configuration, in `az ml model deploy --deploy-config-file` form
-    compared: tuple[str, ...] = ("cpu_cores", "memory_gb", "auth_enabled", "tags", "description")
-
-    def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
-        common.check_workspace_config(data, add, folder)
-
-    def __init__(self, workspace_factory: WorkspaceFactory | None = None, api: AzureMLv1Api | None = None) -> None:
-        self.workspace_factory = workspace_factory or default_workspace
-        self.api = api or AzureMLv1Api()
-
-    # -- offline: packages, rendered config, SDK configuration objects ---------------------------
-    def extra_pip_packages(self, spec: Spec) -> list[str]:
-        return ["azureml-defaults"]  # Azure ML's v1 inference stack inside the image
-
-    def render(self, spec: Spec, env: Any, values: Mapping[str, Any]) -> dict[str, str]:
-        text = render_template(env, f"azureml/{self.config_file}.j2", {**values, "azureml": self.template_values(spec)})
-        try:
-            json.loads(text)
-        except ValueError as exc:
-            raise RenderError(f"rendered {self.config_file} is not valid JSON: {exc}") from None
-        return {self.config_file: text}
-
-    def template_values(self, spec: Spec) -> dict[str, Any]:
-        return {}
-
-    def deployment_config(self, spec: Spec) -> Any:
-        raise NotImplementedError
-
-    def inference_config(self, spec: Spec, build_dir: Path) -> Any:
-        """The rendered score.py as entry script, in an environment built from the rendered myenv.yml."""
-        self._sdk()
-        from azureml.core import Environment
-        from azureml.core.model import InferenceConfig
-
-        try:
-            environment = Environment.from_conda_specification(name=f"{spec.name}-env", file_path=str(build_dir / "myenv.yml"))
-            return InferenceConfig(entry_script=str(build_dir / "score.py"), environment=environment)
-        except Exception as exc:  # noqa: BLE001  WebserviceException, FileNotFoundError, YAML errors
-            raise TargetError(f"inference configuration from {build_dir}: {common.reason(exc)}") from None
-
-    def check_rendered(self, build_dir: Path, config: Any) -> None:
-        """The reviewed config file must say what is deployed: read it with the SDK's own parser and compare."""
-        from azureml._model_management._util import deploy_config_dict_to_obj
-
-        path = build_dir / self.config_file
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            reviewed = deploy_config_dict_to_obj(data, data.get("tags"), None, data.get("description"))
-        except Exception as exc:  # noqa: BLE001  missing file, bad JSON, the SDK's WebserviceException
-            raise TargetError(f"{path}: cannot read the rendered deploy configuration: {common.reason(exc)}") from None
-        differ = [f"{key}: file {getattr(reviewed, key)!r}, spec {getattr(config, key)!r}"
-                  for key in self.compared if getattr(reviewed, key) != getattr(config, key)]
-        if differ:
-            raise TargetError(f"{path} does not match the spec ({'; '.join(differ)}); render again")
-
-    # -- deploy ----------------------------------------------------------------------------------
-    def deploy(self, request: DeployRequest) -> ServiceRecord:
-        log = request.service_dir / common.SDK_LOG
-        try:
-            with common.sdk_output(log, request.console, request.spec.name):
-                return self._deploy(request)
-        except TargetError as exc:
-            raise TargetError(f"{exc}\n(everything the SDK printed is in {log})") from None
-        finally:
-            request.console.clear_progress()
-
-    def _deploy(self, request: DeployRequest) -> ServiceRecord:
-        spec, console = request.spec, request.console
-        deployment_config = self.deployment_config(spec)  # offline first: a bad config fails before any call
-        self.check_rendered(request.build_dir, deployment_config)
-        inference_config = self.inference_config(spec, request.build_dir)
-        config_path = self._config_path(spec)
-        ws = self._workspace(config_path)
-        model, digest = self._model(ws, request)
-        target = self._deployment_target(ws, spec)
-        console.progress(f"{spec.name}: deploying to {self.kind} (this takes several minutes)")
-        try:
-            service = self.api.deploy(ws, spec.name, [model], inference_config, deployment_config, target)
-        except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"{self.kind} refused to deploy {spec.name}: {common.excerpt(exc)}") from None
-        try:
-            service.wait_for_deployment(show_output=True, timeout_sec=spec.deploy.ready_timeout_s)
-            failure = None if service.state == "Healthy" else f"the service is {service.state}"
-        except Exception as exc:  # noqa: BLE001  WebserviceException: failed, timed out, unknown
-            failure = common.excerpt(exc)
-        if failure:
-            raise TargetError(f"{self.kind} service {spec.name} did not become healthy within "
-                              f"{spec.deploy.ready_timeout_s} s: {failure}"
-                              f"{common.logs_section(lambda n: service.get_logs(num_lines=n), 'service')}")
-        if spec.deploy.auth:
-            try:
-                primary, secondary = service.get_keys()
-            except Exception as exc:  # noqa: BLE001
-                raise TargetError(f"{self.kind} service {spec.name} is healthy, but its keys could not be read: "
-                                  f"{common.reason(exc)}") from None
-            keyfile.write(request.service_dir, primary, secondary)
-        else:
-            keyfile.remove(request.service_dir)  # a key from an earlier deploy would only mislead
-        return ServiceRecord(
-            target=self.name,
-            scoring_uri=service.scoring_uri,
-            auth=bool(spec.deploy.auth),
-            swagger_uri=getattr(service, "swagger_uri", None),
-            model_sha256=digest,
-            extra={
-                "service": spec.name,
-                "workspace": _workspace_info(ws),
-                "workspace_config": str(config_path) if config_path else None,
-                "state": service.state,
-                "model_id": model.id,
-                "model_name": model.name,
-                "model_version": model.version,
-                "token_auth": bool(spec.deploy.settings().get("token_auth")),
-                "tags": dict(spec.tags),
-                "description": spec.description,
-                "cpu_cores": spec.deploy.cpu_cores,
-                "memory_gb": spec.deploy.memory_gb,
-                **self._record_extra(spec),
-            },
-        )
-
-    def _record_extra(self, spec: Spec) -> dict[str, Any]:
-        return {}
-
-    def _deployment_target(self, ws: Any, spec: Spec) -> Any:
-        return None  # ACI has no compute target of its own
-
-    def _model(self, ws: Any, request: DeployRequest) -> tuple[Any, str | None]:
-        """The registry's model, or the fetched file registered now (Azure assigns the version)."""
-        spec = request.spec
-        if isinstance(spec.model.source, RegistrySource):
-            try:
-                return self.api.get_model(ws, spec.model.name, spec.model.version), spec.model.sha256
-            except Exception as exc:  # noqa: BLE001
-                raise TargetError(f"model {spec.model.name}:{spec.model.version} in workspace "
-                                  f"{getattr(ws, 'name', '?')}: {common.reason(exc)}") from None
-        from pipeline.files import sha256_path
-
-        digest = spec.model.sha256 or sha256_path(request.model_path)
-        previous = request.previous.to_dict() if request.previous else {}
-        if previous.get("model_sha256") == digest and previous.get("model_version") and \
-                previous.get("workspace") == _workspace_info(ws):
-            # The same bytes were registered by the last deploy: reuse that version, don't pile up new ones.
-            with contextlib.suppress(Exception):
-                model = self.api.get_model(ws, spec.model.name, previous["model_version"])
-                if (model.tags or {}).get("sha256") == digest:
-                    return model, digest
-        try:
-            model = self.api.register_model(ws, model_path=str(request.model_path), model_name=spec.model.name,
-                                            tags={**spec.tags, "sha256": digest}, description=spec.description)
-        except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"registering model {spec.model.name} in workspace {getattr(ws, 'name', '?')}: "
-                              f"{common.reason(exc)}") from None
-        request.console.progress(f"{spec.name}: registered model {model.id}")
-        return model, digest
-
-    # -- the live service ------------------------------------------------------------------------
-    def probe(self, record: ServiceRecord | None, spec: Spec | None = None) -> Live:
-        info = record.to_dict() if record else {}
-        name = info.get("service") or (spec.name if spec else "")
-        try:
-            self._sdk()
-            ws = self._workspace(common.recorded_config(info, spec))
-        except (TargetError, UsageError) as exc:
-            return Live(False, False, str(exc))
-        recorded = bool(info.get("service"))  # plan may ask before the first deploy, with no record
-        try:
-            service = self.api.service(ws, name)
-        except Exception as exc:  # noqa: BLE001
-            if not common.is_not_found(exc):
-                return Live(False, False, f"cannot read {self.kind} service {name}: {common.reason(exc)}")
-            if not recorded:
-                return Live(True, False, f"workspace {ws.name} is reachable; {self.kind} service {name} does not exist yet")
-            return Live(True, False, f"{self.kind} service {name} not found in workspace {ws.name}",
-                        ("service: recorded, but missing from the workspace",))
-        state = getattr(service, "state", None)
-        healthy = state == "Healthy"
-        detail = f"{self.kind} service {name} is {state}" + (f" at {service.scoring_uri}" if healthy else "")
-        if not recorded:
-            detail += f"; it is not recorded here, and deploy will overwrite it in workspace {ws.name}"
-        return Live(True, healthy, detail, tuple(_drift(service, info)))
-
-    def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
-        """An HTTP POST as the tutorial's requests.post: service.run() would hide the status and the raw body."""
-        headers = {}
-        if record.auth:
-            headers["Authorization"] = "Bearer " + keyfile.read_primary(service_dir)
-        elif record.extra.get("token_auth"):  # AKS tokens expire: fetch a fresh one through the SDK
-            service = self._service(record)
-            try:
-                headers["Authorization"] = "Bearer " + service.get_access_token().access_token
-            except Exception as exc:  # noqa: BLE001
-                raise TargetError(f"cannot get a token for {record.extra.get('service')}: "
-                                  f"{common.reason(exc)}") from None
-        assert record.scoring_uri is not None
-        return http.post(record.scoring_uri, body, headers, timeout)
-
-    def delete(self, record: ServiceRecord, service_dir: Path) -> str:
-        info = record.to_dict()
-        name = info.get("service", "")
-        ws = self._workspace(common.recorded_config(info))
-        try:
-            service = self.api.service(ws, name)
-        except Exception as exc:  # noqa: BLE001
-            if not common.is_not_found(exc):
-                raise TargetError(f"cannot read {self.kind} service {name}: {common.reason(exc)}") from None
-            keyfile.remove(service_dir)
-            return f"{self.kind} service {name} was not found in workspace {ws.name} (nothing to delete)"
-        try:
-            with common.sdk_output(service_dir / common.SDK_LOG, None, f"delete {name}"):  # its polling dots
-                service.delete()
-        except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"deleting {self.kind} service {name}: {common.reason(exc)}") from None
-        keyfile.remove(service_dir)
-        if service.state != "Deleting":  # MMS answered 204: gone between our look and the delete
-            return f"{self.kind} service {name} was not found in workspace {ws.name} (nothing to delete)"
-        kept = f" (registered model {info['model_id']} kept)" if info.get("model_id") else ""
-        return f"deleted {self.kind} service {name} from workspace {ws.name}{kept}"
-
-    def logs(self, record: ServiceRecord, service_dir: Path, *, tail: int) -> str:
-        try:
-            with common.sdk_output(service_dir / common.SDK_LOG, None, f"logs {record.extra.get('service')}"):
-                service = self._service(record)
-                return common.log_tail(service.get_logs(num_lines=tail), tail)
-        except TargetError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"cannot read the logs of {record.extra.get('service')}: "
-                              f"{common.reason(exc)}") from None
-
-    # -- helpers ---------------------------------------------------------------------------------
-    def _sdk(self) -> None:
-        common.require("azureml.core", self.name, common.EXTRA_V1)
-
-    def _config_path(self, spec: Spec) -> Path | None:
-        return common.workspace_config(spec.deploy.settings(), spec.folder, spec.model.source)
-
-    def _workspace(self, config: Path | None) -> Any:
-        try:
-            with common.sdk_output(None):  # its notes and prompts: stderr, or the log when inside one
-                return self.workspace_factory(config)
-        except TargetError:
-            raise
-        except Exception as exc:  # noqa: BLE001  auth, network, missing config.json: all mean "cannot ask"
-            raise TargetError(f"{common.UNREACHABLE}: {common.reason(exc)}") from None
-
-    def _service(self, record: ServiceRecord) -> Any:
-        name = record.extra.get("service", "")
-        ws = self._workspace(common.recorded_config(record.extra))
-        try:
-            return self.api.service(ws, name)
-        except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"cannot read {self.kind} service {name}: {common.reason(exc)}") from None
-
-
-class AciTarget(_WebserviceTarget):
+class AciTarget(WebserviceTarget):
     """Azure Container Instances, as in the tutorial."""
 
     name = "aci"
@@ -344,7 +62,7 @@ class AciTarget(_WebserviceTarget):
             raise TargetError(f"ACI deploy configuration: {common.reason(exc)}") from None
 
 
-class AksTarget(_WebserviceTarget):
+class AksTarget(WebserviceTarget):
     """An Azure Kubernetes Service cluster attached to the workspace (deploy.azureml.compute_target)."""
 
     name = "aks"
@@ -352,7 +70,7 @@ class AksTarget(_WebserviceTarget):
     kind = "AKS"
     config_file = "aksconfig.json"
     capabilities = Capabilities(probe_unrecorded=True, rollout=Rollout.IN_PLACE, auth=frozenset({Auth.KEY, Auth.TOKEN}))
-    compared = _WebserviceTarget.compared + (
+    compared = WebserviceTarget.compared + (
         "token_auth_enabled", "num_replicas", "autoscale_enabled", "autoscale_min_replicas",
         "autoscale_max_replicas", "autoscale_target_utilization", "scoring_timeout_ms", "compute_target_name")
 
@@ -425,27 +143,3 @@ class AksTarget(_WebserviceTarget):
         scale = azure.get("autoscale")
         return {"compute_target": azure["compute_target"], "replicas": azure.get("replicas"),
                 "autoscale": dict(scale) if scale is not None else None}
-
-
-def _workspace_info(ws: Any) -> dict[str, Any]:
-    return {"name": getattr(ws, "name", None), "resource_group": getattr(ws, "resource_group", None),
-            "subscription_id": getattr(ws, "subscription_id", None)}
-
-
-def _drift(service: Any, record: Mapping[str, Any]) -> list[str]:
-    """How the live service differs from what the last deploy recorded."""
-    out = common.tags_drift(getattr(service, "tags", None), record)
-    live_models = sorted(m.id for m in getattr(service, "models", None) or [])
-    if record.get("model_id") and live_models != [record["model_id"]]:
-        out.append(f"models: live {live_models}, recorded [{record['model_id']!r}]")
-    if record.get("scoring_uri") and service.scoring_uri != record["scoring_uri"]:
-        out.append(f"scoring_uri: live {service.scoring_uri}, recorded {record['scoring_uri']}")
-    resources = getattr(service, "container_resource_requirements", None)
-    for attr, key in (("cpu", "cpu_cores"), ("memory_in_gb", "memory_gb")):
-        live = getattr(resources, attr, None)
-        if resources is not None and key in record and live is not None and float(live) != float(record[key]):
-            out.append(f"{key}: live {live}, recorded {record[key]}")
-    if "auth" in record and getattr(service, "auth_enabled", None) is not None and \
-            bool(service.auth_enabled) != bool(record["auth"]):
-        out.append(f"auth: live {bool(service.auth_enabled)}, recorded {bool(record['auth'])}")
-    return out
