@@ -1,6 +1,7 @@
 """Plan the stages (a pure function of spec, state and live status), then run exactly that plan."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,7 +79,17 @@ def plan(spec_name: str, state: dict[str, Any], facts: Facts, selection: Selecti
         if rebuild:
             rebuilds.add(name)
         steps.append(Step(name, action, reason, key, inputs, change, error, rebuild, recorded=record))
-    return Plan(spec_name, tuple(steps))
+    return Plan(spec_name, tuple(_adopted_rebuilds(steps)))
+
+
+def _adopted_rebuilds(steps: list[Step]) -> list[Step]:
+    """A runner with no record of a live service that carries this spec's stamp (deploy: an adopted no-op) only
+    remakes its local files and records: the stages that never ran here change nothing live."""
+    if not any(s.change is not None and s.change.adopted is not None and s.change.action is DeployAction.NOOP
+               and s.action is StepAction.SKIP for s in steps):
+        return steps
+    return [dataclasses.replace(s, rebuild=True) if s.action is StepAction.RUN and s.recorded is None and s.error is None
+            else s for s in steps]
 
 
 def _only_rebuilds(stage: all_stages.Stage, key: str | None, record: dict[str, Any] | None, facts: Facts, reason: str,

@@ -132,9 +132,6 @@ def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
     monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / name))
 
 
-@pytest.mark.xfail(strict=True, reason="runner.plan counts the local stages of a runner with no state at all "
-                   "(check, fetch, evaluate, render: 'never ran successfully'; smoke, report after them) as changes, "
-                   "though deploy is a no-op against the stamped service: exit 2, not 0 (runner.py)")
 @pytest.mark.parametrize("wired", ["azureml-online"], indirect=True)
 def test_a_runner_with_no_state_exits_0_when_the_live_service_matches(wired, fake_azure, run_cli, monkeypatch,
                                                                       tmp_path):
