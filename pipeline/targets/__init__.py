@@ -17,6 +17,7 @@ TARGETS: dict[str, str] = {
     "aks": "pipeline.targets.azureml_v1:AksTarget",
     "azureml-online": "pipeline.targets.azureml_online:OnlineTarget",
     "ray": "pipeline.targets.ray:RayTarget",
+    "kubernetes": "pipeline.targets.kubernetes:KubernetesTarget",
 }
 
 
