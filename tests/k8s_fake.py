@@ -23,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ RESOURCES = {
 }
 PATH = re.compile(r"^(?P<prefix>/api/v1|/apis/[^/]+/[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
                   r"(?:/(?P<name>[^/]+)(?:/(?P<sub>log|proxy)(?P<rest>/.*)?)?)?$")
+INGRESS = re.compile(r"^/ingress/(?P<ns>[^/]+)/(?P<service>[^/]+)(?P<rest>/.*)?$")  # see FakeCluster.ingress
 GENERATED = ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")  # objects whose spec has a generation
 
 
@@ -100,9 +102,23 @@ class FakeCluster:
             "contexts": [{"name": context, "context": {"cluster": "fake", "user": "ci"}}]}))
         return path
 
+    def ingress(self, service: str, namespace: str = "default") -> str:
+        """The base URL of a load balancer in front of a Service (deploy.kubernetes.url): headers pass unchanged."""
+        return f"{self.url}/ingress/{namespace}/{service}"
+
     def push(self, image: str, folder: Path) -> None:
         """`docker build` + `docker push`: what the pod runs is this folder, laid out by its Dockerfile."""
         self.images[image] = folder
+
+    def push_build(self, request: Any) -> str:
+        """What the CI does between render and deploy: the model beside the Dockerfile (as `render -o` copies it),
+        then the image/ folder pushed as the image deployment.yaml names; returns that image."""
+        image = request.build_dir / "image"
+        shutil.copy(request.model_path, image / request.model_path.name)
+        deployment = yaml.safe_load((request.build_dir / "k8s" / "deployment.yaml").read_text())
+        name = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        self.push(name, image)
+        return name
 
     def writes(self, kind: str | None = None, dry_run: bool | None = None) -> list[Request]:
         out = [r for r in self.requests if r.method in ("PATCH", "DELETE")]
@@ -136,9 +152,14 @@ class FakeCluster:
         raw = h.rfile.read(length) if length else b""
         content_type = h.headers.get("Content-Type", "")
         match = PATH.match(url.path)
+        headers = {k.lower(): v for k, v in h.headers.items()}
         if match and match["sub"] == "proxy":
             self.requests.append(Request(method, url.path, query, content_type, None))
-            return self._proxy(h, method, match, raw, {k.lower(): v for k, v in h.headers.items()})
+            return self._proxy(h, method, match, raw, headers)
+        ingress = INGRESS.match(url.path)
+        if ingress:  # a load balancer in front of the Service: the request arrives as the client sent it
+            self.requests.append(Request(method, url.path, query, content_type, None))
+            return self._forward(h, method, ingress["ns"], ingress["service"], ingress["rest"], raw, headers, True)
         try:
             body = yaml.safe_load(raw) if raw else None  # JSON is YAML
         except yaml.YAMLError:
@@ -239,18 +260,22 @@ class FakeCluster:
         """/services/NAME:PORT/proxy/PATH, to a ready pod; the API server keeps the Authorization header."""
         if headers.get("authorization") != f"Bearer {TOKEN}":
             return self._status(h, 401, "Unauthorized", "Unauthorized")
-        service_name = match["name"].split(":")[0]
+        self._forward(h, method, match["ns"], match["name"].split(":")[0], match["rest"], raw, headers, False)
+
+    def _forward(self, h: Any, method: str, ns: str, service_name: str, rest: str | None, raw: bytes,
+                 headers: dict[str, str], keep_auth: bool) -> None:
         with self.lock:
-            service = self.store.get(("Service", match["ns"], service_name))
+            service = self.store.get(("Service", ns, service_name))
             selector = ",".join(f"{a}={b}" for a, b in service["spec"]["selector"].items()) if service else ""
-            ready = [self.ports[k[2]] for k, pod in self.store.items() if k[0] == "Pod" and k[1] == match["ns"]
+            ready = [self.ports[k[2]] for k, pod in self.store.items() if k[0] == "Pod" and k[1] == ns
                      and service and _selected(pod, selector, "") and k[2] in self.ports and _ready(pod)]
         if not service:
             return self._status(h, 404, "NotFound", f'services "{service_name}" not found')
         if not ready:
             return self._status(h, 503, "ServiceUnavailable", f'no endpoints available for service "{service_name}"')
-        forward = {k: v for k, v in headers.items() if k not in ("authorization", "host", "content-length")}
-        request = urllib.request.Request(f"http://127.0.0.1:{ready[0]}{match['rest'] or '/'}", data=raw or None,
+        dropped = ("host", "content-length") if keep_auth else ("authorization", "host", "content-length")
+        forward = {k: v for k, v in headers.items() if k not in dropped}
+        request = urllib.request.Request(f"http://127.0.0.1:{ready[0]}{rest or '/'}", data=raw or None,
                                          headers=forward, method=method)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -360,7 +385,7 @@ class FakeCluster:
         config.update(host="127.0.0.1", port=0)  # every pod has its own address in a cluster: here, a free port
         run = rootfs / "run.json"
         run.write_text(json.dumps(config))
-        log = open(self.root / "pods" / name / "log.txt", "wb")
+        log = open(self.root / "pods" / name / "log.txt", "wb")  # noqa: SIM115  the child keeps it; closed below
         env = {**os.environ, "PYTHONPATH": str(rootfs / "app"), "PYTHONDONTWRITEBYTECODE": "1"}
         self.hosts[name] = subprocess.Popen([sys.executable, "-m", "pipeline.serve", str(run)], cwd=rootfs / "app",
                                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -414,6 +439,17 @@ class FakeCluster:
         except subprocess.TimeoutExpired:
             os.killpg(host.pid, signal.SIGKILL)
             host.wait(5)
+
+
+def at_the_wire(root: Path, monkeypatch: Any) -> Iterator[FakeCluster]:
+    """A fake cluster in $KUBECONFIG for one test (the target conformance suite's fixture), closed after it."""
+    root.mkdir(parents=True, exist_ok=True)
+    cluster = FakeCluster(root)
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig(root / "kubeconfig")))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 def _build(folder: Path, rootfs: Path) -> None:

@@ -69,7 +69,7 @@ def test_validate_several_files_one_bad(run_cli, at_root: Path) -> None:
                                        "ok  tests/data/specs/valid/minimal.yaml  (minimal-svc, target local)"]
     assert result.err.splitlines() == [
         "tests/data/specs/invalid/bad-target.yaml:33: deploy.target: 'azur' is not one of "
-        "['local', 'aci', 'aks', 'azureml-online', 'ray']",
+        "['local', 'aci', 'aks', 'azureml-online', 'ray', 'kubernetes']",
         "1 of 3 spec(s) invalid"]
 
 
@@ -94,7 +94,7 @@ def test_validate_json(run_cli, at_root: Path) -> None:
         {"spec": "specs/mnist.yaml", "valid": True, "errors": [], "name": "sklearn-mnist-svc", "target": "local"},
         {"spec": BAD_TARGET, "valid": False, "errors": [
             "tests/data/specs/invalid/bad-target.yaml:33: deploy.target: 'azur' is not one of "
-            "['local', 'aci', 'aks', 'azureml-online', 'ray']"]},
+            "['local', 'aci', 'aks', 'azureml-online', 'ray', 'kubernetes']"]},
     ]
     ok = run_cli("validate", "--json", "specs/mnist.yaml")
     assert ok.code == 0 and json.loads(ok.out)[0]["valid"] is True

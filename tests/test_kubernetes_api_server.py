@@ -22,8 +22,8 @@ import yaml
 
 pytest.importorskip("kubernetes")
 
-from pipeline.targets import kubernetes_api as kapi  # noqa: E402
-from pipeline.targets import kubernetes_manifests as km  # noqa: E402
+from pipeline.targets import kubernetes_api as kapi
+from pipeline.targets import kubernetes_manifests as km
 
 CACHE = Path(os.environ.get("PIPELINE_K8S_CACHE", Path.home() / ".cache" / "pipeline-k8s"))
 APISERVER = CACHE / "bin" / "kube-apiserver"
@@ -56,7 +56,8 @@ def api_server(tmp_path_factory):
     subprocess.run(["openssl", "genrsa", "-out", str(root / "sa.key"), "2048"], check=True, capture_output=True)
     (root / "tokens.csv").write_text(f"{TOKEN},admin,admin-uid,system:masters\n")
     etcd_port, peer_port, port = _free_port(), _free_port(), _free_port()
-    logs = {"etcd": open(root / "etcd.log", "wb"), "apiserver": open(root / "apiserver.log", "wb")}
+    # the processes' output files stay open for as long as they run; closed in the finally below
+    logs = {"etcd": open(root / "etcd.log", "wb"), "apiserver": open(root / "apiserver.log", "wb")}  # noqa: SIM115
     etcd = subprocess.Popen(["etcd", "--data-dir", str(root / "etcd"),
                              "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
                              "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
@@ -183,6 +184,10 @@ def test_create_no_op_update_delete_with_server_side_apply_on_a_real_api_server(
     again = run_cli("run", spec, "--to", "deploy")
     assert again.code == 0 and "deploy    skipped" in again.out
     assert versions(cluster) == first
+    shutil.rmtree(project / ".pipeline")  # a fresh runner: the stamp on the live Deployment is all it has
+    fresh = run_cli("plan", spec, "--to", "deploy")
+    assert "deploy    no-op" in fresh.out and "the live service carries this spec's digest" in fresh.out, fresh.out
+    assert run_cli("run", spec, "--to", "deploy").code == 0 and versions(cluster) == first
     # a forced re-apply of the same objects changes no spec (1.20 still refreshes the timestamp of our
     # managedFields entry on the Deployment, whose status another manager wrote, hence its new resourceVersion)
     assert run_cli("run", spec, "--to", "deploy", "--force").code == 0

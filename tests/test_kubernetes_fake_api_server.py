@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 pytest.importorskip("kubernetes")
-sys.path.insert(0, str(Path(__file__).parent))
 
-from k8s_fake import FakeCluster  # noqa: E402
-
-from pipeline import spec as specs  # noqa: E402
-from pipeline.console import Console  # noqa: E402
-from pipeline.targets import kubernetes_manifests as km  # noqa: E402
-from pipeline.targets.base import DeployRequest  # noqa: E402
-from pipeline.targets.kubernetes import KubernetesTarget  # noqa: E402
-from pipeline.targets.kubernetes_rollout import applied_diff  # noqa: E402
+from pipeline import spec as specs
+from pipeline.console import Console
+from pipeline.targets import kubernetes_manifests as km
+from pipeline.targets.base import DeployRequest
+from pipeline.targets.kubernetes import KubernetesTarget
+from pipeline.targets.kubernetes_rollout import applied_diff
+from tests.k8s_fake import TOKEN, FakeCluster
 
 pytestmark = pytest.mark.slow
 NAME = "sklearn-mnist-svc"
@@ -62,6 +59,20 @@ def build_and_push(run_cli, fake: FakeCluster, spec: Path, out: Path) -> str:
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     fake.push(image, out / "image")
     return image
+
+
+def kubectl_apply(fake: FakeCluster, obj: dict) -> None:
+    """A server-side apply by another field manager, over HTTP, as `kubectl apply --server-side` sends it."""
+    import urllib.request
+
+    plural = {"ConfigMap": "api/v1/namespaces/default/configmaps", "Service": "api/v1/namespaces/default/services",
+              "Deployment": "apis/apps/v1/namespaces/default/deployments"}[obj["kind"]]
+    request = urllib.request.Request(f"{fake.url}/{plural}/{obj['metadata']['name']}?fieldManager=kubectl",
+                                     json.dumps(obj).encode(), method="PATCH",
+                                     headers={"Content-Type": "application/apply-patch+yaml",
+                                              "Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status in (200, 201)
 
 
 def applies(fake: FakeCluster, since: int = 0) -> list[str]:
@@ -109,6 +120,7 @@ def test_plan_and_run_create_then_no_op_then_update_only_the_changed_fields_then
     assert after[deployment]["metadata"]["generation"] == 2
     changed = [d.split(":")[0] for d in applied_diff(_spec_part(after[deployment]), before[deployment])]
     assert sorted(changed) == ["metadata.annotations.ml-deploy-pipeline/inputs-digest",
+                               "metadata.annotations.ml-deploy-pipeline/pipeline-digest",  # the deploy's stamp
                                "spec.template.metadata.annotations.ml-deploy-pipeline/config-digest",
                                "spec.template.spec.containers[score].resources.limits.memory",
                                "spec.template.spec.containers[score].resources.requests.memory"]
@@ -173,19 +185,46 @@ def test_plan_shows_the_clusters_refusal_of_a_dry_run_as_an_error(project, run_c
     assert "run would fail" in plan.err
 
 
-def test_a_fresh_runner_compares_with_what_is_live_and_adopts_it_without_changes(project, run_cli, fake):
+def test_a_fresh_runner_finds_the_stamped_service_and_plans_no_op_then_an_update_of_what_changed(project, run_cli,
+                                                                                                  fake):
     spec = to_kubernetes(project)
     build_and_push(run_cli, fake, spec, project / "out")
     assert run_cli("run", spec, "--to", "deploy").code == 0
-    digest = fake.get("Deployment", NAME)["metadata"]["annotations"][km.DIGEST_KEY]
+    stamp = fake.get("Deployment", NAME)["metadata"]["annotations"]
+    assert stamp["ml-deploy-pipeline/pipeline-spec"] == NAME and len(stamp["ml-deploy-pipeline/pipeline-digest"]) == 64
     versions = {key: fake.get(key[0], key[2])["metadata"]["resourceVersion"] for key in OURS}
     shutil.rmtree(project / ".pipeline")  # a new CI runner: no local state at all
-    plan = run_cli("plan", spec)
-    assert f"it is not recorded here (live inputs digest {digest[:12]})" in plan.out
+    plan = run_cli("plan", spec, "--to", "deploy")  # the local stages run again here; the service is as it should be
+    assert plan.code == 0, plan.out + plan.err
+    assert "deploy    no-op" in plan.out and "the live service carries this spec's digest" in plan.out
     assert "the server accepts a dry run of the spec and nothing would change" in plan.out
     assert run_cli("run", spec, "--to", "deploy").code == 0
     assert {key: fake.get(key[0], key[2])["metadata"]["resourceVersion"] for key in OURS} == versions
     assert json.loads(run_cli("status", spec, "--json").out)["state"] == "live"
+
+    shutil.rmtree(project / ".pipeline")
+    spec.write_text(spec.read_text().replace("  memory_gb: 1\n", "  memory_gb: 2\n"))
+    build_and_push(run_cli, fake, spec, project / "out")
+    plan = run_cli("plan", spec, "--to", "deploy", "--detailed-exitcode")
+    assert plan.code == 2 and "deploy    update" in plan.out, plan.out
+    assert "~ deploy.memory_gb: 1 -> 2" in plan.out and "deploy.cpu_cores" not in plan.out  # read from the live pods
+    update = run_cli("run", spec, "--to", "deploy")
+    assert update.code == 0, update.out + update.err
+    assert fake.get("Deployment", NAME)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+        "cpu": "1", "memory": "2Gi"}
+
+
+def test_a_deployment_of_that_name_made_by_hand_is_adopted_not_created(project, run_cli, fake):
+    spec = to_kubernetes(project)
+    build_and_push(run_cli, fake, spec, project / "out")
+    for name in ("configmap.yaml", "deployment.yaml", "service.yaml"):  # `kubectl apply -k`: no stamp
+        kubectl_apply(fake, yaml.safe_load((project / "out" / "k8s" / name).read_text()))
+    plan = run_cli("plan", spec, "--to", "deploy")
+    assert "deploy    adopt" in plan.out and "without pipeline's stamp; deploy takes it over" in plan.out, plan.out
+    result = run_cli("run", spec, "--to", "deploy")
+    assert result.code == 0, result.out + result.err
+    assert "took over" in result.out
+    assert "ml-deploy-pipeline/pipeline-digest" in fake.get("Deployment", NAME)["metadata"]["annotations"]
 
 
 def test_status_reports_drift_from_the_applied_objects_and_logs_come_from_the_pods(project, run_cli, fake):
@@ -228,7 +267,7 @@ def test_an_unreachable_cluster_is_one_line_in_the_plan(project, run_cli, tmp_pa
     spec = to_kubernetes(project)
     plan = run_cli("plan", spec)
     assert plan.code == 0
-    line = next(l for l in plan.out.splitlines() if l.strip().startswith("deploy"))
+    line = next(row for row in plan.out.splitlines() if row.strip().startswith("deploy"))
     assert f"cannot reach the Kubernetes API server at http://127.0.0.1:{port}: " in line
 
 
@@ -252,8 +291,8 @@ def test_key_auth_keys_go_into_a_secret_the_record_never_holds(tmp_path, fake):
     assert json.loads(secret_applies[0].body["stringData"]["keys.json"]) == keys
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     assert {"name": "keys", "secret": {"secretName": "sklearn-mnist-svc-keys"}} in volumes
-    assert keys["primary"] not in json.dumps(record)
-    assert record["scoring_uri"] == "http://127.0.0.1:9/score" and record["auth"] is True
+    assert keys["primary"] not in json.dumps(record.to_dict())
+    assert record.scoring_uri == "http://127.0.0.1:9/score" and record.auth is True
     # the pod reads the mounted keys: the host asks for them (GET / stays open for the probes)
     pod = next(p for p in fake.hosts)
     rootfs = tmp_path / "fake" / "pods" / pod / "rootfs"

@@ -106,3 +106,15 @@ def test_installed_copy_renders_the_azure_configs(name: str, built: tuple[Path, 
     folder, _how = built
     out = probe(folder, ROOT / "specs" / name, cwd=tmp_path)
     assert out["files"] == render.render_all(specs.load(ROOT / "specs" / name))
+
+
+def test_installed_copy_renders_the_kubernetes_manifests(built: tuple[Path, str], tmp_path: Path) -> None:
+    """The templates in templates/kubernetes/ ship, and image/ takes the scoring host from the installed package."""
+    pytest.importorskip("kubernetes_validate")
+    from pipeline import render
+    from pipeline import spec as specs
+
+    folder, _how = built
+    out = probe(folder, ROOT / "specs" / "mnist-kubernetes.yaml", cwd=tmp_path)
+    assert out["files"] == render.render_all(specs.load(ROOT / "specs" / "mnist-kubernetes.yaml"))
+    assert "image/pipeline/serve/supervisor.py" in out["files"] and "k8s/hpa.yaml" in out["files"]

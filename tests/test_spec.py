@@ -42,7 +42,7 @@ GOLDEN: dict[str, list[str]] = {
         "tests/data/specs/invalid/bad-scoring-output.yaml:22: scoring.output: 'classes' is not one of ['labels', 'probabilities']",
     ],
     "bad-target.yaml": [
-        "tests/data/specs/invalid/bad-target.yaml:33: deploy.target: 'azur' is not one of ['local', 'aci', 'aks', 'azureml-online', 'ray']",
+        "tests/data/specs/invalid/bad-target.yaml:33: deploy.target: 'azur' is not one of ['local', 'aci', 'aks', 'azureml-online', 'ray', 'kubernetes']",
     ],
     "bad-test-format.yaml": [
         "tests/data/specs/invalid/bad-test-format.yaml:27: test.format: 'parquet' is not one of ['auto', 'idx', 'npz', 'csv']",
@@ -159,7 +159,7 @@ GOLDEN: dict[str, list[str]] = {
         "tests/data/specs/invalid/several-problems.yaml:3: name: 'Bad_Name' must be 3-32 characters of lowercase letters, digits and '-', starting with a letter and not ending with '-'",
         'tests/data/specs/invalid/several-problems.yaml:10: model.colour: unknown key; expected one of: format, name, sha256, source, trusted_types, version',
         "tests/data/specs/invalid/several-problems.yaml:22: scoring.features: expected an integer, got string '784'",
-        "tests/data/specs/invalid/several-problems.yaml:34: deploy.target: 'azur' is not one of ['local', 'aci', 'aks', 'azureml-online', 'ray']",
+        "tests/data/specs/invalid/several-problems.yaml:34: deploy.target: 'azur' is not one of ['local', 'aci', 'aks', 'azureml-online', 'ray', 'kubernetes']",
         'tests/data/specs/invalid/several-problems.yaml:35: deploy.cpu_cores: must be > 0, got 0',
     ],
     "sha256-integer.yaml": [
@@ -217,7 +217,7 @@ GOLDEN: dict[str, list[str]] = {
         'tests/data/specs/invalid/unknown-key-deploy-local.yaml:38: deploy.local.host: unknown key; expected one of: port',
     ],
     "unknown-key-deploy.yaml": [
-        'tests/data/specs/invalid/unknown-key-deploy.yaml:36: deploy.memory: unknown key; expected one of: auth, azureml, cpu_cores, local, memory_gb, ray, ready_timeout_s, request_timeout_ms, target',
+        'tests/data/specs/invalid/unknown-key-deploy.yaml:36: deploy.memory: unknown key; expected one of: auth, azureml, cpu_cores, kubernetes, local, memory_gb, ray, ready_timeout_s, request_timeout_ms, target',
     ],
     "unknown-key-environment.yaml": [
         'tests/data/specs/invalid/unknown-key-environment.yaml:19: environment.packages: unknown key; expected one of: channels, conda_packages, pip_packages, python',
@@ -354,7 +354,7 @@ def test_defaults_are_applied() -> None:
     d = loaded.deploy
     assert (d.target, d.cpu_cores, d.memory_gb, d.auth, d.request_timeout_ms, d.ready_timeout_s) == ("local", 1, 1, False, 5000, 600)
     assert dict(d.block("local")) == {"port": 0} and dict(d.settings()) == {"port": 0}
-    assert set(d.blocks) == {"local", "azureml", "ray"}  # every target's settings block, with its defaults
+    assert set(d.blocks) == {"local", "azureml", "ray", "kubernetes"}  # every target's settings block, with its defaults
     # the recorded document carries the defaults too: digests and diffs see what will run
     assert loaded.data["deploy"]["request_timeout_ms"] == 5000
     assert loaded.data["environment"]["channels"] == ("conda-forge",)

@@ -4,7 +4,8 @@ A new target gets these tests by adding one line to HARNESSES. The local and thr
 real (real processes or threads, real HTTP on 127.0.0.1); so does ray, on a real local Ray cluster per
 deploy, inside a loopback-only network namespace (tests/netns.py): Ray binds some ports on every interface.
 The Azure targets run their real SDKs against Azure faked at the network boundary (tests/fake_azure.py),
-which runs what was uploaded, so invoke scores.
+which runs what was uploaded, so invoke scores. kubernetes runs the official client against a Kubernetes
+API server faked at HTTP on loopback (tests/k8s_fake.py), whose pods are the real scoring host.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pipeline import spec as specs
 from pipeline.console import Console
 from pipeline.records import Live
 from pipeline.targets.base import Auth, DeployRequest, Rollout, ServiceRecord, Target
-from tests import netns
+from tests import k8s_fake, netns
 from tests.conftest import EXAMPLE_MODEL, ROOT
 
 THREADED = "tests.targets.threaded:ThreadedTarget"
@@ -61,6 +62,8 @@ class Harness:
     skips: Mapping[str, str] = field(default_factory=dict)  # conformance test -> why it cannot pass honestly here
     requires: str | None = None  # a module of the target's extra: its cases are skipped without it
     netns: bool = False  # its services listen beyond loopback: deploys run only in a loopback-only namespace
+    # what the CI does between render and deploy (build and push an image): (fixtures, the request) -> None
+    before_deploy: Callable[[Mapping[str, Any], DeployRequest], None] | None = None
 
 
 @dataclass
@@ -104,6 +107,19 @@ def _azureml(extra: str = "", *, token_without_key: bool = False) -> Callable[[M
     return settings
 
 
+@pytest.fixture
+def k8s_at_the_wire(no_network: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A Kubernetes API server faked at HTTP on loopback (tests/k8s_fake.py), in $KUBECONFIG; its pods run
+    the image folder pushed to it with the real scoring host."""
+    yield from k8s_fake.at_the_wire(tmp_path / "cluster", monkeypatch)
+
+
+def _kubernetes(fixtures: Mapping[str, Any], auth: bool) -> str:
+    """deploy.kubernetes: with key auth, the Service behind a load balancer (the API server's proxy keeps the key)."""
+    cluster = fixtures["k8s_at_the_wire"]
+    return f"  kubernetes: {{url: '{cluster.ingress('sklearn-mnist-svc')}'}}\n" if auth else "  kubernetes: {}\n"
+
+
 AZURE = ("azure_at_the_wire",)
 HARNESSES = [
     Harness("local", lambda: targets.get("local")),
@@ -113,6 +129,8 @@ HARNESSES = [
     Harness("azureml-online", lambda: targets.get("azureml-online"), needs=AZURE,
             settings=_azureml(token_without_key=True)),
     Harness("ray", lambda: targets.get("ray"), requires="ray.serve", netns=True),
+    Harness("kubernetes", lambda: targets.get("kubernetes"), needs=("k8s_at_the_wire",), settings=_kubernetes,
+            requires="kubernetes_validate", before_deploy=lambda f, r: f["k8s_at_the_wire"].push_build(r)),
 ]
 
 
@@ -157,6 +175,8 @@ def deployed(harness: Bound, tmp_path: Path) -> Iterator[Callable[..., Deployed]
                                 model_dir=model_dir, service_dir=folder / "service", previous=None,
                                 console=Console())
         request.service_dir.mkdir()
+        if harness.harness.before_deploy:
+            harness.harness.before_deploy(harness.fixtures, request)
         target = harness.make()
         done = Deployed(target, target.deploy(request), request)
         made.append(done)
