@@ -299,3 +299,20 @@ def test_key_auth_keys_go_into_a_secret_the_record_never_holds(tmp_path, fake):
     assert json.loads((rootfs / "etc/pipeline/keys/keys.json").read_text()) == keys
     assert KubernetesTarget().delete(record, tmp_path / "service").startswith("deleted deployment/sklearn-mnist-svc, ")
     assert fake.objects() == [] and not (tmp_path / "service" / "keys.json").exists()
+
+
+def test_rollback_applies_the_kept_release_again(project, run_cli, fake):
+    spec = to_kubernetes(project)
+    build_and_push(run_cli, fake, spec, project / "out")
+    assert run_cli("run", spec, "--to", "deploy").code == 0
+    first = fake.get("Deployment", NAME)["metadata"]["annotations"]["ml-deploy-pipeline/pipeline-digest"]
+    spec.write_text(spec.read_text().replace("  memory_gb: 1\n", "  memory_gb: 2\n"))
+    assert run_cli("run", spec, "--to", "deploy").code == 0
+    assert fake.get("Deployment", NAME)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "memory"] == "2Gi"
+    result = run_cli("rollback", spec)
+    assert result.code == 0, result.out + result.err
+    live = fake.get("Deployment", NAME)
+    assert live["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "1Gi"
+    assert live["metadata"]["annotations"]["ml-deploy-pipeline/pipeline-digest"] == first  # the release's stamp
+    assert json.loads(run_cli("status", spec, "--json").out)["state"] == "live"
