@@ -194,7 +194,7 @@ def test_a_fresh_runner_finds_the_stamped_service_and_plans_no_op_then_an_update
     assert stamp["ml-deploy-pipeline/pipeline-spec"] == NAME and len(stamp["ml-deploy-pipeline/pipeline-digest"]) == 64
     versions = {key: fake.get(key[0], key[2])["metadata"]["resourceVersion"] for key in OURS}
     shutil.rmtree(project / ".pipeline")  # a new CI runner: no local state at all
-    plan = run_cli("plan", spec, "--to", "deploy")  # the local stages run again here; the service is as it should be
+    plan = run_cli("plan", spec, "--to", "deploy", "--detailed-exitcode")  # the local stages only rebuild here
     assert plan.code == 0, plan.out + plan.err
     assert "deploy    no-op" in plan.out and "the live service carries this spec's digest" in plan.out
     assert "the server accepts a dry run of the spec and nothing would change" in plan.out
