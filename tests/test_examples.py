@@ -63,6 +63,7 @@ def test_the_review_job_compares_with_the_base_revisions_evaluation(project, run
     """As the workflow does it: the base commit's spec evaluated into the same local state, then the change's."""
     base = tmp_path / "base"
     shutil.copytree(project, base)  # the base revision, checked out beside the pull request's
+    (base / ".git").mkdir()  # a checkout: its root is where the spec's path (its owner) is read from
     assert run_cli("run", str(base / "specs" / "mnist.yaml"), "--to", "evaluate", "--state", "local",
                    "--quiet").code == 0
     trained = subprocess.run([sys.executable, "examples/mnist/train.py", "--reg", "0.01", "--output",
