@@ -10,7 +10,9 @@ from typing import Any
 
 import orjson
 
+from pipeline.serve.access import AccessLog
 from pipeline.serve.batching import BatchFailed, BatchTimeout, FairSlices, MicroBatcher
+from pipeline.serve.budget import LargeBodies
 from pipeline.serve.script import (
     JSON_TYPE,
     RunTimeout,
@@ -38,6 +40,10 @@ _CLOSE = (b"connection", b"close")
 _OK_RUN = (b"x-ms-run-function-failed", b"False")
 
 
+class _ClientGone(Exception):
+    """The client went away (or was timed out) while its body was read: nobody to answer."""
+
+
 class ScoringApp:
     """One instance per worker; a plain ASGI callable because a framework's routing costs more than it gives."""
 
@@ -50,8 +56,11 @@ class ScoringApp:
         keys: list[str],
         swagger: dict[str, Any] | None,
         features: int | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.script = script
+        self.access_log = access_log
+        self.large = LargeBodies()
         self.features = features
         self.timeout_s = request_timeout_ms / 1000
         self.max_body_bytes = max_body_bytes
@@ -65,6 +74,18 @@ class ScoringApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        if self.access_log is None:
+            await self._route(scope, receive, send)
+            return
+        started = time.perf_counter()
+        noted = _Noted(send)
+        try:
+            await self._route(scope, receive, noted)
+        finally:
+            self.access_log.add(scope.get("client"), scope["method"], scope["path"], noted.status, noted.size,
+                                time.perf_counter() - started, noted.request_id)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         if path == "/score" or path == "/score/":
             if method != "POST":
@@ -127,18 +148,31 @@ class ScoringApp:
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await _too_large(send, self.max_body_bytes, ids)
             return
-        body = await self._read_body(receive)
-        if body is None:
-            await _too_large(send, self.max_body_bytes, ids)
+        # Large bodies are read and parsed one at a time (pipeline.serve.budget): the memory limit holds.
+        turn = self.large.needed(length)
+        if turn and not await self.large.acquire(self.timeout_s):
+            message = f"other large bodies were being parsed for {self.timeout_s * 1000:.0f} ms; retry"
+            await _error(send, 503, message, [*ids, (b"retry-after", b"1")])
             return
-        if self.batcher is not None:
-            await self._score_batched(body, request_id, ids, send)
-        else:
-            await self._score_run(scope, body, request_id, ids, send)
+        try:
+            body = await self._read_body(receive)
+            if body is None:
+                await _too_large(send, self.max_body_bytes, ids)
+            elif self.batcher is not None:
+                await self._score_batched(body, request_id, ids, send)
+            else:
+                await self._score_run(scope, body, request_id, ids, send)
+        except _ClientGone:
+            return
+        finally:
+            if turn:
+                self.large.release()
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it passes max_body_bytes (chunked bodies included)."""
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
         body = message.get("body", b"")
         size = len(body)
         if size > self.max_body_bytes:
@@ -149,7 +183,7 @@ class ScoringApp:
         while message.get("more_body", False):
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise _ClientGone()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
@@ -234,6 +268,26 @@ class ScoringApp:
             return
         failed = (b"x-ms-run-function-failed", b"True") if status >= 500 else _OK_RUN
         await _respond(send, status, payload, [*ids, *headers, (b"x-ms-run-fn-exec-ms", elapsed), failed])
+
+
+class _Noted:
+    """The app's `send`, noting the status, body size and request id for the access log."""
+
+    __slots__ = ("request_id", "send", "size", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0  # 0 in the log: nothing was answered (the client went away, or was timed out)
+        self.size = 0
+        self.request_id: bytes | None = None
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.request_id = next((value for name, value in message["headers"] if name == b"x-request-id"), None)
+        else:
+            self.size += len(message.get("body", b""))
+        await self.send(message)
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: Headers) -> None:

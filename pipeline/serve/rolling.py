@@ -23,6 +23,8 @@ from pipeline.serve.ipc import report
 
 log = logging.getLogger("pipeline.serve")
 
+# The longest a draining worker waits for idle keep-alive connections to close by themselves.
+DRAIN_IDLE_S = 5.0
 # Signals that come before the event loop runs (right after the ready report) wait here.
 _early: set[int] = set()
 
@@ -89,7 +91,10 @@ class RollingServer(uvicorn.Server):
             server.close()  # stop accepting: new connections go to the version that took over
         app_module.closing = True  # every answer from now on says Connection: close
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.timeout_keep_alive + self.request_timeout_s + 1
+        # Idle keep-alive connections close at their timeout, but a version is retired within DRAIN_IDLE_S of
+        # it (pipeline.targets.local waits that long): whatever is still open then is closed on exit.
+        idle_s = min(self.config.timeout_keep_alive, DRAIN_IDLE_S)
+        deadline = loop.time() + idle_s + self.request_timeout_s + 1
         while self.server_state.connections and loop.time() < deadline:
             await asyncio.sleep(0.02)
         left = len(self.server_state.connections)
