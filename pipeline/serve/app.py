@@ -69,7 +69,7 @@ class ScoringApp:
         self.slices = FairSlices()
         self.batcher = None
         if script.predict_rows is not None and script.batching:
-            self.batcher = MicroBatcher(script.predict_rows, self.timeout_s, self.slices)
+            self.batcher = MicroBatcher(script.predict_rows, self.timeout_s, self.slices, join=script.batch_rows)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

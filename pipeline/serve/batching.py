@@ -59,12 +59,17 @@ class MicroBatcher:
     """Queue parsed requests; a consumer task predicts them together and answers each future.
 
     Batching is invisible in the answers: each request's rows are parsed separately before
-    they are queued (one bad body never reaches a batch), and when a batched predict raises,
-    its requests are retried one by one so only the culprit fails.
+    they are queued (one bad body never reaches a batch), when a batched predict raises, its
+    requests are retried one by one so only the culprit fails, and a script that declares
+    BATCH_ROWS = False (the rendered one, for probabilities) is called once per request.
     """
 
-    def __init__(self, predict_rows: Callable[[Any], list[Any]], timeout_s: float, slices: FairSlices) -> None:
+    def __init__(self, predict_rows: Callable[[Any], list[Any]], timeout_s: float, slices: FairSlices,
+                 join: bool = True) -> None:
         self._predict_rows = predict_rows
+        # False: one predict_rows() call per request, still in one pass, for scripts whose answers for a row
+        # depend on the rows predicted with it (BLAS rounds the last bits of a probability differently by batch)
+        self._join = join
         self._timeout_s = timeout_s
         self._slices = slices
         self._pending: deque[tuple[Any, asyncio.Future[list[Any]], float]] = deque()
@@ -152,6 +157,10 @@ class MicroBatcher:
             else:
                 live.append(item)
         if not live:
+            return
+        if not self._join and len(live) > 1:
+            for item in live:
+                self._predict(loop, [item])
             return
         # The alarm fires only when every request in the batch is past its deadline.
         budget = max(item[2] for item in live) - now

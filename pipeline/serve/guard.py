@@ -168,6 +168,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.phase = "body"
         self.deadline = self.loop.time() + self.guard.body_timeout_s
         super().on_headers_complete()
+        if self.cycle is not None and self.scope["method"] != "HEAD":  # uvicorn writes no body for HEAD
+            self.cycle.transport = OneWrite(self.transport)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -203,6 +205,42 @@ class GuardedProtocol(HttpToolsProtocol):
         if answer and (self.cycle is None or self.cycle.response_complete or not self.cycle.response_started):
             self.transport.write(answer)
         self.transport.close()
+
+
+class OneWrite:
+    """The transport as a request's cycle sees it: the status line and headers go out with the body, in one write.
+
+    uvicorn writes them separately: two send() calls per answer, each waking the client, where one does.
+    The first write of a response is held until the next (its body, or a close); order is never changed.
+    Not used for HEAD requests, the one answer uvicorn sends without a body write.
+    """
+
+    __slots__ = ("first", "held", "transport")  # one per request: a new cycle each
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.first = True
+        self.held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.first:
+            self.first, self.held = False, data
+            return
+        if self.held is not None:
+            data, self.held = self.held + data, None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.held is not None:
+            self.transport.write(self.held)
+            self.held = None
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.transport, name)
 
 
 def nofile_limit() -> int:
