@@ -15,7 +15,7 @@ import numpy as np
 try:  # simdjson parses a body's numbers straight into one float64 buffer, with no Python object per number
     import simdjson as _simdjson
 except ImportError:  # the loads() path below gives the same answers, more slowly
-    _simdjson = None
+    _simdjson = None  # type: ignore[assignment]
 # Bodies up to this size reuse their thread's parser, which keeps buffers sized to the largest it has seen;
 # larger bodies get a parser of their own, freed with them.
 _reuse_parser_below = 262144  # 256 KiB

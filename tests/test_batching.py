@@ -20,7 +20,8 @@ from pipeline.serve.batching import MAX_ROWS, BatchFailed, FairSlices, MicroBatc
 from pipeline.serve.script import ScoringScript, load_script
 from tests.conftest import EXAMPLE_DATA, EXAMPLE_MODEL, ROOT
 
-IMAGES = np.frombuffer(gzip.open(EXAMPLE_DATA / "test-images.gz").read(), np.uint8, offset=16).reshape(-1, 784) / 255.0
+with gzip.open(EXAMPLE_DATA / "test-images.gz") as _f:
+    IMAGES = np.frombuffer(_f.read(), np.uint8, offset=16).reshape(-1, 784) / 255.0
 
 
 def rendered(tmp_path: Path, output: str) -> ScoringScript:

@@ -169,7 +169,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.deadline = self.loop.time() + self.guard.body_timeout_s
         super().on_headers_complete()
         if self.cycle is not None and self.scope["method"] != "HEAD":  # uvicorn writes no body for HEAD
-            self.cycle.transport = OneWrite(self.transport)
+            self.cycle.transport = OneWrite(self.transport)  # type: ignore[assignment]  # what the cycle uses of one
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
