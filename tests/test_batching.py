@@ -120,3 +120,19 @@ def _body(rows: np.ndarray) -> bytes:
     import json
 
     return json.dumps({"data": rows.tolist()}).encode()
+
+
+def test_a_lone_request_is_answered_without_the_queue(tmp_path: Path, model: Any) -> None:
+    script = rendered(tmp_path, "labels")
+    assert script.predict_rows is not None
+
+    async def main() -> tuple[bool, list[Any], bool]:
+        batcher = MicroBatcher(script.predict_rows, 30.0, FairSlices())  # type: ignore[arg-type]
+        future = batcher.submit(IMAGES[:3], alone=True)
+        done_at_once = future.done()  # predicted inside submit(): no pass through the consumer task
+        queued = batcher.submit(IMAGES[3:4])  # another request: queued for the consumer
+        return done_at_once, [await future, await queued], queued.done()
+
+    done_at_once, answers, _ = asyncio.run(main())
+    assert done_at_once
+    assert answers == [per_row(model, IMAGES[:3], "labels"), per_row(model, IMAGES[3:4], "labels")]
