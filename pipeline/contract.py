@@ -81,7 +81,7 @@ def rows_array(raw_data, features):
     nested [x]); true, false, null and strings make as_buffer refuse. Anything else, or anything odd, goes to
     the general path, which gives the answer (or the message) either way: this one is only faster.
     """
-    if _simdjson is None or not features or raw_data.count(b'"data"') != 1:
+    if _simdjson is None or not features:
         return None
     parser = getattr(_local, "parser", None) if len(raw_data) <= _reuse_parser_below else None
     if parser is None:
@@ -90,7 +90,10 @@ def rows_array(raw_data, features):
             _local.parser = parser
     try:
         doc = parser.parse(raw_data)
-        data = doc["data"] if type(doc) is _simdjson.Object else None
+        # one "data" key (json.loads keeps the last of several, simdjson the first): leave those to it
+        if type(doc) is not _simdjson.Object or len(doc) > 16 or list(doc.keys()).count("data") != 1:
+            return None
+        data = doc["data"]
         if type(data) is not _simdjson.Array or not len(data):
             return None
         rows = len(data)
