@@ -78,7 +78,6 @@ class ScoringApp:
         self.script = script
         self.access_log = access_log
         self.large = LargeBodies()
-        self.active = 0
         self.features = features
         self.timeout_s = request_timeout_ms / 1000
         self.max_body_bytes = max_body_bytes
@@ -137,11 +136,16 @@ class ScoringApp:
         return sum(hmac.compare_digest(authorization, key) for key in self.auth) > 0
 
     async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.active += 1  # requests this worker holds: a lone one skips the batcher's queue
+        batcher = self.batcher
+        if batcher is None:
+            await self._score_request(scope, receive, send)
+            return
+        batcher.incoming += 1  # on its way to the batcher: worth waiting for (see MicroBatcher)
         try:
             await self._score_request(scope, receive, send)
         finally:
-            self.active -= 1
+            batcher.incoming -= 1
+            batcher.left()
 
     async def _score_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = client_id = legacy_id = None
@@ -234,7 +238,12 @@ class ScoringApp:
             await _internal(send, "parse_rows", request_id, ids)
             return
         try:
-            labels = await self.batcher.submit(rows, alone=self.active == 1)
+            alone = self.batcher.incoming == 1  # no other request in this worker is being read or parsed
+            self.batcher.incoming -= 1  # queued now: no longer on its way
+            try:
+                labels = await self.batcher.submit(rows, alone=alone)
+            finally:
+                self.batcher.incoming += 1
         except BatchTimeout:
             await _timeout(send, self.timeout_s, request_id, ids)
             return

@@ -15,8 +15,8 @@ from pipeline.serve.script import RunTimeout, call_with_timeout
 log = logging.getLogger("pipeline.serve")
 
 MAX_ROWS = 64
-# The longest a request waits for company; only paid when recent batches were shared.
-# Measured with 1-image bodies: 27,000 req/s at 32 connections against 18,000-23,000 without.
+# The longest a batch waits for company, and only for requests the worker is already reading or parsing
+# (never for a client that has not sent yet); a lone request does not wait at all.
 LINGER_S = 0.002
 # CPU work (run(), parse_rows()) done per pass of the event loop before it polls sockets again.
 SLICE_S = 0.002
@@ -76,9 +76,10 @@ class MicroBatcher:
         self._rows = 0
         self._wakeup: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        # Recent batch size in requests, smoothed: > 1 means concurrent clients, worth waiting for;
-        # and recent rows per request, so no one waits for company that could not fit the batch.
-        self._recent = 1.0
+        # Requests the worker holds that are not queued yet (their bodies are being read or parsed): the
+        # host keeps it; only these are worth waiting for. And recent rows per request, smoothed, so no
+        # one waits for company that could not fit the batch.
+        self.incoming = 0
         self._rows_each = 1.0
 
     def submit(self, rows: Any, alone: bool = False) -> asyncio.Future[list[Any]]:
@@ -96,7 +97,6 @@ class MicroBatcher:
                 if not future.done():
                     future.set_exception(BatchFailed())
             self._slices.used += time.perf_counter() - started
-            self._recent = 0.8 * self._recent + 0.2
             return future
         if self._task is None:
             self._task = loop.create_task(self._consume())
@@ -104,6 +104,11 @@ class MicroBatcher:
         self._rows += len(rows)
         self._wake()
         return future
+
+    def left(self) -> None:
+        """A request the consumer may be waiting for went away unqueued (a 400, say): wait no longer for it."""
+        if self.incoming == 0:
+            self._wake()
 
     def _wake(self) -> None:
         wakeup = self._wakeup
@@ -123,13 +128,13 @@ class MicroBatcher:
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
+            while not self._pending:  # a request that left unqueued may wake it with nothing to do
                 await self._wait(loop, None)
-            if self._recent > 1.5 and self._rows + self._rows_each <= MAX_ROWS:
-                # Wait for about as many requests as recent batches had, never past LINGER_S.
-                expected = int(self._recent + 0.5)
+            if self.incoming > 0 and self._rows + self._rows_each <= MAX_ROWS:
+                # Requests this worker is still reading or parsing join within a pass or two: wait for them,
+                # never past LINGER_S. Clients that have sent nothing yet are never waited for.
                 until = loop.time() + LINGER_S
-                while len(self._pending) < expected and self._rows + self._rows_each <= MAX_ROWS:
+                while self.incoming > 0 and self._rows + self._rows_each <= MAX_ROWS:
                     left = until - loop.time()
                     if left <= 0:
                         break
@@ -139,7 +144,6 @@ class MicroBatcher:
                 await asyncio.sleep(0)
             batch = self._take()
             started = time.perf_counter()  # not loop.time(): uvloop's has millisecond resolution
-            self._recent = 0.8 * self._recent + 0.2 * len(batch)
             self._rows_each = 0.8 * self._rows_each + 0.2 * sum(len(item[0]) for item in batch) / len(batch)
             try:
                 self._predict(loop, batch)
