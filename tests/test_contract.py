@@ -77,3 +77,44 @@ def test_a_large_body_gets_a_parser_of_its_own_and_results_outlive_the_next_pars
     assert contract.rows_array(big, 784).shape == (60, 784)  # type: ignore[union-attr]
     assert contract.rows_array(GOOD["ints"], 784) is not None  # the thread's parser, reused
     assert np.array_equal(first, kept)  # an earlier answer is its own memory, not the parser's
+
+
+ROWS = [[(i * 7 + j) % 256 / 255 for j in range(784)] for i in range(400)]  # about 1.5 MiB as JSON
+LARGE = {
+    "valid, with a '[' in a string": json.dumps({"note": "[", "data": ROWS}).encode(),
+    "[[], [], ...]": b'{"data": [' + b",".join([b"[]"] * 700_000) + b"]}",
+    "a string in the last row": json.dumps({"data": [*ROWS, ["x", *ROW[1:]]]}).encode(),
+    "a nested [x]": json.dumps({"data": [*ROWS, [[0.5], *ROW[1:]]]}).encode(),
+    "an object row": json.dumps({"data": [*ROWS, {"a": 1}]}).encode(),
+    "a short row": json.dumps({"data": [*ROWS, ROW[:5]]}).encode(),
+    "a boolean": json.dumps({"data": [*ROWS, [True, *ROW[1:]]]}).encode(),
+    "data is a number": json.dumps({"data": 5, "pad": "x" * 1_100_000}).encode(),
+    "NaN": json.dumps({"data": ROWS}).encode()[:-2] + b", [NaN" + b", 0" * 783 + b"]]}",
+}
+
+
+@pytest.mark.parametrize("case", sorted(LARGE))
+def test_a_large_body_is_judged_without_python_objects_and_as_the_general_path_would(case: str) -> None:
+    body = LARGE[case]
+    assert len(body) > contract._large_body_over
+    outcomes = []
+    for fast in (True, False):
+        saved = contract._simdjson
+        if not fast:
+            contract._simdjson = None
+        try:
+            outcomes.append(contract.parse_body(body, 784, orjson.loads))
+        except contract.InputError as error:
+            outcomes.append(str(error))
+        finally:
+            contract._simdjson = saved
+    if isinstance(outcomes[1], str):
+        assert outcomes[0] == outcomes[1]
+    else:
+        assert np.array_equal(outcomes[0], outcomes[1])
+
+
+def test_a_large_body_with_two_data_keys_is_refused_not_guessed() -> None:
+    body = json.dumps({"data": [[1]]}).encode()[:-1] + b', "data": ' + json.dumps(ROWS).encode() + b"}"
+    with pytest.raises(contract.InputError, match='the key "data" 2 times'):
+        contract.parse_body(body, 784, orjson.loads)

@@ -3,8 +3,8 @@
 Parsing a JSON body costs several times its size (measured with benchmarks/body_memory.py, peak RSS over
 the body received, the body itself and its joined copy included):
 
-    rows of MNIST floats (0.0-1.0, as json.dumps writes them)    9x
-    rows of 0 / 0.0 / 1e1 (the fewest bytes per number)        13-15x
+    rows of MNIST floats (0.0-1.0, as json.dumps writes them)    6x (simdjson's path; 9x through orjson)
+    rows of 0 / 0.0 / 1e1 (the fewest bytes per number)        9-18x
     [[], [], ...] or [{}, {}, ...] or [[1], [1], ...]          30-35x (refused, but only after it is parsed)
 
 so a worker admits one large body at a time (others wait their turn, unread, in the kernel's buffers), and

@@ -5,7 +5,8 @@ request on it: a connection that never sends a byte, sends its headers a byte at
 through its body is held for ever, and enough of them take every file descriptor the worker has. This
 subclass adds what is missing with one deadline per connection, checked by one sweep per worker a few
 times a second (no timer per request), and, at the cap, closes the connection that has been idle longest
-(a new client's request is then served) or, when every connection is busy, answers the newcomer 503.
+(a new client's request is then served), else the one that has been sending its body longest, and only
+when every connection has a request in the app answers the newcomer 503.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ DESCRIBE = {
     "body_timeouts": "connection(s) closed: the body did not arrive within {body}",
     "headers_too_large": f"request(s) refused with 431: headers over {MAX_HEADER_BYTES} bytes",
     "idle_closed": "idle connection(s) closed to admit new ones at the cap of {cap} open",
-    "connections_refused": "connection(s) refused with 503: {cap} open, none of them idle",
+    "slow_bodies_closed": "connection(s) still sending a body closed to admit new ones at the cap of {cap} open",
+    "connections_refused": "connection(s) refused with 503: {cap} open, none of them idle or receiving",
 }
 
 
@@ -57,6 +59,9 @@ class Guard:
         # Connections with no request in the app (new, sending headers, or idle between requests), in the
         # order they became so: at the cap, the first is the one to close.
         self.idle: dict[GuardedProtocol, None] = {}
+        # Connections sending a request's body, in the order they started: when none is idle at the cap,
+        # the first is closed (the app has nothing of theirs yet).
+        self.receiving: dict[GuardedProtocol, None] = {}
         self.counts: Counter[str] = Counter()
         self.sweep_s = min(SWEEP_S, header_timeout_s / 4, body_timeout_s / 4)
         self._sweeping = False
@@ -68,6 +73,8 @@ class Guard:
                               f"request line and headers must not exceed {MAX_HEADER_BYTES} bytes")
         self.refused = _raw(b"503 Service Unavailable",
                             f"this worker holds {max_connections} open connections, all busy; retry")
+        self.evicted = _raw(b"503 Service Unavailable", f"this worker holds {max_connections} open connections; "
+                            "this one had been sending its body the longest and was closed for a new one; retry")
 
     def protocol(self) -> type[GuardedProtocol]:
         """The protocol class for uvicorn.Config(http=...), bound to this guard."""
@@ -78,13 +85,19 @@ class Guard:
         if len(self.open) < self.max_connections:
             return True
         victim = next(iter(self.idle), None)
-        if victim is None:
-            return False
-        del self.idle[victim]
+        if victim is not None:
+            del self.idle[victim]
+            self.count("idle_closed")
+        else:  # none idle: the one that has been sending its body longest (a slow upload, or an attack)
+            victim = next(iter(self.receiving), None)
+            if victim is None:
+                return False
+            del self.receiving[victim]
+            victim.transport.write(self.evicted)
+            self.count("slow_bodies_closed")
         self.open.discard(victim)  # its fd closes on the loop's next pass; it no longer counts
         victim.deadline = None
         victim.transport.close()
-        self.count("idle_closed")
         return True
 
     def count(self, kind: str) -> None:
@@ -146,6 +159,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.open.discard(self)
         self.guard.idle.pop(self, None)
+        self.guard.receiving.pop(self, None)
         self.deadline = None
         super().connection_lost(exc)
 
@@ -165,6 +179,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.guard.idle.pop(self, None)
+        self.guard.receiving[self] = None
         self.phase = "body"
         self.deadline = self.loop.time() + self.guard.body_timeout_s
         super().on_headers_complete()
@@ -173,6 +188,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self.guard.receiving.pop(self, None)
         self.phase, self.deadline = "app", None
 
     def on_response_complete(self) -> None:
@@ -202,6 +218,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def _close_with(self, answer: bytes) -> None:
         self.deadline = None
         self.guard.idle.pop(self, None)
+        self.guard.receiving.pop(self, None)
         if answer and (self.cycle is None or self.cycle.response_complete or not self.cycle.response_started):
             self.transport.write(answer)
         self.transport.close()

@@ -149,6 +149,7 @@ def _serve(app: ScoringApp, sock: socket.socket, staging: socket.socket | None, 
             log_config=None,
             log_level="warning",
             server_header=False,
+            proxy_headers=False,  # on 127.0.0.1 no proxy speaks for the client: no X-Forwarded-For rewriting
             timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # a float: loop.call_later's
             # In-flight requests get their own timeout plus a margin to finish on SIGTERM.
             timeout_graceful_shutdown=config.request_timeout_ms // 1000 + 5,
