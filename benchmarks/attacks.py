@@ -222,7 +222,10 @@ def main() -> int:
         if process is not None:
             process.terminate()
             process.wait(timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("ATTACKS_KEEP"):
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

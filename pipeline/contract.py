@@ -113,43 +113,45 @@ def rows_array(raw_data, features):
 
 
 def _large_body(raw_data, features):
-    """A large body the fast path did not take, checked by simdjson alone: its array, or InputError saying why not.
+    """A large body the fast path did not take, checked by simdjson alone: its array, or the message saying why not.
 
     The general path builds a Python object per value, about 0.1 s per MiB of [[], [], ...]: while it runs
-    the worker answers no one. This one materializes at most the one row it complains about.
+    the worker answers no one. This one materializes at most the one row it complains about. It returns the
+    message rather than raising it: a traceback would keep the parser's document (10x the body) alive.
     """
     of = " of %d numbers" % features
     try:
         doc = _simdjson.Parser().parse(raw_data)
     except ValueError as exc:
         if b"NaN" in raw_data or b"Infinity" in raw_data:
-            raise InputError("body holds NaN or Infinity, which are not JSON numbers") from None
-        raise InputError("body is not valid JSON: %s" % exc) from None
+            return "body holds NaN or Infinity, which are not JSON numbers"
+        return "body is not valid JSON: %s" % exc
     keys = list(doc.keys()) if type(doc) is _simdjson.Object else []
-    if "data" not in keys:
-        raise InputError('body must be a JSON object with a "data" array of rows')
+    if type(doc) is not _simdjson.Object or "data" not in keys:
+        return 'body must be a JSON object with a "data" array of rows'
     if keys.count("data") > 1:  # json.loads would keep the last silently; a large body says which it means
-        raise InputError('body has the key "data" %d times; send it once' % keys.count("data"))
+        return 'body has the key "data" %d times; send it once' % keys.count("data")
     data = doc["data"]
     if type(data) is not _simdjson.Array or not len(data):
-        raise InputError('"data" must be a non-empty array of rows' + of)
+        return '"data" must be a non-empty array of rows' + of
     for i, row in enumerate(data):
         if type(row) is not _simdjson.Array:
-            name = "dict" if type(row) is _simdjson.Object else type(row).__name__
-            raise InputError("data[%d] must be an array%s, got %s" % (i, of, name))
+            return "data[%d] must be an array%s, got %s" % (i, of, "dict" if type(row) is _simdjson.Object
+                                                           else type(row).__name__)
         if len(row) != features:
-            raise InputError("data[%d] has %d values, expected %d" % (i, len(row), features))
+            return "data[%d] has %d values, expected %d" % (i, len(row), features)
         try:
-            ok = np.frombuffer(row.as_buffer(of_type="d")).size == features and row.mini.count(b"[") == 1
+            nested = row.mini.count(b"[") != 1  # type: ignore[arg-type]  # mini is bytes at run time
+            ok = np.frombuffer(row.as_buffer(of_type="d")).size == features and not nested
         except (ValueError, TypeError):
             ok = False
         if not ok:  # a value that is not a number: the general rules word it, for this one row
             problem = rows_problem({"data": [row.as_list()]}, features) or "data[0] must be an array%s" % of
-            raise InputError("data[%d]" % i + problem[len("data[0]"):])
+            return "data[%d]" % i + problem[len("data[0]"):]
     X = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64).reshape(len(data), features)
     if not np.isfinite(X).all():
         i, j = np.argwhere(~np.isfinite(X))[0]
-        raise InputError("data[%d][%d] is not a finite number" % (i, j))
+        return "data[%d][%d] is not a finite number" % (i, j)
     return X
 
 
@@ -161,7 +163,10 @@ def parse_body(raw_data, features, loads):
     if X is not None:
         return X
     if _simdjson is not None and features and len(raw_data) > _large_body_over:
-        return _large_body(raw_data, features)
+        X = _large_body(raw_data, features)
+        if isinstance(X, str):
+            raise InputError(X)
+        return X
     try:
         body = loads(raw_data)
     except ValueError:

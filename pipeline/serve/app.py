@@ -231,10 +231,12 @@ class ScoringApp:
             failure = exc
         self.slices.used += time.perf_counter() - started
         if isinstance(failure, ValueError):
-            await _error(send, 400, str(failure), ids)
+            message, failure = str(failure), None  # its traceback holds this frame: no cycle left for the GC
+            await _error(send, 400, message, ids)
             return
         if failure is not None:
             log.error("parse_rows() raised (request_id=%s)", request_id.decode("latin-1"), exc_info=failure)
+            failure = None
             await _internal(send, "parse_rows", request_id, ids)
             return
         try:
@@ -288,10 +290,13 @@ class ScoringApp:
             reason = describe_bad_input(body, failure, self.features)
             if reason is not None:
                 log.info("400 for request_id=%s: %s (run() raised %s)", rid, reason, type(failure).__name__)
+            else:
+                log.error("run() raised (request_id=%s)", rid, exc_info=failure)
+            failure = None  # its traceback holds this frame (and run()'s): no cycle left for the GC
+            if reason is not None:
                 await _error(send, 400, reason, ids)
-                return
-            log.error("run() raised (request_id=%s)", rid, exc_info=failure)
-            await _internal(send, "run", request_id, ids)
+            else:
+                await _internal(send, "run", request_id, ids)
             return
         elapsed = b"%.3f" % (ran * 1000)
         try:
