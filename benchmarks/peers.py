@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             ordered = sorted(runs, key=lambda run: run["rps"])
             results["cells"][cell] = {**ordered[len(ordered) // 2], "all_rps": [round(run["rps"]) for run in runs],
                                       "failures": sum(run["non2xx"] + run["socket_errors"] for run in runs)}
+        time.sleep(2)  # as before the idle figure: the load has stopped, what stays is what the server keeps
         for server in servers:
             results["pss_mb"][server.name]["after_load"] = tree_pss_mb(server.pid)
         print(format_tables(results, [s.name for s in servers]))
