@@ -130,7 +130,7 @@ def test_score_py_parses_and_defines_the_contract(mnist_files: dict[str, str]) -
         "SERVICE": "sklearn-mnist-svc", "MODEL_NAME": "sklearn_mnist", "MODEL_VERSION": 1,
         "MODEL_FILE": "sklearn_mnist_model.pkl",
         "MODEL_SHA256": "f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4",
-        "FEATURES": 784, "OUTPUT": "labels"}
+        "FEATURES": 784, "OUTPUT": "labels", "BATCH_ROWS": True}
 
 
 def test_myenv_yml_is_a_conda_environment(mnist_files: dict[str, str]) -> None:

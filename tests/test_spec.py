@@ -214,7 +214,7 @@ GOLDEN: dict[str, list[str]] = {
         'tests/data/specs/invalid/unknown-key-deploy-azureml.yaml:40: deploy.azureml.cluster: unknown key; expected one of: autoscale, base_image, compute_target, instance_type, replicas, token_auth, workspace_config',
     ],
     "unknown-key-deploy-local.yaml": [
-        'tests/data/specs/invalid/unknown-key-deploy-local.yaml:38: deploy.local.host: unknown key; expected one of: port',
+        'tests/data/specs/invalid/unknown-key-deploy-local.yaml:38: deploy.local.host: unknown key; expected one of: body_timeout_s, header_timeout_s, keep_alive_s, max_connections, port',
     ],
     "unknown-key-deploy.yaml": [
         'tests/data/specs/invalid/unknown-key-deploy.yaml:36: deploy.memory: unknown key; expected one of: auth, azureml, cpu_cores, kubernetes, local, memory_gb, ray, ready_timeout_s, request_timeout_ms, target',
@@ -353,7 +353,8 @@ def test_defaults_are_applied() -> None:
     assert (t.format, t.label_column, t.scale, t.min_accuracy, t.sample_size, t.seed) == ("auto", None, 1.0, 0.0, 30, 42)
     d = loaded.deploy
     assert (d.target, d.cpu_cores, d.memory_gb, d.auth, d.request_timeout_ms, d.ready_timeout_s) == ("local", 1, 1, False, 5000, 600)
-    assert dict(d.block("local")) == {"port": 0} and dict(d.settings()) == {"port": 0}
+    local = {"port": 0, "header_timeout_s": 10, "body_timeout_s": 30, "keep_alive_s": 5, "max_connections": 1024}
+    assert dict(d.block("local")) == local and dict(d.settings()) == local
     assert set(d.blocks) == {"local", "azureml", "ray", "kubernetes"}  # every target's settings block, with its defaults
     # the recorded document carries the defaults too: digests and diffs see what will run
     assert loaded.data["deploy"]["request_timeout_ms"] == 5000

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
+from pipeline.serve.access import AccessLog
 from pipeline.serve.batching import BatchFailed, BatchTimeout, FairSlices, MicroBatcher
+from pipeline.serve.budget import LargeBodies
 from pipeline.serve.script import (
     JSON_TYPE,
     RunTimeout,
@@ -38,6 +40,27 @@ _CLOSE = (b"connection", b"close")
 _OK_RUN = (b"x-ms-run-function-failed", b"False")
 
 
+_random = bytearray()
+
+
+def _request_id() -> bytes:
+    """A random (version 4) UUID, as Azure's server makes one for a request without an id; os.urandom drawn
+    4 KiB at a time, a sixth of what uuid.uuid4() costs per request."""
+    global _random
+    if len(_random) < 16:
+        _random = bytearray(os.urandom(4096))
+    raw = _random[-16:]
+    del _random[-16:]
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+
+
+class _ClientGone(Exception):
+    """The client went away (or was timed out) while its body was read: nobody to answer."""
+
+
 class ScoringApp:
     """One instance per worker; a plain ASGI callable because a framework's routing costs more than it gives."""
 
@@ -50,8 +73,11 @@ class ScoringApp:
         keys: list[str],
         swagger: dict[str, Any] | None,
         features: int | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.script = script
+        self.access_log = access_log
+        self.large = LargeBodies()
         self.features = features
         self.timeout_s = request_timeout_ms / 1000
         self.max_body_bytes = max_body_bytes
@@ -60,11 +86,23 @@ class ScoringApp:
         self.slices = FairSlices()
         self.batcher = None
         if script.predict_rows is not None and script.batching:
-            self.batcher = MicroBatcher(script.predict_rows, self.timeout_s, self.slices)
+            self.batcher = MicroBatcher(script.predict_rows, self.timeout_s, self.slices, join=script.batch_rows)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        if self.access_log is None:
+            await self._route(scope, receive, send)
+            return
+        started = time.perf_counter()
+        noted = _Noted(send)
+        try:
+            await self._route(scope, receive, noted)
+        finally:
+            self.access_log.add(scope.get("client"), scope["method"], scope["path"], noted.status, noted.size,
+                                time.perf_counter() - started, noted.request_id)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         if path == "/score" or path == "/score/":
             if method != "POST":
@@ -98,6 +136,18 @@ class ScoringApp:
         return sum(hmac.compare_digest(authorization, key) for key in self.auth) > 0
 
     async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
+        batcher = self.batcher
+        if batcher is None:
+            await self._score_request(scope, receive, send)
+            return
+        batcher.incoming += 1  # on its way to the batcher: worth waiting for (see MicroBatcher)
+        try:
+            await self._score_request(scope, receive, send)
+        finally:
+            batcher.incoming -= 1
+            batcher.left()
+
+    async def _score_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = client_id = legacy_id = None
         length = None
         authorization = b""
@@ -113,7 +163,7 @@ class ScoringApp:
             elif name == b"x-ms-request-id":
                 legacy_id = value
         if request_id is None:
-            request_id = str(uuid.uuid4()).encode()
+            request_id = _request_id()
         elif len(request_id) > REQUEST_ID_LIMIT:
             await _error(send, 431, f"x-request-id must not exceed {REQUEST_ID_LIMIT} characters")
             return
@@ -127,18 +177,31 @@ class ScoringApp:
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await _too_large(send, self.max_body_bytes, ids)
             return
-        body = await self._read_body(receive)
-        if body is None:
-            await _too_large(send, self.max_body_bytes, ids)
+        # Large bodies are read and parsed one at a time (pipeline.serve.budget): the memory limit holds.
+        turn = self.large.needed(length)
+        if turn and not await self.large.acquire(self.timeout_s):
+            message = f"other large bodies were being parsed for {self.timeout_s * 1000:.0f} ms; retry"
+            await _error(send, 503, message, [*ids, (b"retry-after", b"1")])
             return
-        if self.batcher is not None:
-            await self._score_batched(body, request_id, ids, send)
-        else:
-            await self._score_run(scope, body, request_id, ids, send)
+        try:
+            body = await self._read_body(receive)
+            if body is None:
+                await _too_large(send, self.max_body_bytes, ids)
+            elif self.batcher is not None:
+                await self._score_batched(body, request_id, ids, send)
+            else:
+                await self._score_run(scope, body, request_id, ids, send)
+        except _ClientGone:
+            return
+        finally:
+            if turn:
+                self.large.release()
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it passes max_body_bytes (chunked bodies included)."""
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
         body = message.get("body", b"")
         size = len(body)
         if size > self.max_body_bytes:
@@ -149,7 +212,7 @@ class ScoringApp:
         while message.get("more_body", False):
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise _ClientGone()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
@@ -168,14 +231,21 @@ class ScoringApp:
             failure = exc
         self.slices.used += time.perf_counter() - started
         if isinstance(failure, ValueError):
-            await _error(send, 400, str(failure), ids)
+            message, failure = str(failure), None  # its traceback holds this frame: no cycle left for the GC
+            await _error(send, 400, message, ids)
             return
         if failure is not None:
             log.error("parse_rows() raised (request_id=%s)", request_id.decode("latin-1"), exc_info=failure)
+            failure = None
             await _internal(send, "parse_rows", request_id, ids)
             return
         try:
-            labels = await self.batcher.submit(rows)
+            alone = self.batcher.incoming == 1  # no other request in this worker is being read or parsed
+            self.batcher.incoming -= 1  # queued now: no longer on its way
+            try:
+                labels = await self.batcher.submit(rows, alone=alone)
+            finally:
+                self.batcher.incoming += 1
         except BatchTimeout:
             await _timeout(send, self.timeout_s, request_id, ids)
             return
@@ -220,10 +290,13 @@ class ScoringApp:
             reason = describe_bad_input(body, failure, self.features)
             if reason is not None:
                 log.info("400 for request_id=%s: %s (run() raised %s)", rid, reason, type(failure).__name__)
+            else:
+                log.error("run() raised (request_id=%s)", rid, exc_info=failure)
+            failure = None  # its traceback holds this frame (and run()'s): no cycle left for the GC
+            if reason is not None:
                 await _error(send, 400, reason, ids)
-                return
-            log.error("run() raised (request_id=%s)", rid, exc_info=failure)
-            await _internal(send, "run", request_id, ids)
+            else:
+                await _internal(send, "run", request_id, ids)
             return
         elapsed = b"%.3f" % (ran * 1000)
         try:
@@ -234,6 +307,26 @@ class ScoringApp:
             return
         failed = (b"x-ms-run-function-failed", b"True") if status >= 500 else _OK_RUN
         await _respond(send, status, payload, [*ids, *headers, (b"x-ms-run-fn-exec-ms", elapsed), failed])
+
+
+class _Noted:
+    """The app's `send`, noting the status, body size and request id for the access log."""
+
+    __slots__ = ("request_id", "send", "size", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0  # 0 in the log: nothing was answered (the client went away, or was timed out)
+        self.size = 0
+        self.request_id: bytes | None = None
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.request_id = next((value for name, value in message["headers"] if name == b"x-request-id"), None)
+        else:
+            self.size += len(message.get("body", b""))
+        await self.send(message)
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: Headers) -> None:

@@ -15,8 +15,8 @@ from pipeline.serve.script import RunTimeout, call_with_timeout
 log = logging.getLogger("pipeline.serve")
 
 MAX_ROWS = 64
-# The longest a request waits for company; only paid when recent batches were shared.
-# Measured with 1-image bodies: 27,000 req/s at 32 connections against 18,000-23,000 without.
+# The longest a batch waits for company, and only for requests the worker is already reading or parsing
+# (never for a client that has not sent yet); a lone request does not wait at all.
 LINGER_S = 0.002
 # CPU work (run(), parse_rows()) done per pass of the event loop before it polls sockets again.
 SLICE_S = 0.002
@@ -59,32 +59,56 @@ class MicroBatcher:
     """Queue parsed requests; a consumer task predicts them together and answers each future.
 
     Batching is invisible in the answers: each request's rows are parsed separately before
-    they are queued (one bad body never reaches a batch), and when a batched predict raises,
-    its requests are retried one by one so only the culprit fails.
+    they are queued (one bad body never reaches a batch), when a batched predict raises, its
+    requests are retried one by one so only the culprit fails, and a script that declares
+    BATCH_ROWS = False (the rendered one, for probabilities) is called once per request.
     """
 
-    def __init__(self, predict_rows: Callable[[Any], list[Any]], timeout_s: float, slices: FairSlices) -> None:
+    def __init__(self, predict_rows: Callable[[Any], list[Any]], timeout_s: float, slices: FairSlices,
+                 join: bool = True) -> None:
         self._predict_rows = predict_rows
+        # False: one predict_rows() call per request, still in one pass, for scripts whose answers for a row
+        # depend on the rows predicted with it (BLAS rounds the last bits of a probability differently by batch)
+        self._join = join
         self._timeout_s = timeout_s
         self._slices = slices
         self._pending: deque[tuple[Any, asyncio.Future[list[Any]], float]] = deque()
         self._rows = 0
         self._wakeup: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        # Recent batch size in requests, smoothed: > 1 means concurrent clients, worth waiting for;
-        # and recent rows per request, so no one waits for company that could not fit the batch.
-        self._recent = 1.0
+        # Requests the worker holds that are not queued yet (their bodies are being read or parsed): the
+        # host keeps it; only these are worth waiting for. And recent rows per request, smoothed, so no
+        # one waits for company that could not fit the batch.
+        self.incoming = 0
         self._rows_each = 1.0
 
-    def submit(self, rows: Any) -> asyncio.Future[list[Any]]:
+    def submit(self, rows: Any, alone: bool = False) -> asyncio.Future[list[Any]]:
+        """Queue a request's rows; `alone`: no other request is in this worker, so none can join it."""
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        if alone and not self._pending:
+            # One client at a time: predict now, without the hop through the consumer task (two passes of
+            # the loop), which is all that batching would add to a lone request's latency.
+            started = time.perf_counter()
+            try:
+                self._predict(loop, [(rows, future, loop.time() + self._timeout_s)])
+            except Exception:
+                log.exception("predict_rows() failed")
+                if not future.done():
+                    future.set_exception(BatchFailed())
+            self._slices.used += time.perf_counter() - started
+            return future
         if self._task is None:
             self._task = loop.create_task(self._consume())
-        future: asyncio.Future[list[Any]] = loop.create_future()
         self._pending.append((rows, future, loop.time() + self._timeout_s))
         self._rows += len(rows)
         self._wake()
         return future
+
+    def left(self) -> None:
+        """A request the consumer may be waiting for went away unqueued (a 400, say): wait no longer for it."""
+        if self.incoming == 0:
+            self._wake()
 
     def _wake(self) -> None:
         wakeup = self._wakeup
@@ -104,13 +128,13 @@ class MicroBatcher:
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
+            while not self._pending:  # a request that left unqueued may wake it with nothing to do
                 await self._wait(loop, None)
-            if self._recent > 1.5 and self._rows + self._rows_each <= MAX_ROWS:
-                # Wait for about as many requests as recent batches had, never past LINGER_S.
-                expected = int(self._recent + 0.5)
+            if self.incoming > 0 and self._rows + self._rows_each <= MAX_ROWS:
+                # Requests this worker is still reading or parsing join within a pass or two: wait for them,
+                # never past LINGER_S. Clients that have sent nothing yet are never waited for.
                 until = loop.time() + LINGER_S
-                while len(self._pending) < expected and self._rows + self._rows_each <= MAX_ROWS:
+                while self.incoming > 0 and self._rows + self._rows_each <= MAX_ROWS:
                     left = until - loop.time()
                     if left <= 0:
                         break
@@ -120,7 +144,6 @@ class MicroBatcher:
                 await asyncio.sleep(0)
             batch = self._take()
             started = time.perf_counter()  # not loop.time(): uvloop's has millisecond resolution
-            self._recent = 0.8 * self._recent + 0.2 * len(batch)
             self._rows_each = 0.8 * self._rows_each + 0.2 * sum(len(item[0]) for item in batch) / len(batch)
             try:
                 self._predict(loop, batch)
@@ -152,6 +175,10 @@ class MicroBatcher:
             else:
                 live.append(item)
         if not live:
+            return
+        if not self._join and len(live) > 1:
+            for item in live:
+                self._predict(loop, [item])
             return
         # The alarm fires only when every request in the batch is past its deadline.
         budget = max(item[2] for item in live) - now

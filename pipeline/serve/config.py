@@ -14,6 +14,14 @@ from pipeline.errors import UsageError
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 # Azure ML's own default scoring timeout (SCORING_TIMEOUT_MS).
 DEFAULT_REQUEST_TIMEOUT_MS = 60_000
+# What a client gets to send its request line and headers, its body, and how long an idle keep-alive
+# connection stays open (seconds); the spec's deploy.local block sets them for a deployed service.
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_KEEP_ALIVE_S = 5.0
+# Open connections per worker; past it the oldest idle one is closed, or the new one refused with 503.
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_ACCESS_LOG_MAX_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,15 @@ class ServeConfig:
     memory_limit_mb: int | None = None
     # run(): its execution time (like Azure's); batching: arrival to answer; over it -> 504.
     request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger bodies -> 413
+    # Larger bodies -> 413. With memory_limit_mb, each worker lowers it to what its share of the limit can
+    # parse (pipeline.serve.budget): the largest accepted body must not push the service over its limit.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S  # from a connection's start or a request's first byte
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # from the end of the headers to the end of the body
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S  # an idle connection between two requests
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # per worker
+    access_log: str | None = None  # one line per request, appended by every worker; rotated by size
+    access_log_max_bytes: int = DEFAULT_ACCESS_LOG_MAX_BYTES  # then access.log -> access.log.1 (3 kept)
     keys_file: str | None = None  # JSON {"primary": ..., "secondary": ...}: Bearer auth on /score and /swagger.json
     swagger: dict[str, Any] | None = None  # served at GET /swagger.json; null -> 404
     ready_file: str | None = None  # written once every worker is serving; removed on a clean stop
@@ -107,7 +123,7 @@ def _problems(config: ServeConfig) -> list[str]:
     for name in ("entry_script", "model_dir", "host", "service_name"):
         if not isinstance(getattr(config, name), str) or not getattr(config, name):
             found.append(f"{name} must be a non-empty string")
-    for name in ("app_root", "keys_file", "ready_file", "events_file"):
+    for name in ("app_root", "keys_file", "ready_file", "events_file", "access_log"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, str) or not value):
             found.append(f"{name} must be a non-empty string or null")
@@ -125,6 +141,14 @@ def _problems(config: ServeConfig) -> list[str]:
         found.append("request_timeout_ms must be an integer >= 1")
     if not is_int(config.max_body_bytes) or config.max_body_bytes < 1:
         found.append("max_body_bytes must be an integer >= 1")
+    for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+            found.append(f"{name} must be a number of seconds above 0, at most 3600")
+    if not is_int(config.max_connections) or not 1 <= config.max_connections <= 1_000_000:
+        found.append("max_connections must be an integer from 1 to 1000000")
+    if not is_int(config.access_log_max_bytes) or config.access_log_max_bytes < 1024:
+        found.append("access_log_max_bytes must be an integer >= 1024")
     for name in ("staged", "join"):
         if not isinstance(getattr(config, name), bool):
             found.append(f"{name} must be true or false")

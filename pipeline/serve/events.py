@@ -1,4 +1,4 @@
-"""The events file: what the supervisor did (replacements, out-of-memory kills), kept off the HTTP surface."""
+"""The events file: what the service did (replacements, out-of-memory kills, clients cut off), off the HTTP surface."""
 from __future__ import annotations
 
 import json
@@ -26,10 +26,12 @@ class EventLog:
         self.counts: dict[str, int] = {"worker_started": 0, "worker_exited": 0, "out_of_memory": 0}
         self.events: list[dict[str, Any]] = []
 
-    def record(self, kind: str, **detail: Any) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
+    def record(self, kind: str, count: int = 1, **detail: Any) -> None:
+        """One event; `count` > 1 for several of a kind reported at once (a worker's guard reports each second)."""
+        self.counts[kind] = self.counts.get(kind, 0) + count
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
-        self.events = [*self.events[-(KEEP_EVENTS - 1):], {"time": stamp, "kind": kind, **detail}]
+        event = {"time": stamp, "kind": kind, **({"count": count} if count != 1 else {}), **detail}
+        self.events = [*self.events[-(KEEP_EVENTS - 1):], event]
         self.write()
 
     def write(self) -> None:

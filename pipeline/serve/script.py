@@ -33,6 +33,7 @@ class ScoringScript:
     run_takes_headers: bool
     parse_rows: Callable[[bytes], Any] | None
     predict_rows: Callable[[Any], list[Any]] | None
+    batch_rows: bool = True  # score.py's BATCH_ROWS: may rows of concurrent requests share one predict_rows() call
 
     @property
     def batching(self) -> bool:
@@ -55,7 +56,8 @@ def load_script(path: str) -> ScoringScript:
     fast = callable(parse_rows) and callable(predict_rows)
     takes_headers = "request_headers" in inspect.signature(run).parameters
     return ScoringScript(
-        module, init, run, takes_headers, parse_rows if fast else None, predict_rows if fast else None
+        module, init, run, takes_headers, parse_rows if fast else None, predict_rows if fast else None,
+        bool(getattr(module, "BATCH_ROWS", True)),
     )
 
 

@@ -186,6 +186,11 @@ class Supervisor:
                 worker.live = self.staging_port is None or reason.strip() == "live"
             elif kind == "live":
                 worker.live = True
+            elif kind == "count":  # what the worker's guard did to slow or abusive clients, since its last report
+                for item in reason.split():
+                    name, _, number = item.partition("=")
+                    if name and number.isdigit():
+                        self.events.record(name, count=int(number), pid=worker.pid)
             elif kind == "failed" and not self.started:
                 raise TargetError(f"worker {pid_text} failed to start: {reason}")
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 from pipeline.errors import TargetError
 from pipeline.serve.config import ServeConfig
@@ -22,6 +23,9 @@ from pipeline.serve.ipc import (
     report,
 )
 from pipeline.serve.logs import setup_logging
+
+if TYPE_CHECKING:
+    from pipeline.serve.app import ScoringApp
 
 # gunicorn's "boot error" code, which Azure's server also uses when init() fails.
 EXIT_INIT_FAILED = 3
@@ -90,17 +94,23 @@ def main() -> int:
         report(ready_fd, "failed", f"{step} failed: {type(exc).__name__}: {exc}")
         return EXIT_INIT_FAILED
     install_alarm()
+    from pipeline.serve.access import AccessLog
+    from pipeline.serve.budget import body_limit, rss_mb
+
+    max_body = body_limit(config.max_body_bytes, config.memory_limit_mb, config.workers, rss_mb(),
+                          rss_mb(os.getppid()))
     app = ScoringApp(
         script,
         request_timeout_ms=config.request_timeout_ms,
-        max_body_bytes=config.max_body_bytes,
+        max_body_bytes=max_body,
         keys=keys,
         swagger=config.swagger,
         features=config.features,
+        access_log=AccessLog(config.access_log, config.access_log_max_bytes) if config.access_log else None,
     )
     mode = "micro-batching (parse_rows/predict_rows)" if script.batching else "run() per request"
     where = f"staging port {staging_port}" if staging is not None else f"{config.host}:{port}"
-    log.info("worker %d: ready on %s, %s", os.getpid(), where, mode)
+    log.info("worker %d: ready on %s, %s; bodies up to %d bytes", os.getpid(), where, mode, max_body)
     from pipeline.serve.rolling import hold_early_signals
 
     hold_early_signals()  # the supervisor may signal as soon as it reads the report below
@@ -108,26 +118,39 @@ def main() -> int:
     return _serve(app, sock, staging, config, ready_fd)
 
 
-def _serve(app: object, sock: socket.socket, staging: socket.socket | None, config: ServeConfig, ready_fd: int) -> int:
+def _serve(app: ScoringApp, sock: socket.socket, staging: socket.socket | None, config: ServeConfig,
+           ready_fd: int) -> int:
     import uvicorn
 
+    from pipeline.serve.guard import Guard, connection_cap, nofile_limit
     from pipeline.serve.rolling import RollingServer
 
+    cap = connection_cap(config.max_connections, nofile_limit())
+    if cap < config.max_connections:
+        log.warning("worker %d: at most %d open connections (the open-file limit), not %d", os.getpid(), cap,
+                    config.max_connections)
+
+    def count(counts: dict[str, int]) -> None:  # to the supervisor, which keeps them in the events file
+        report(ready_fd, "count", " ".join(f"{kind}={n}" for kind, n in counts.items()))
+
+    guard = Guard(header_timeout_s=config.header_timeout_s, body_timeout_s=config.body_timeout_s,
+                  max_connections=cap, report=count)
     server = RollingServer(
         sock,
         ready_fd,
         config.request_timeout_ms / 1000,
         uvicorn.Config(
-            app,  # type: ignore[arg-type]
+            app,
             loop="uvloop",
-            http="httptools",
+            http=guard.protocol(),
             ws="none",
             lifespan="off",
             access_log=False,
             log_config=None,
             log_level="warning",
             server_header=False,
-            timeout_keep_alive=5,
+            proxy_headers=False,  # on 127.0.0.1 no proxy speaks for the client: no X-Forwarded-For rewriting
+            timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # a float: loop.call_later's
             # In-flight requests get their own timeout plus a margin to finish on SIGTERM.
             timeout_graceful_shutdown=config.request_timeout_ms // 1000 + 5,
             backlog=2048,
@@ -141,7 +164,11 @@ def _serve(app: object, sock: socket.socket, staging: socket.socket | None, conf
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
-    server.run(sockets=[sock] if staging is None else [staging])
+    try:
+        server.run(sockets=[sock] if staging is None else [staging])
+    finally:
+        if app.access_log is not None:
+            app.access_log.close()
     log.info("worker %d: stopped", os.getpid())
     return 0
 

@@ -39,6 +39,17 @@ SETTINGS_SCHEMA: dict[str, Any] = {
     "properties": {
         "port": {"description": "Port on 127.0.0.1; 0 = any free port, chosen by the first deploy and kept for the "
                  "life of the service.", "type": "integer", "minimum": 0, "maximum": 65535, "default": 0},
+        "header_timeout_s": {"description": "Seconds a client has to send a request's line and headers, from the "
+                             "connection's start or the request's first byte; then 408 and the connection is closed.",
+                             "type": "number", "exclusiveMinimum": 0, "maximum": 300, "default": 10},
+        "body_timeout_s": {"description": "Seconds a client has to send a request's body once its headers are in; "
+                           "then 408 and the connection is closed.",
+                           "type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 30},
+        "keep_alive_s": {"description": "Seconds an idle keep-alive connection stays open between two requests.",
+                         "type": "number", "exclusiveMinimum": 0, "maximum": 300, "default": 5},
+        "max_connections": {"description": "Open connections per worker; past it the longest-idle one is closed, or "
+                            "the new one answered 503 when none is idle.",
+                            "type": "integer", "minimum": 1, "maximum": 100000, "default": 1024},
     },
 }
 
@@ -363,6 +374,9 @@ def _stamp(path: Path) -> list[int] | None:
 def service_config(spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path | None, ready_file: Path | None,
                    port: int) -> dict[str, Any]:
     """The scoring host's settings from the spec's resources: cores -> workers, memory -> hard limit."""
+    # the access log goes beside service.log: the service's folder, above the version's releases/<n>/
+    version = ready_file.parent if ready_file else None
+    folder = version.parent.parent if version and version.parent.name == RELEASES else version
     return {
         "entry_script": str(app_dir / "score.py"),
         "model_dir": str(model_dir),
@@ -376,6 +390,10 @@ def service_config(spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path |
         "features": spec.scoring.features,
         "ready_file": str(ready_file) if ready_file else None,
         "service_name": spec.name,
+        # slow and abusive clients: deadlines and the connection cap (the body limit follows memory_limit_mb)
+        **{key: spec.deploy.block("local")[key]
+           for key in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "max_connections")},
+        "access_log": str(folder / "access.log") if folder else None,
     }
 
 

@@ -1,0 +1,138 @@
+"""Micro-batching is invisible in the answers: the rendered score.py's predict_rows in pipeline.serve.batching, in
+process, with the example model and real test images; every batch size from 1 to 64, mixed batches, bad neighbours."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+
+from pipeline import render
+from pipeline import spec as specs
+from pipeline.serve.batching import MAX_ROWS, BatchFailed, FairSlices, MicroBatcher
+from pipeline.serve.script import ScoringScript, load_script
+from tests.conftest import EXAMPLE_DATA, EXAMPLE_MODEL, ROOT
+
+with gzip.open(EXAMPLE_DATA / "test-images.gz") as _f:
+    IMAGES = np.frombuffer(_f.read(), np.uint8, offset=16).reshape(-1, 784) / 255.0
+
+
+def rendered(tmp_path: Path, output: str) -> ScoringScript:
+    """score.py as `render` writes it for specs/mnist.yaml (with scoring.output set), loaded as a worker loads it."""
+    project = tmp_path / output
+    (project / "specs").mkdir(parents=True)
+    shutil.copytree(ROOT / "examples" / "mnist", project / "examples" / "mnist",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    text = (ROOT / "specs" / "mnist.yaml").read_text().replace("output: labels", f"output: {output}")
+    (project / "specs" / "mnist.yaml").write_text(text)
+    out = project / "build"
+    render.write_files(out, render.render(specs.load(project / "specs" / "mnist.yaml")))
+    os.environ["AZUREML_MODEL_DIR"] = str(EXAMPLE_MODEL.parent)
+    script = load_script(str(out / "score.py"))
+    script.init()
+    return script
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    return joblib.load(EXAMPLE_MODEL)
+
+
+def run_batches(script: ScoringScript, requests: list[Any]) -> tuple[list[Any], list[int]]:
+    """Submit every request in one loop pass (so they share batches), then the answers and the calls' row counts."""
+    assert script.predict_rows is not None
+    predict_rows = script.predict_rows
+    calls: list[int] = []
+
+    def counted(matrix: Any) -> list[Any]:
+        calls.append(len(matrix))
+        return predict_rows(matrix)
+
+    async def main() -> list[Any]:
+        batcher = MicroBatcher(counted, 30.0, FairSlices(), join=script.batch_rows)
+        futures = [batcher.submit(rows) for rows in requests]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    return asyncio.run(main()), calls
+
+
+def per_row(model: Any, rows: np.ndarray, output: str) -> list[Any]:
+    """What predict / predict_proba answers for each row alone."""
+    call = model.predict_proba if output == "probabilities" else model.predict
+    return [call(row.reshape(1, -1)).tolist()[0] for row in rows]
+
+
+def test_every_batch_size_from_1_to_64_answers_each_row_as_predict_alone(tmp_path: Path, model: Any) -> None:
+    script = rendered(tmp_path, "labels")
+    assert script.batch_rows
+    start = 0
+    for size in range(1, MAX_ROWS + 1):
+        rows = IMAGES[start:start + size]
+        start = (start + size) % (len(IMAGES) - MAX_ROWS)
+        bodies = [script.parse_rows(_body(row[None, :])) for row in rows]  # type: ignore[misc]
+        answers, calls = run_batches(script, bodies)
+        assert calls == [size]  # one predict_rows() call for the whole batch
+        assert [a[0] for a in answers] == per_row(model, rows, "labels")
+
+
+def test_mixed_batches_with_a_bad_neighbour_fail_only_it(tmp_path: Path, model: Any) -> None:
+    script = rendered(tmp_path, "labels")
+    sizes = [1, 5, 30, 1, 2, 17, 8, 1, 64, 3]
+    requests: list[Any] = []
+    start = 0
+    for size in sizes:
+        requests.append(IMAGES[start:start + size])
+        start += size
+    requests.insert(4, np.zeros((2, 700)))  # parsed by a script without the host's checks: the wrong width
+    answers, calls = run_batches(script, requests)
+    assert isinstance(answers[4], BatchFailed)
+    good = [a for i, a in enumerate(answers) if i != 4]
+    assert all(isinstance(a, list) for a in good)
+    assert [label for answer in good for label in answer] == per_row(model, IMAGES[:sum(sizes)], "labels")
+    assert max(calls) <= MAX_ROWS and len(calls) < len(requests) + len(sizes)  # batched, then the culprit alone
+
+
+def test_probabilities_are_predicted_per_request_and_equal_predict_proba(tmp_path: Path, model: Any) -> None:
+    script = rendered(tmp_path, "probabilities")
+    assert not script.batch_rows
+    sizes = [1, 1, 3, 1, 30, 2]
+    requests = []
+    start = 0
+    for size in sizes:
+        requests.append(IMAGES[start:start + size])
+        start += size
+    answers, calls = run_batches(script, requests)
+    assert calls == sizes  # one call per request, in one pass
+    for rows, answer in zip(requests, answers):
+        assert answer == model.predict_proba(rows).tolist()  # bit for bit, as if it had come alone
+    single = [a[0] for a, rows in zip(answers, requests) if len(rows) == 1]
+    assert single == [p for rows in requests if len(rows) == 1 for p in per_row(model, rows, "probabilities")]
+
+
+def _body(rows: np.ndarray) -> bytes:
+    import json
+
+    return json.dumps({"data": rows.tolist()}).encode()
+
+
+def test_a_lone_request_is_answered_without_the_queue(tmp_path: Path, model: Any) -> None:
+    script = rendered(tmp_path, "labels")
+    assert script.predict_rows is not None
+
+    async def main() -> tuple[bool, list[Any], bool]:
+        batcher = MicroBatcher(script.predict_rows, 30.0, FairSlices())  # type: ignore[arg-type]
+        future = batcher.submit(IMAGES[:3], alone=True)
+        done_at_once = future.done()  # predicted inside submit(): no pass through the consumer task
+        queued = batcher.submit(IMAGES[3:4])  # another request: queued for the consumer
+        return done_at_once, [await future, await queued], queued.done()
+
+    done_at_once, answers, _ = asyncio.run(main())
+    assert done_at_once
+    assert answers == [per_row(model, IMAGES[:3], "labels"), per_row(model, IMAGES[3:4], "labels")]
