@@ -51,8 +51,13 @@ def start(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     config["workers"] = 2  # cpu_cores: 2
     (work / "config.json").write_text(json.dumps(config))
     with open(work / "service.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "pipeline.serve", str(work / "config.json")], cwd=work,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serve", str(work / "config.json")],
+            cwd=work,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     until = time.monotonic() + 60
     while not (work / "ready.json").exists():
         if process.poll() is not None or time.monotonic() > until:
@@ -67,8 +72,10 @@ class Prober(threading.Thread):
     def __init__(self, port: int, body: bytes) -> None:
         super().__init__(daemon=True)
         self.port = port
-        self.request = (b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        self.request = (
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
         self.latencies: list[float] = []
         self.failures: list[str] = []
         self.stop = threading.Event()
@@ -161,8 +168,10 @@ def main() -> int:
         good = json.dumps({"data": [[0.0] * 784]}).encode()
         limit = max(int(n) for n in re.findall(r"bodies up to (\d+) bytes", (work / "service.log").read_text()))
         costly = b'{"data": [' + b",".join([b"[]"] * ((limit - 20) // 3)) + b"]}"
-        print(f"| attack ({args.seconds:g} s) | good requests | p50 | p99 | worst | failed | peak RSS, all "
-              "processes | events counted |")
+        print(
+            f"| attack ({args.seconds:g} s) | good requests | p50 | p99 | worst | failed | peak RSS, all "
+            "processes | events counted |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---|")
         for attack in args.only.split(","):
             stop = threading.Event()
@@ -170,12 +179,14 @@ def main() -> int:
             if attack == "idle":
                 attacker = threading.Thread(target=open_idle, args=(port, args.idle, stop, held), daemon=True)
             elif attack == "slowloris":
-                attacker = threading.Thread(target=trickle, args=(port, 2000, b"POST /score HTTP/1.1\r\n",
-                                                                   b"X", stop, held), daemon=True)
+                attacker = threading.Thread(
+                    target=trickle, args=(port, 2000, b"POST /score HTTP/1.1\r\n", b"X", stop, held), daemon=True
+                )
             elif attack == "slow-body":
-                head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{\"data\": [["
+                head = b'POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{"data": [['
                 attacker = threading.Thread(target=trickle, args=(port, 2000, head, b"0", stop, held), daemon=True)
             else:
+
                 def large(stop: threading.Event = stop) -> None:
                     import concurrent.futures
                     import urllib.request
@@ -190,6 +201,7 @@ def main() -> int:
                     with concurrent.futures.ThreadPoolExecutor(6) as pool:
                         while not stop.is_set():
                             list(pool.map(lambda _: post(), range(6)))
+
                 attacker = threading.Thread(target=large, daemon=True)
             before = json.loads((work / "ready.events.json").read_text())["counts"]
             pids = [process.pid, *ready["workers"]]
@@ -214,9 +226,12 @@ def main() -> int:
             counted = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
             ms = sorted(1000 * t for t in prober.latencies) or [float("nan")]
             p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-            print(f"| {attack} | {len(ms)} | {statistics.median(ms):.1f} ms | {p99:.1f} ms | {ms[-1]:.1f} ms "
-                  f"| {len(prober.failures)} | {peak_mb(pids):.0f} MB | "
-                  f"{', '.join(f'{k} {v}' for k, v in sorted(counted.items())) or '-'} |", flush=True)
+            print(
+                f"| {attack} | {len(ms)} | {statistics.median(ms):.1f} ms | {p99:.1f} ms | {ms[-1]:.1f} ms "
+                f"| {len(prober.failures)} | {peak_mb(pids):.0f} MB | "
+                f"{', '.join(f'{k} {v}' for k, v in sorted(counted.items())) or '-'} |",
+                flush=True,
+            )
             ready = json.loads((work / "ready.json").read_text())
     finally:
         if process is not None:

@@ -73,8 +73,12 @@ def main() -> int:
     print("| body | MiB | peak RSS / body size | parsed |")
     print("|---|---:|---:|---|")
     for label, shape in SHAPES.items():
-        out = subprocess.run([sys.executable, "-c", CHILD, shape, str(args.mb * 1e6), str(ROOT)],
-                             capture_output=True, text=True, check=True).stdout.strip()
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, shape, str(args.mb * 1e6), str(ROOT)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         size, factor, outcome = out.split("\t")
         print(f"| {label} | {size} | {factor}x | {outcome} |")
     return 0

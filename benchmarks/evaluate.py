@@ -4,12 +4,14 @@ Every step is a fresh child process (cold imports, as the stage runs), which rep
 timings and its own peak RSS (getrusage(RUSAGE_SELF).ru_maxrss, the counter RUSAGE_CHILDREN
 sums up in the parent, but per child). The parent only launches children: Linux carries the
 parent's RSS high-water mark into a child across fork/exec, so a parent that trained the model
-would inflate every child's figure (it did: 304 MiB baseline instead of 149). A baseline child imports the same
-libraries (numpy, sklearn, matplotlib's Agg) and loads the model without loading any data, so data-dependent memory is the difference.
+would inflate every child's figure (it did: 304 MiB baseline instead of 149). A baseline child imports
+the same libraries (numpy, sklearn, matplotlib's Agg) and loads the model without loading any data, so
+data-dependent memory is the difference.
 
     python benchmarks/evaluate.py                     # both benchmarks, prints a table
     python benchmarks/evaluate.py --rows 200000       # a smaller generated set
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +36,11 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def child(mode: str, model_path: Path, images: Path | None, labels: Path | None,
-          plot: Path | None) -> dict[str, float]:
+def child(mode: str, model_path: Path, images: Path | None, labels: Path | None, plot: Path | None) -> dict[str, float]:
     """The measured part, run in its own process: load data and model, evaluate, plot."""
     t0 = time.perf_counter()
     sys.path.insert(0, str(ROOT))
-    import numpy as np  # noqa: F401  (the stage's own imports, timed separately)
+    import numpy as np
     import sklearn.linear_model  # noqa: F401
 
     from pipeline.data import load_dataset
@@ -51,10 +52,9 @@ def child(mode: str, model_path: Path, images: Path | None, labels: Path | None,
     t2 = time.perf_counter()
     out = {"imports_s": t1 - t0, "load_model_s": t2 - t1}
     if mode == "baseline":
-        import numpy as np
-
-        import matplotlib.backends.backend_agg  # noqa: F401  (the plot's imports, no figure)
+        import matplotlib.backends.backend_agg
         import matplotlib.figure  # noqa: F401
+        import numpy as np
 
         model.predict(np.zeros((1, 784)))  # warm BLAS and sklearn's validation paths
         return {**out, "peak_mb": _peak_mb()}
@@ -65,14 +65,23 @@ def child(mode: str, model_path: Path, images: Path | None, labels: Path | None,
     t4 = time.perf_counter()
     plot_confusion(ev.confusion, plot, labels=ev.labels)
     t5 = time.perf_counter()
-    return {**out, "load_data_s": t3 - t2, "evaluate_s": t4 - t3, "plot_s": t5 - t4,
-            "total_s": t5 - t1, "rows": ds.n, "data_mb": ds.X.nbytes / 2**20,
-            "accuracy": ev.accuracy, "peak_mb": _peak_mb()}
+    return {
+        **out,
+        "load_data_s": t3 - t2,
+        "evaluate_s": t4 - t3,
+        "plot_s": t5 - t4,
+        "total_s": t5 - t1,
+        "rows": ds.n,
+        "data_mb": ds.X.nbytes / 2**20,
+        "accuracy": ev.accuracy,
+        "peak_mb": _peak_mb(),
+    }
 
 
 def run_child(*args: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
-                         capture_output=True, text=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout
     return json.loads(out.splitlines()[-1])
 
 
@@ -121,11 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the generated set")
     parser.add_argument("--repeat", type=int, default=3, help="Fashion-MNIST runs (median shown)")
-    parser.add_argument("--train-rows", type=int, default=10_000,
-                        help="Fashion-MNIST training slice for the benchmark model")
-    parser.add_argument("--tmp-dir", type=Path, default=DEFAULT_TMP,
-                        help="where the generated set is written (default: %(default)s; tmpfs "
-                             "when available, since syncing 750 MB to a slow disk takes minutes)")
+    parser.add_argument(
+        "--train-rows", type=int, default=10_000, help="Fashion-MNIST training slice for the benchmark model"
+    )
+    parser.add_argument(
+        "--tmp-dir",
+        type=Path,
+        default=DEFAULT_TMP,
+        help="where the generated set is written (default: %(default)s; tmpfs "
+        "when available, since syncing 750 MB to a slow disk takes minutes)",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -144,13 +158,22 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_dir)
         model = tmp / "fashion.pkl"
         trained = run_child("train", str(model), str(args.train_rows))
-        print(f"trained the benchmark model on {args.train_rows} Fashion-MNIST images "
-              f"in {trained['seconds']:.1f} s (not timed below)")
+        print(
+            f"trained the benchmark model on {args.train_rows} Fashion-MNIST images "
+            f"in {trained['seconds']:.1f} s (not timed below)"
+        )
 
         baseline = run_child("baseline", str(model))
-        fashion = [run_child("eval", str(model), str(FASHION / "t10k-images-idx3-ubyte.gz"),
-                             str(FASHION / "t10k-labels-idx1-ubyte.gz"), str(tmp / "f.png"))
-                   for _ in range(args.repeat)]
+        fashion = [
+            run_child(
+                "eval",
+                str(model),
+                str(FASHION / "t10k-images-idx3-ubyte.gz"),
+                str(FASHION / "t10k-labels-idx1-ubyte.gz"),
+                str(tmp / "f.png"),
+            )
+            for _ in range(args.repeat)
+        ]
 
         images, labels = tmp / "big-images.idx", tmp / "big-labels.idx"
         generated = run_child("generate", str(images), str(labels), str(args.rows))
@@ -158,18 +181,26 @@ def main(argv: list[str] | None = None) -> int:
         big = run_child("eval", str(model), str(images), str(labels), str(tmp / "big.png"))
 
     med = {k: statistics.median(r[k] for r in fashion) for k in fashion[0]}
-    print(f"\nbaseline child (imports + model, no data): peak RSS {baseline['peak_mb']:.0f} MiB, "
-          f"imports {baseline['imports_s']:.2f} s")
-    print(f"\n{'set':<22}{'rows':>10}{'imports':>9}{'model':>7}{'data':>7}{'evaluate':>10}"
-          f"{'plot':>7}{'total':>7}{'accuracy':>9}{'data MiB':>9}{'peak MiB':>9}{'peak-base':>10}")
+    print(
+        f"\nbaseline child (imports + model, no data): peak RSS {baseline['peak_mb']:.0f} MiB, "
+        f"imports {baseline['imports_s']:.2f} s"
+    )
+    print(
+        f"\n{'set':<22}{'rows':>10}{'imports':>9}{'model':>7}{'data':>7}{'evaluate':>10}"
+        f"{'plot':>7}{'total':>7}{'accuracy':>9}{'data MiB':>9}{'peak MiB':>9}{'peak-base':>10}"
+    )
     for name, r in (("fashion-mnist t10k", med), ("generated uint8 raw", big)):
-        print(f"{name:<22}{int(r['rows']):>10,}{r['imports_s']:>8.2f}s{r['load_model_s']:>6.2f}s"
-              f"{r['load_data_s']:>6.2f}s{r['evaluate_s']:>9.2f}s{r['plot_s']:>6.2f}s"
-              f"{r['total_s']:>6.2f}s{r['accuracy']:>9.4f}{r['data_mb']:>9.0f}{r['peak_mb']:>9.0f}"
-              f"{r['peak_mb'] - baseline['peak_mb']:>10.0f}")
+        print(
+            f"{name:<22}{int(r['rows']):>10,}{r['imports_s']:>8.2f}s{r['load_model_s']:>6.2f}s"
+            f"{r['load_data_s']:>6.2f}s{r['evaluate_s']:>9.2f}s{r['plot_s']:>6.2f}s"
+            f"{r['total_s']:>6.2f}s{r['accuracy']:>9.4f}{r['data_mb']:>9.0f}{r['peak_mb']:>9.0f}"
+            f"{r['peak_mb'] - baseline['peak_mb']:>10.0f}"
+        )
     over = big["peak_mb"] - baseline["peak_mb"] - big["data_mb"]
-    print(f"\nfashion total (model + data + predict + metrics + plot, median of {args.repeat}): "
-          f"{med['total_s']:.2f} s (goal < 2 s)")
+    print(
+        f"\nfashion total (model + data + predict + metrics + plot, median of {args.repeat}): "
+        f"{med['total_s']:.2f} s (goal < 2 s)"
+    )
     print(f"generated set: peak - baseline - data = {over:.0f} MiB (goal <= 300 MiB)")
     return 0
 

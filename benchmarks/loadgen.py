@@ -38,8 +38,14 @@ class Figures:
 class Load:
     """`connections` clients POSTing `body` to `uri` until stop()."""
 
-    def __init__(self, uri: str | None, body: bytes, connections: int = 8, headers: dict[str, str] | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        uri: str | None,
+        body: bytes,
+        connections: int = 8,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.uri = uri
         self.body = body
         self.connections = connections
@@ -66,15 +72,22 @@ class Load:
         deadline = time.monotonic() + timeout
         while self.figures.ok < answers:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {self.figures.ok} answers in {timeout} s; errors: {dict(self.figures.errors)}")
+                raise TimeoutError(
+                    f"only {self.figures.ok} answers in {timeout} s; errors: {dict(self.figures.errors)}"
+                )
             time.sleep(0.01)
 
     async def _main(self) -> None:
         await asyncio.gather(*(self._client() for _ in range(self.connections)))
 
     def _request(self, host: str, path: str) -> bytes:
-        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
-                 f"Content-Length: {len(self.body)}", *(f"{k}: {v}" for k, v in self.headers.items())]
+        lines = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {host}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(self.body)}",
+            *(f"{k}: {v}" for k, v in self.headers.items()),
+        ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
 
     async def _client(self) -> None:

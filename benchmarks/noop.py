@@ -5,6 +5,7 @@
 Brings the spec's service up once (outside the timing), then times whole commands as a user runs
 them: a fresh interpreter each time, so imports count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,11 @@ def main() -> int:
     args = parser.parse_args()
     subprocess.run([sys.executable, "-m", "pipeline", "run", args.spec, "--quiet"], check=True)
     print(f"{'command':<34} {'min':>7} {'median':>7} {'max':>7}  (seconds, {args.repeat} runs)")
-    for label, command in (("run (nothing changed)", ["run", args.spec, "--quiet"]),
-                           ("plan", ["plan", args.spec]),
-                           ("validate", ["validate", args.spec])):
+    for label, command in (
+        ("run (nothing changed)", ["run", args.spec, "--quiet"]),
+        ("plan", ["plan", args.spec]),
+        ("validate", ["validate", args.spec]),
+    ):
         t = timed(command, args.repeat)
         print(f"{label:<34} {min(t):7.3f} {statistics.median(t):7.3f} {max(t):7.3f}")
     return 0

@@ -99,8 +99,11 @@ def venv(name: str) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
         (folder / "requirements.txt").write_text(requirements)
-        done = subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "-r",
-                               str(folder / "requirements.txt")], capture_output=True, text=True)
+        done = subprocess.run(
+            [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(folder / "requirements.txt")],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise SystemExit(f"installing {name} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
         (folder / "installed").write_text(requirements)
@@ -111,9 +114,16 @@ def venv(name: str) -> Path:
 class Server:
     """One server under test: its process, where to POST, the body format, and how to read its answer."""
 
-    def __init__(self, name: str, process: subprocess.Popen[bytes] | None, url: str, pid: int,
-                 encode: Callable[[list[list[float]]], bytes], decode: Callable[[bytes], list[int]] | None,
-                 stop: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        process: subprocess.Popen[bytes] | None,
+        url: str,
+        pid: int,
+        encode: Callable[[list[list[float]]], bytes],
+        decode: Callable[[bytes], list[int]] | None,
+        stop: Callable[[], None],
+    ) -> None:
         self.name, self.process, self.url, self.pid = name, process, url, pid
         self.encode, self.decode, self.stop = encode, decode, stop
 
@@ -127,6 +137,7 @@ def _terminate(process: subprocess.Popen[bytes]) -> Callable[[], None]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
     return stop
 
 
@@ -135,8 +146,9 @@ def _popen(command: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[byt
     with open(log, "wb") as out:
         # A session of its own, as `run` starts the project's service: Linux's scheduler (autogroup) shares
         # the CPU between sessions first, so a server in wrk's session would be served before the others.
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                **kwargs)
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, **kwargs
+        )
 
 
 def data_body(rows: list[list[float]]) -> bytes:
@@ -147,25 +159,48 @@ def start_ours(work: Path) -> Server:
     """A copy of the project, the spec with cpu_cores: 2, and `python -m pipeline run` as a user runs it."""
     project = work / "project"
     (project / "specs").mkdir(parents=True)
-    shutil.copytree(ROOT / "examples" / "mnist", project / "examples" / "mnist",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "examples" / "mnist", project / "examples" / "mnist", ignore=shutil.ignore_patterns("__pycache__")
+    )
     text = (ROOT / "specs" / "mnist.yaml").read_text()
     assert "cpu_cores: 1" in text
     (project / "specs" / "mnist.yaml").write_text(text.replace("cpu_cores: 1", "cpu_cores: 2"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_HOME": str(project / ".pipeline"),
-           "PIPELINE_REPORTS": str(project / "reports"), "NO_COLOR": "1"}
-    run = subprocess.run([sys.executable, "-m", "pipeline", "run", "specs/mnist.yaml"], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PIPELINE_HOME": str(project / ".pipeline"),
+        "PIPELINE_REPORTS": str(project / "reports"),
+        "NO_COLOR": "1",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "specs/mnist.yaml"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if run.returncode != 0:
         raise SystemExit(f"python -m pipeline run failed:\n{run.stdout}{run.stderr}")
-    uri = subprocess.run([sys.executable, "-m", "pipeline", "status", "specs/mnist.yaml", "--uri"], cwd=project,
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    uri = subprocess.run(
+        [sys.executable, "-m", "pipeline", "status", "specs/mnist.yaml", "--uri"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     state = json.loads((project / ".pipeline" / "sklearn-mnist-svc" / "state.json").read_text())
     pid = int(state["service"]["extra"]["pid"] if "extra" in state["service"] else state["service"]["pid"])
 
     def stop() -> None:
-        subprocess.run([sys.executable, "-m", "pipeline", "delete", "specs/mnist.yaml"], cwd=project, env=env,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "pipeline", "delete", "specs/mnist.yaml"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
 
     return Server("ours", None, uri, pid, data_body, lambda b: json.loads(b), stop)
 
@@ -195,9 +230,15 @@ def start_kserve(work: Path, model_file: Path) -> Server:
     process = _popen([str(python), str(HERE / "kserve_model.py"), str(port), str(model_file)], log, cwd=work)
     wait_http(f"http://127.0.0.1:{port}/v1/models/mnist", process, log)
     time.sleep(2.0)  # the second worker loads the model a moment after the first answers
-    return Server("kserve", process, f"http://127.0.0.1:{port}/v1/models/mnist:predict", process.pid,
-                  lambda rows: json.dumps({"instances": rows}).encode(),
-                  lambda b: json.loads(b)["predictions"], _terminate(process))
+    return Server(
+        "kserve",
+        process,
+        f"http://127.0.0.1:{port}/v1/models/mnist:predict",
+        process.pid,
+        lambda rows: json.dumps({"instances": rows}).encode(),
+        lambda b: json.loads(b)["predictions"],
+        _terminate(process),
+    )
 
 
 def start_mlserver(work: Path, model_file: Path) -> Server:
@@ -206,24 +247,54 @@ def start_mlserver(work: Path, model_file: Path) -> Server:
     models = work / "mlserver"
     (models / "mnist").mkdir(parents=True)
     shutil.copy(model_file, models / "mnist" / "model.joblib")
-    (models / "settings.json").write_text(json.dumps({
-        "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 2,
-        "host": "127.0.0.1", "debug": False, "metrics_endpoint": None}))
-    (models / "mnist" / "model-settings.json").write_text(json.dumps({
-        "name": "mnist", "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib"}, "max_batch_size": 64, "max_batch_time": 0.002}))
+    (models / "settings.json").write_text(
+        json.dumps(
+            {
+                "http_port": port,
+                "grpc_port": free_port(),
+                "metrics_port": free_port(),
+                "parallel_workers": 2,
+                "host": "127.0.0.1",
+                "debug": False,
+                "metrics_endpoint": None,
+            }
+        )
+    )
+    (models / "mnist" / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "mnist",
+                "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {"uri": "./model.joblib"},
+                "max_batch_size": 64,
+                "max_batch_time": 0.002,
+            }
+        )
+    )
     log = work / "mlserver.log"
-    process = _popen([str(folder / "bin" / "mlserver"), "start", str(models)], log, cwd=models,
-                     env={"PATH": f"{folder / 'bin'}:{os.environ['PATH']}"})
+    process = _popen(
+        [str(folder / "bin" / "mlserver"), "start", str(models)],
+        log,
+        cwd=models,
+        env={"PATH": f"{folder / 'bin'}:{os.environ['PATH']}"},
+    )
     wait_http(f"http://127.0.0.1:{port}/v2/models/mnist/ready", process, log)
 
     def encode(rows: list[list[float]]) -> bytes:
         flat = [value for row in rows for value in row]
-        return json.dumps({"inputs": [{"name": "predict", "shape": [len(rows), len(rows[0])], "datatype": "FP64",
-                                       "data": flat}]}).encode()
+        return json.dumps(
+            {"inputs": [{"name": "predict", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": flat}]}
+        ).encode()
 
-    return Server("mlserver", process, f"http://127.0.0.1:{port}/v2/models/mnist/infer", process.pid, encode,
-                  lambda b: json.loads(b)["outputs"][0]["data"], _terminate(process))
+    return Server(
+        "mlserver",
+        process,
+        f"http://127.0.0.1:{port}/v2/models/mnist/infer",
+        process.pid,
+        encode,
+        lambda b: json.loads(b)["outputs"][0]["data"],
+        _terminate(process),
+    )
 
 
 def start_microsoft(work: Path, model_dir: Path) -> Server:
@@ -232,14 +303,33 @@ def start_microsoft(work: Path, model_dir: Path) -> Server:
     script = ROOT / "tests" / "data" / "score_tutorial.py"
     env = {"AZUREML_ENTRY_SCRIPT": str(script), "AML_APP_ROOT": str(script.parent), "AZUREML_MODEL_DIR": str(model_dir)}
     # the gunicorn settings its own CLI (azmlinfsrv) uses, bound to 127.0.0.1 (the CLI binds 0.0.0.0 only)
-    command = [str(folder / "bin" / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "--timeout", "300",
-               "--access-logfile", "-", "--error-logfile", "/dev/null", "azureml_inference_server_http.server.entry:app"]
+    command = [
+        str(folder / "bin" / "gunicorn"),
+        "-w",
+        "2",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--timeout",
+        "300",
+        "--access-logfile",
+        "-",
+        "--error-logfile",
+        "/dev/null",
+        "azureml_inference_server_http.server.entry:app",
+    ]
     log = work / "microsoft.log"
     process = _popen(command, log, cwd=work, env=env)
     wait_http(f"http://127.0.0.1:{port}/", process, log)
     time.sleep(2.0)
-    return Server("microsoft", process, f"http://127.0.0.1:{port}/score", process.pid, data_body,
-                  lambda b: json.loads(json.loads(b)), _terminate(process))
+    return Server(
+        "microsoft",
+        process,
+        f"http://127.0.0.1:{port}/score",
+        process.pid,
+        data_body,
+        lambda b: json.loads(json.loads(b)),
+        _terminate(process),
+    )
 
 
 # --- measuring ------------------------------------------------------------------------------------
@@ -271,14 +361,26 @@ def tree_pss_mb(pid: int) -> float:
 
 def run_wrk(server: Server, lua: Path, connections: int, duration: int) -> dict[str, Any]:
     before = tree_cpu_s(server.pid)
-    command = ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{duration}s",
-               "--timeout", "10s", "-s", str(lua), server.url]
+    command = [
+        "wrk",
+        "-t",
+        str(min(2, connections)),
+        "-c",
+        str(connections),
+        "-d",
+        f"{duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(lua),
+        server.url,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
     cpu = tree_cpu_s(server.pid) - before
     line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(f"wrk failed against {server.url}: {done.stdout}{done.stderr}")
-    result: dict[str, Any] = json.loads(line[len("RESULT "):])
+    result: dict[str, Any] = json.loads(line[len("RESULT ") :])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["cpu_ms_per_request"] = cpu * 1000 / max(1, result["requests"])
     result["load"] = os.getloadavg()[0]
@@ -344,9 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = {count: images[rng.choice(len(images), count, replace=False)].tolist() for count in (1, 30)}
         expected = {count: model.predict(np.array(rows[count])).tolist() for count in (1, 30)}
         starters: dict[str, Callable[[], Server]] = {
-            "ours": lambda: start_ours(work), "ceiling": lambda: start_ceiling(work),
-            "kserve": lambda: start_kserve(work, model_file), "mlserver": lambda: start_mlserver(work, model_file),
-            "microsoft": lambda: start_microsoft(work, model_dir)}
+            "ours": lambda: start_ours(work),
+            "ceiling": lambda: start_ceiling(work),
+            "kserve": lambda: start_kserve(work, model_file),
+            "mlserver": lambda: start_mlserver(work, model_file),
+            "microsoft": lambda: start_microsoft(work, model_dir),
+        }
         for name in names:
             print(f"starting {name}", file=sys.stderr)
             servers.append(starters[name]())
@@ -358,8 +463,14 @@ def main(argv: list[str] | None = None) -> int:
                 body.write_bytes(server.encode(rows[count]))
                 luas[server.name, count] = work / f"{server.name}-{count}.lua"
                 luas[server.name, count].write_text(WRK_SCRIPT % body)
-        results: dict[str, Any] = {"duration_s": duration, "repeat": repeat, "cells": {}, "pss_mb": {},
-                                   "run_ms": [], "load": []}
+        results: dict[str, Any] = {
+            "duration_s": duration,
+            "repeat": repeat,
+            "cells": {},
+            "pss_mb": {},
+            "run_ms": [],
+            "load": [],
+        }
         time.sleep(2)
         for server in servers:
             results["pss_mb"][server.name] = {"idle": tree_pss_mb(server.pid)}
@@ -372,13 +483,19 @@ def main(argv: list[str] | None = None) -> int:
                     run = run_wrk(server, luas[server.name, count], connections, duration)
                     samples.setdefault(f"{server.name} {count} {connections}", []).append(run)
                     results["load"].append(run["load"])
-                    print(f"  round {round_index + 1}: {server.name:<9} {count:>2} img {connections:>2} conn: "
-                          f"{run['rps']:8.0f} req/s  {run['cpu_ms_per_request']:.3f} ms CPU/req  "
-                          f"load {run['load']:.1f}", file=sys.stderr)
+                    print(
+                        f"  round {round_index + 1}: {server.name:<9} {count:>2} img {connections:>2} conn: "
+                        f"{run['rps']:8.0f} req/s  {run['cpu_ms_per_request']:.3f} ms CPU/req  "
+                        f"load {run['load']:.1f}",
+                        file=sys.stderr,
+                    )
         for cell, runs in samples.items():
             ordered = sorted(runs, key=lambda run: run["rps"])
-            results["cells"][cell] = {**ordered[len(ordered) // 2], "all_rps": [round(run["rps"]) for run in runs],
-                                      "failures": sum(run["non2xx"] + run["socket_errors"] for run in runs)}
+            results["cells"][cell] = {
+                **ordered[len(ordered) // 2],
+                "all_rps": [round(run["rps"]) for run in runs],
+                "failures": sum(run["non2xx"] + run["socket_errors"] for run in runs),
+            }
         time.sleep(2)  # as before the idle figure: the load has stopped, what stays is what the server keeps
         for server in servers:
             results["pss_mb"][server.name]["after_load"] = tree_pss_mb(server.pid)
@@ -404,24 +521,39 @@ def render_script(work: Path) -> Path:
 def format_tables(results: dict[str, Any], names: list[str]) -> str:
     cells = results["cells"]
     head = " | ".join(f"{images} img, {conns}" for images, conns in CELLS)
-    lines = [f"| req/s (median of {results['repeat']} x {results['duration_s']} s) | {head} |",
-             "|---|" + "---|" * len(CELLS)]
+    lines = [
+        f"| req/s (median of {results['repeat']} x {results['duration_s']} s) | {head} |",
+        "|---|" + "---|" * len(CELLS),
+    ]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{cells[f'{name} {i} {c}']['rps']:,.0f}" for i, c in CELLS) + " |")
     lines += ["", "| spread (min-max of the rounds) | " + head + " |", "|---|" + "---|" * len(CELLS)]
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(
-            f"{min(cells[f'{name} {i} {c}']['all_rps']):,}-{max(cells[f'{name} {i} {c}']['all_rps']):,}"
-            for i, c in CELLS) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{min(cells[f'{name} {i} {c}']['all_rps']):,}-{max(cells[f'{name} {i} {c}']['all_rps']):,}"
+                for i, c in CELLS
+            )
+            + " |"
+        )
     lines += ["", "| server CPU ms per request | " + head + " |", "|---|" + "---|" * len(CELLS)]
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(f"{cells[f'{name} {i} {c}']['cpu_ms_per_request']:.3f}"
-                                                 for i, c in CELLS) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{cells[f'{name} {i} {c}']['cpu_ms_per_request']:.3f}" for i, c in CELLS)
+            + " |"
+        )
     lines += ["", "| p50 / p99 latency (ms) | " + head + " |", "|---|" + "---|" * len(CELLS)]
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(
-            f"{cells[f'{name} {i} {c}']['p50_us'] / 1000:.2f} / {cells[f'{name} {i} {c}']['p99_us'] / 1000:.2f}"
-            for i, c in CELLS) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{cells[f'{name} {i} {c}']['p50_us'] / 1000:.2f} / {cells[f'{name} {i} {c}']['p99_us'] / 1000:.2f}"
+                for i, c in CELLS
+            )
+            + " |"
+        )
     failures = {name: sum(cells[f"{name} {i} {c}"]["failures"] for i, c in CELLS) for name in names}
     lines += ["", "| process tree PSS (MiB) | idle | after load | failed requests |", "|---|---|---|---|"]
     for name in names:
@@ -429,9 +561,12 @@ def format_tables(results: dict[str, Any], names: list[str]) -> str:
         lines.append(f"| {name} | {pss['idle']:.0f} | {pss['after_load']:.0f} | {failures[name]} |")
     run_ms = {count: statistics.median(r[count] for r in results["run_ms"]) for count in (1, 30)}
     load = results["load"]
-    lines += ["", f"load average (1 min) during the runs: min {min(load):.1f}, median {statistics.median(load):.1f}, "
-              f"max {max(load):.1f}; in-process run() of the rendered score.py: {run_ms[1]:.3f} ms (1 image), "
-              f"{run_ms[30]:.3f} ms (30 images)"]
+    lines += [
+        "",
+        f"load average (1 min) during the runs: min {min(load):.1f}, median {statistics.median(load):.1f}, "
+        f"max {max(load):.1f}; in-process run() of the rendered score.py: {run_ms[1]:.3f} ms (1 image), "
+        f"{run_ms[30]:.3f} ms (30 images)",
+    ]
     if "ours" in names:
         lines += ["", *goals(results, names, run_ms)]
     return "\n".join(lines)
@@ -450,21 +585,29 @@ def goals(results: dict[str, Any], names: list[str], run_ms: dict[int, float]) -
         for images, conns in CELLS:
             best = max(peers, key=lambda name: rps(name, images, conns))
             ratio = rps("ours", images, conns) / rps(best, images, conns)
-            out.append(f"| {images} img, {conns} conn: >= 2.5x the best peer ({best}) | {ratio:.2f}x "
-                       f"| {'yes' if ratio >= 2.5 else 'NO'} |")
+            out.append(
+                f"| {images} img, {conns} conn: >= 2.5x the best peer ({best}) | {ratio:.2f}x "
+                f"| {'yes' if ratio >= 2.5 else 'NO'} |"
+            )
     if "ceiling" in names:
         for images, share in ((1, 0.6), (30, 0.3)):
             ratio = rps("ours", images, 32) / rps("ceiling", images, 32)
-            out.append(f"| {images} img, 32 conn: >= {share:.0%} of the ceiling | {ratio:.0%} "
-                       f"| {'yes' if ratio >= share else 'NO'} |")
+            out.append(
+                f"| {images} img, 32 conn: >= {share:.0%} of the ceiling | {ratio:.0%} "
+                f"| {'yes' if ratio >= share else 'NO'} |"
+            )
     for images in (1, 30):
         extra = cells[f"ours {images} 1"]["p50_us"] / 1000 - run_ms[images]
-        out.append(f"| {images} img, 1 conn: p50 within 0.1 ms of run() | {extra:+.3f} ms "
-                   f"| {'yes' if extra <= 0.1 else 'NO'} |")
+        out.append(
+            f"| {images} img, 1 conn: p50 within 0.1 ms of run() | {extra:+.3f} ms "
+            f"| {'yes' if extra <= 0.1 else 'NO'} |"
+        )
     pss = results["pss_mb"]["ours"]
     worst = max(pss["idle"], pss["after_load"])
-    out.append(f"| PSS idle and after load <= 215 MiB | {pss['idle']:.0f} / {pss['after_load']:.0f} MiB "
-               f"| {'yes' if worst <= 215 else 'NO'} |")
+    out.append(
+        f"| PSS idle and after load <= 215 MiB | {pss['idle']:.0f} / {pss['after_load']:.0f} MiB "
+        f"| {'yes' if worst <= 215 else 'NO'} |"
+    )
     return out
 
 

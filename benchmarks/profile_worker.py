@@ -36,12 +36,24 @@ def start(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
     model_dir.mkdir()
     shutil.copy(ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl", model_dir)
     ready = work / "ready.json"
-    config = {"entry_script": str(render_script(work)), "model_dir": str(model_dir), "workers": 2,
-              "ready_file": str(ready), "features": 784, "memory_limit_mb": 1024, "request_timeout_ms": 5000}
+    config = {
+        "entry_script": str(render_script(work)),
+        "model_dir": str(model_dir),
+        "workers": 2,
+        "ready_file": str(ready),
+        "features": 784,
+        "memory_limit_mb": 1024,
+        "request_timeout_ms": 5000,
+    }
     (work / "config.json").write_text(json.dumps(config))
     with open(work / "service.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "pipeline.serve", str(work / "config.json")], cwd=work,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serve", str(work / "config.json")],
+            cwd=work,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     until = time.monotonic() + 60
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > until:
@@ -74,8 +86,10 @@ def summarize(raw: Path, top: int) -> str:
             continue
         n = int(count)
         samples += n
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].split("/")[-1] + ")" if " (" in f else f
-                  for f in stack.split(";")[1:]]  # the first frame is the process
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].split("/")[-1] + ")" if " (" in f else f
+            for f in stack.split(";")[1:]
+        ]  # the first frame is the process
         if not frames:
             continue
         self_count[frames[-1]] += n
@@ -111,13 +125,38 @@ def main() -> int:
             body.write_text(json.dumps({"data": images[rng.choice(len(images), count, replace=False)].tolist()}))
             lua = work / f"post{count}.lua"
             lua.write_text(WRK_SCRIPT % body)
-            load = subprocess.Popen(["wrk", f"-t{min(2, args.connections)}", f"-c{args.connections}", f"-d{args.seconds + 3}s", "-s", str(lua),
-                                     url], stdout=subprocess.PIPE, text=True)
+            load = subprocess.Popen(
+                [
+                    "wrk",
+                    f"-t{min(2, args.connections)}",
+                    f"-c{args.connections}",
+                    f"-d{args.seconds + 3}s",
+                    "-s",
+                    str(lua),
+                    url,
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             time.sleep(1.0)
             worker = busiest([int(pid) for pid in ready["workers"]])  # type: ignore[attr-defined]
             raw = work / f"profile{count}.txt"
-            command = ["py-spy", "record", "--pid", str(worker), "--duration", str(args.seconds), "--rate", "500",
-                       "--format", "raw", "--idle", "--output", str(raw), "--nonblocking"]
+            command = [
+                "py-spy",
+                "record",
+                "--pid",
+                str(worker),
+                "--duration",
+                str(args.seconds),
+                "--rate",
+                "500",
+                "--format",
+                "raw",
+                "--idle",
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ]
             if args.native:
                 command.append("--native")
             subprocess.run(command, check=True, capture_output=True)

@@ -214,16 +214,20 @@ def main() -> int:
         result = measure(label, target, cores, ray, args.duration, args.connections)
         results.append(result)
         print(json.dumps(result), flush=True)
-    print("\n| configuration | cold start (deploy) | 1 image req/s | p50 / p99 ms | 30 images req/s | p50 / p99 ms "
-          "| memory PSS idle / loaded |")
+    print(
+        "\n| configuration | cold start (deploy) | 1 image req/s | p50 / p99 ms | 30 images req/s | p50 / p99 ms "
+        "| memory PSS idle / loaded |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         one, thirty = r["1_image"], r["30_image"]
         idle, loaded = r["idle_memory"], r["loaded_memory"]
-        print(f"| {r['config']} | {r['cold_start_deploy_s']:.1f} s | {one['rps']:,.0f} "
-              f"| {one['p50_ms']} / {one['p99_ms']} "
-              f"| {thirty['rps']:,.0f} | {thirty['p50_ms']} / {thirty['p99_ms']} "
-              f"| {idle['pss_mib']} / {loaded['pss_mib']} MiB ({idle['processes']} processes) |")
+        print(
+            f"| {r['config']} | {r['cold_start_deploy_s']:.1f} s | {one['rps']:,.0f} "
+            f"| {one['p50_ms']} / {one['p99_ms']} "
+            f"| {thirty['rps']:,.0f} | {thirty['p50_ms']} / {thirty['p99_ms']} "
+            f"| {idle['pss_mib']} / {loaded['pss_mib']} MiB ({idle['processes']} processes) |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.loadgen import Load  # noqa: E402
+from benchmarks.loadgen import Load
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "specs/mnist.yaml"
@@ -35,8 +35,9 @@ LIVE = re.compile(r"^(\S+) \d+ INFO supervisor \d+: live: ", re.M)
 
 def _cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=project, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _cutovers(log: Path) -> list[float]:
@@ -88,26 +89,43 @@ def main(argv: list[str] | None = None) -> int:
                         return 1
                     load.wait_for(load.figures.ok + 200)
                     cutover = _cutovers(log)[seen:]
-                    rows.append({"connections": connections, "failed": load.figures.failed - failed_before,
-                                 "longest_gap_ms": round(load.figures.longest_gap(start, stop) * 1000, 1),
-                                 "to_cutover_s": round(cutover[0] - start_wall, 2) if cutover else None,
-                                 "run_s": round(stop - start, 2),
-                                 "uri_unchanged": _cli(project, "status", SPEC, "--uri").stdout.strip() == uri})
+                    rows.append(
+                        {
+                            "connections": connections,
+                            "failed": load.figures.failed - failed_before,
+                            "longest_gap_ms": round(load.figures.longest_gap(start, stop) * 1000, 1),
+                            "to_cutover_s": round(cutover[0] - start_wall, 2) if cutover else None,
+                            "run_s": round(stop - start, 2),
+                            "uri_unchanged": _cli(project, "status", SPEC, "--uri").stdout.strip() == uri,
+                        }
+                    )
             finally:
                 figures = load.stop()
-            rows.append({"connections": connections, "total_ok": figures.ok, "total_failed": figures.failed,
-                         "reconnects": figures.reconnects})
+            rows.append(
+                {
+                    "connections": connections,
+                    "total_ok": figures.ok,
+                    "total_failed": figures.failed,
+                    "reconnects": figures.reconnects,
+                }
+            )
     finally:
         _cli(project, "delete", SPEC)
         shutil.rmtree(work, ignore_errors=True)
-    print("| connections | update | failed requests | longest gap (ms) | run to cutover (s) | whole run (s) | address |")
+    print(
+        "| connections | update | failed requests | longest gap (ms) | run to cutover (s) | whole run (s) | address |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---|")
     for i, row in enumerate(r for r in rows if "failed" in r):
-        print(f"| {row['connections']} | {i % args.updates + 1} | {row['failed']} | {row['longest_gap_ms']} | "
-              f"{row['to_cutover_s']} | {row['run_s']} | {'unchanged' if row['uri_unchanged'] else 'MOVED'} |")
+        print(
+            f"| {row['connections']} | {i % args.updates + 1} | {row['failed']} | {row['longest_gap_ms']} | "
+            f"{row['to_cutover_s']} | {row['run_s']} | {'unchanged' if row['uri_unchanged'] else 'MOVED'} |"
+        )
     for row in (r for r in rows if "total_ok" in r):
-        print(f"{row['connections']} connections: {row['total_ok']:,} answered, {row['total_failed']} failed, "
-              f"{row['reconnects']} reconnects after Connection: close")
+        print(
+            f"{row['connections']} connections: {row['total_ok']:,} answered, {row['total_failed']} failed, "
+            f"{row['reconnects']} reconnects after Connection: close"
+        )
     gaps = [r["longest_gap_ms"] for r in rows if "longest_gap_ms" in r]
     if gaps:
         print(f"longest gap, median over updates: {statistics.median(gaps)} ms; load average {os.getloadavg()[0]:.1f}")

@@ -8,6 +8,7 @@ Configurations, two workers each, all on 127.0.0.1, the same model file, measure
   c  pipeline.serve hosting the score.py that `render` writes for specs/mnist.yaml
      (parse_rows/predict_rows: micro-batching): the product's own path
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,13 +100,28 @@ def wait_http(url: str, deadline_s: float = 60) -> None:
 
 def start_microsoft(script: Path, model_dir: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "AZUREML_ENTRY_SCRIPT": str(script), "AML_APP_ROOT": str(script.parent),
-           "AZUREML_MODEL_DIR": str(model_dir)}
+    env = {
+        **os.environ,
+        "AZUREML_ENTRY_SCRIPT": str(script),
+        "AML_APP_ROOT": str(script.parent),
+        "AZUREML_MODEL_DIR": str(model_dir),
+    }
     # The settings its own CLI (azmlinfsrv -> amlserver.run) gives gunicorn; its CLI binds 0.0.0.0 only.
-    command = [str(Path(sys.executable).parent / "gunicorn"), "-w", str(WORKERS), "-b", f"127.0.0.1:{port}",
-               "--timeout", "300", "--access-logfile", "-", "--error-logfile", "/dev/null",
-               "azureml_inference_server_http.server.entry:app"]
-    log = open(workdir / "microsoft.log", "wb")
+    command = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "-w",
+        str(WORKERS),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--timeout",
+        "300",
+        "--access-logfile",
+        "-",
+        "--error-logfile",
+        "/dev/null",
+        "azureml_inference_server_http.server.entry:app",
+    ]
+    log = open(workdir / "microsoft.log", "wb")  # noqa: SIM115 - the server writes to it until it is stopped
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     wait_http(f"http://127.0.0.1:{port}/")
     time.sleep(1.0)  # the second worker finishes init() a moment after the first answers
@@ -114,13 +130,23 @@ def start_microsoft(script: Path, model_dir: Path, workdir: Path) -> tuple[subpr
 
 def start_ours(script: Path, model_dir: Path, workdir: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
     ready = workdir / f"{name}.ready.json"
-    config = {"entry_script": str(script), "model_dir": str(model_dir), "workers": WORKERS, "port": 0,
-              "ready_file": str(ready)}
+    config = {
+        "entry_script": str(script),
+        "model_dir": str(model_dir),
+        "workers": WORKERS,
+        "port": 0,
+        "ready_file": str(ready),
+    }
     (workdir / f"{name}.json").write_text(json.dumps(config))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = open(workdir / f"{name}.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.serve", str(workdir / f"{name}.json")],
-                               env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - the server writes to it until it is stopped
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.serve", str(workdir / f"{name}.json")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+    )
     until = time.monotonic() + 60
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > until:
@@ -144,19 +170,34 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def run_wrk(url: str, lua: Path, connections: int, duration: int) -> dict[str, Any]:
-    command = ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{duration}s",
-               "--timeout", "10s", "-s", str(lua), url]
+    command = [
+        "wrk",
+        "-t",
+        str(min(2, connections)),
+        "-c",
+        str(connections),
+        "-d",
+        f"{duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(lua),
+        url,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
     line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(f"wrk failed against {url}: {done.stdout}{done.stderr}")
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     return result
 
 
 # the tutorial's script, and (set in main) the product's rendered one, under the names the tables use
-SCRIPTS: dict[str, Path] = {"score_tutorial": DATA / "score_tutorial.py", "score_rendered": DATA / "score_fast.py"}  # replaced by the rendered one in main
+SCRIPTS: dict[str, Path] = {
+    "score_tutorial": DATA / "score_tutorial.py",
+    "score_rendered": DATA / "score_fast.py",
+}  # replaced by the rendered one in main
 
 
 def render_product_script(workdir: Path) -> Path:
@@ -228,13 +269,19 @@ def main(argv: list[str] | None = None) -> int:
                     for key, (_process, url) in servers.items():
                         run = run_wrk(url, luas[count], connections, duration)
                         samples.setdefault(f"{key} {count} {connections}", []).append(run)
-                        print(f"  round {round_index + 1}: {key} {count:>2} img {connections:>2} conn: "
-                              f"{run['rps']:8.0f} req/s", file=sys.stderr)
+                        print(
+                            f"  round {round_index + 1}: {key} {count:>2} img {connections:>2} conn: "
+                            f"{run['rps']:8.0f} req/s",
+                            file=sys.stderr,
+                        )
         for cell, runs in samples.items():
             median = sorted(runs, key=lambda run: run["rps"])[len(runs) // 2]
-            results["runs"][cell] = {**median, "all_rps": [round(run["rps"]) for run in runs],
-                                     "non2xx": sum(run["non2xx"] for run in runs),
-                                     "socket_errors": sum(run["socket_errors"] for run in runs)}
+            results["runs"][cell] = {
+                **median,
+                "all_rps": [round(run["rps"]) for run in runs],
+                "non2xx": sum(run["non2xx"] for run in runs),
+                "socket_errors": sum(run["socket_errors"] for run in runs),
+            }
         for key, (process, _url) in servers.items():
             results["rss_mb"][key]["after_load"] = tree_rss_mb(process.pid)
         results["timings_ms"] = {name: statistics.median(t[name] for t in timing_rounds) for name in timing_rounds[0]}
@@ -261,8 +308,10 @@ def format_table(results: dict[str, Any]) -> str:
             p50 = " / ".join(f"{r['p50_us'] / 1000:.2f}" for r in (a, b, c))
             p99 = " / ".join(f"{r['p99_us'] / 1000:.2f}" for r in (a, b, c))
             errors = "/".join(str(r["non2xx"] + r["socket_errors"]) for r in (a, b, c))
-            lines.append(f"| {count} img | {connections} | {a['rps']:.0f} | {b['rps']:.0f} | {c['rps']:.0f} "
-                         f"| {b['rps'] / a['rps']:.2f}x | {c['rps'] / a['rps']:.2f}x | {p50} | {p99} | {errors} |")
+            lines.append(
+                f"| {count} img | {connections} | {a['rps']:.0f} | {b['rps']:.0f} | {c['rps']:.0f} "
+                f"| {b['rps'] / a['rps']:.2f}x | {c['rps'] / a['rps']:.2f}x | {p50} | {p99} | {errors} |"
+            )
     rss = results["rss_mb"]
     lines += ["", "| server process tree RSS (MB) | a | b | c |", "|---|---|---|---|"]
     for phase in ("idle", "after_load"):

@@ -7,6 +7,7 @@
 The API lives in pipeline.api; the names below are imported from it on first use, so `import pipeline`
 (and `python -m pipeline validate`) loads no numpy, matplotlib or jinja2.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -1,4 +1,5 @@
 """`python -m pipeline`: the thin entry point; cli.main decides the exit code."""
+
 from __future__ import annotations
 
 import sys

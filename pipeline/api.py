@@ -9,6 +9,7 @@
 Errors are the CLI's: SpecError, UsageError, StateLocked, ... with the messages the CLI prints. Each call
 reads the spec file and the state again, as each command does, so a notebook sees edits made beside it.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
     from pipeline.webservice import Service
 
 
-def load(spec: str | os.PathLike[str], *, state: str | None = None, console: Console | None = None,
-         check_files: bool = True) -> Pipeline:
+def load(
+    spec: str | os.PathLike[str], *, state: str | None = None, console: Console | None = None, check_files: bool = True
+) -> Pipeline:
     """Load and validate a spec (a SpecError names every problem, file:line: field: message).
 
     `state`: where the state lives (`local`, azureblob://...), as --state; `console`: where progress goes
@@ -52,19 +54,26 @@ def validate(spec: str | os.PathLike[str]) -> Validation:
     return Validation(os.fspath(spec), loaded.name, loaded.deploy.target)
 
 
-def paths_for(spec: specs.Spec, state_url: str | None, shown: str, *,
-              choice: backends.Choice | None = None) -> states.Paths:
+def paths_for(
+    spec: specs.Spec, state_url: str | None, shown: str, *, choice: backends.Choice | None = None
+) -> states.Paths:
     """The spec's local folder at its project root, and its state document in the chosen backend."""
     choice = choice or backends.choose(spec.state, state_url)
     home = project.home(spec.path)
-    document = StateDocument(backends.open_backend(choice, home), spec.name, home / spec.name,
-                             reports=project.reports_root(spec.path) / spec.name,
-                             project=project.root_of(spec.path), spec_arg=str(shown))
+    document = StateDocument(
+        backends.open_backend(choice, home),
+        spec.name,
+        home / spec.name,
+        reports=project.reports_root(spec.path) / spec.name,
+        project=project.root_of(spec.path),
+        spec_arg=str(shown),
+    )
     return states.Paths(home / spec.name, document)
 
 
-def selection(*, force: bool = False, only: str | None = None, from_stage: str | None = None,
-              to: str | None = None) -> Any:
+def selection(
+    *, force: bool = False, only: str | None = None, from_stage: str | None = None, to: str | None = None
+) -> Any:
     """A runner Selection from keyword arguments, checked as the CLI checks its flags."""
     from pipeline.runner import Selection
 
@@ -105,8 +114,15 @@ class Validation:
 class Pipeline:
     """One spec, its state and its service: what the commands do, as methods."""
 
-    def __init__(self, spec: specs.Spec, *, shown: str, state_url: str | None = None, console: Console | None = None,
-                 check_files: bool = True) -> None:
+    def __init__(
+        self,
+        spec: specs.Spec,
+        *,
+        shown: str,
+        state_url: str | None = None,
+        console: Console | None = None,
+        check_files: bool = True,
+    ) -> None:
         self.spec = spec
         self.shown = shown  # the spec as the user named it: in messages and the run history
         self.state_url = state_url
@@ -136,8 +152,9 @@ class Pipeline:
     def paths(self) -> states.Paths:
         return paths_for(self.spec, self.state_url, self.shown)
 
-    def context(self, console: Console | None = None, *, check_files: bool | None = None,
-                adopt: bool = False) -> Context:
+    def context(
+        self, console: Console | None = None, *, check_files: bool | None = None, adopt: bool = False
+    ) -> Context:
         """The stage context of a command: the spec read again, its paths, its state as recorded now.
 
         A service name belongs to the spec file that made it: another spec of the same name is refused here,
@@ -166,8 +183,15 @@ class Pipeline:
             render.write_files(Path(output), files)
         return files
 
-    def plan(self, *, force: bool = False, only: str | None = None, from_stage: str | None = None,
-             to: str | None = None, console: Console | None = None) -> Plan:
+    def plan(
+        self,
+        *,
+        force: bool = False,
+        only: str | None = None,
+        from_stage: str | None = None,
+        to: str | None = None,
+        console: Console | None = None,
+    ) -> Plan:
         """What `run` would do, stage by stage, and why; for deploy the action and the field-level diff."""
         from pipeline import runner
 
@@ -175,9 +199,19 @@ class Pipeline:
         ctx = self.context(console)
         return runner.plan(ctx.spec.name, ctx.state, runner.gather(ctx), chosen)
 
-    def run(self, *, to: str | None = None, only: str | None = None, from_stage: str | None = None,
-            force: bool = False, cleanup: bool = False, lock_timeout: float = 0.0, check: bool = True,
-            adopt: bool = False, console: Console | None = None) -> RunResult:
+    def run(
+        self,
+        *,
+        to: str | None = None,
+        only: str | None = None,
+        from_stage: str | None = None,
+        force: bool = False,
+        cleanup: bool = False,
+        lock_timeout: float = 0.0,
+        check: bool = True,
+        adopt: bool = False,
+        console: Console | None = None,
+    ) -> RunResult:
         """Bring the service to the spec's state: the stages whose inputs changed, one line each as they finish.
 
         A failed stage raises RunFailed (its `result` holds what ran) unless check=False; either way the state
@@ -233,8 +267,9 @@ class Pipeline:
         from pipeline import data
 
         test = self.spec.test
-        return data.load_dataset(test.images, test.labels, format=test.format, label_column=test.label_column,
-                                 scale=test.scale)
+        return data.load_dataset(
+            test.images, test.labels, format=test.format, label_column=test.label_column, scale=test.scale
+        )
 
     def _rows(self, indices: Sequence[int]) -> Any:
         import numpy as np

@@ -5,6 +5,7 @@ as recorded at the stage's last success (Step.recorded) and as they are now (Ste
 difference by the spec field it comes from, or by what else it is: a file's bytes, an installed version,
 a rendered file whose template changed.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -17,23 +18,51 @@ VALUE, CONTENT, RUNTIME, RENDERED = "value", "content", "runtime", "rendered"
 MODEL = "@model"  # the model's digest: the pin (model.sha256) when there is one, else the file's bytes
 SKIP = "@skip"  # follows from another stage (smoke's service is deploy's), said there
 
-_TEST = {"test.images": ("test.images", CONTENT), "test.labels": ("test.labels", CONTENT),
-         "test.format": ("test.format", VALUE), "test.label_column": ("test.label_column", VALUE),
-         "test.scale": ("test.scale", VALUE)}
+_TEST = {
+    "test.images": ("test.images", CONTENT),
+    "test.labels": ("test.labels", CONTENT),
+    "test.format": ("test.format", VALUE),
+    "test.label_column": ("test.label_column", VALUE),
+    "test.scale": ("test.scale", VALUE),
+}
 # stage -> {input key (dotted, the longest prefix wins): (spec field or marker, kind)}
 FIELDS: dict[str, dict[str, tuple[str, str]]] = {
-    "check": {"python": ("Python", RUNTIME), "packages": ("", RUNTIME), "target": ("deploy.target", VALUE),
-              "format": ("model.format", VALUE), "model": (MODEL, CONTENT), "features": ("scoring.features", VALUE),
-              "output": ("scoring.output", VALUE)},
-    "fetch": {"name": ("model.name", VALUE), "version": ("model.version", VALUE), "format": ("model.format", VALUE),
-              "pin": ("model.sha256", VALUE), "source.sha256": ("model.source", CONTENT),
-              "source.registry": ("model.source.registry", VALUE), "source.file": ("model.source.file", VALUE),
-              "source.workspace_config": ("model.source.workspace_config", CONTENT)},
-    "evaluate": {"model": (MODEL, CONTENT), "format": ("model.format", VALUE),
-                 "trusted": ("model.trusted_types", VALUE), **_TEST, "min_accuracy": ("test.min_accuracy", VALUE),
-                 "runtime": ("", RUNTIME)},
-    "smoke": {"service": (SKIP, VALUE), "model": (MODEL, CONTENT), **_TEST, "sample_size": ("test.sample_size", VALUE),
-              "seed": ("test.seed", VALUE), "output": ("scoring.output", VALUE), "runtime": ("", RUNTIME)},
+    "check": {
+        "python": ("Python", RUNTIME),
+        "packages": ("", RUNTIME),
+        "target": ("deploy.target", VALUE),
+        "format": ("model.format", VALUE),
+        "model": (MODEL, CONTENT),
+        "features": ("scoring.features", VALUE),
+        "output": ("scoring.output", VALUE),
+    },
+    "fetch": {
+        "name": ("model.name", VALUE),
+        "version": ("model.version", VALUE),
+        "format": ("model.format", VALUE),
+        "pin": ("model.sha256", VALUE),
+        "source.sha256": ("model.source", CONTENT),
+        "source.registry": ("model.source.registry", VALUE),
+        "source.file": ("model.source.file", VALUE),
+        "source.workspace_config": ("model.source.workspace_config", CONTENT),
+    },
+    "evaluate": {
+        "model": (MODEL, CONTENT),
+        "format": ("model.format", VALUE),
+        "trusted": ("model.trusted_types", VALUE),
+        **_TEST,
+        "min_accuracy": ("test.min_accuracy", VALUE),
+        "runtime": ("", RUNTIME),
+    },
+    "smoke": {
+        "service": (SKIP, VALUE),
+        "model": (MODEL, CONTENT),
+        **_TEST,
+        "sample_size": ("test.sample_size", VALUE),
+        "seed": ("test.seed", VALUE),
+        "output": ("scoring.output", VALUE),
+        "runtime": ("", RUNTIME),
+    },
 }
 # the deploy stage's inputs and the render stage's template values, where they differ from the spec's field names;
 # the model's file name and the environment's name follow from model.source and name, which say it
@@ -51,8 +80,13 @@ class FieldChange:
     stages: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"field": self.field, "before": self.old, "after": self.new, "kind": self.kind,
-                "stages": list(self.stages)}
+        return {
+            "field": self.field,
+            "before": self.old,
+            "after": self.new,
+            "kind": self.kind,
+            "stages": list(self.stages),
+        }
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -114,8 +148,11 @@ def step_changes(step: Step, *, pinned: bool, values: Mapping[str, Any] | None =
         if not found:  # no spec value changed, yet the files did: their templates (or the pipeline's) changed
             old_files = (step.recorded.get("inputs") or {}).get("files") or {}
             new_files = (step.inputs or {}).get("files") or {}
-            found += [FieldChange(name, None, None, RENDERED)
-                      for name in sorted(set(old_files) | set(new_files)) if old_files.get(name) != new_files.get(name)]
+            found += [
+                FieldChange(name, None, None, RENDERED)
+                for name in sorted(set(old_files) | set(new_files))
+                if old_files.get(name) != new_files.get(name)
+            ]
     elif step.stage != "report":  # the report's inputs are the other stages' digests: their changes say it
         for key, old, new in _differences(step.recorded.get("inputs"), step.inputs):
             name, kind = _name(step.stage, key, pinned)

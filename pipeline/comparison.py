@@ -1,4 +1,5 @@
 """Two evaluations side by side: accuracy, per-class precision and recall, the confusion cells that moved most."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -45,8 +46,11 @@ def compare(before: Mapping[str, Any], after: Mapping[str, Any], *, moved: int =
     correct_b = sum(_cell(before, label, label) for label in labels)
     correct_a = sum(_cell(after, label, label) for label in labels)
     return {
-        "accuracy": {"before": before["accuracy"], "after": after["accuracy"],
-                     "change": after["accuracy"] - before["accuracy"]},
+        "accuracy": {
+            "before": before["accuracy"],
+            "after": after["accuracy"],
+            "change": after["accuracy"] - before["accuracy"],
+        },
         "correct": {"before": correct_b, "after": correct_a, "change": correct_a - correct_b},
         "n": {"before": before["n"], "after": after["n"]},
         "min_accuracy": {"before": before.get("min_accuracy"), "after": after.get("min_accuracy")},

@@ -1,4 +1,5 @@
 """Terminal output: colour only on a terminal (and never with NO_COLOR), quiet mode, progress lines."""
+
 from __future__ import annotations
 
 import os

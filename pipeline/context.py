@@ -1,4 +1,5 @@
 """What a stage sees while it plans or runs: the spec, its paths, the recorded state, the target."""
+
 from __future__ import annotations
 
 import functools
@@ -104,7 +105,11 @@ class Context:
         stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         cache = self.state.setdefault("files", {})
         hit = cache.get(key)
-        if hit and hit.get("stamp") == stamp and hit.get("hashed_ns", 0) - max(st.st_mtime_ns, st.st_ctime_ns) > 1_000_000_000:
+        if (
+            hit
+            and hit.get("stamp") == stamp
+            and hit.get("hashed_ns", 0) - max(st.st_mtime_ns, st.st_ctime_ns) > 1_000_000_000
+        ):
             return hit["sha256"]
         hashed_ns = time.time_ns()
         value = sha256_path(path)

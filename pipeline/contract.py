@@ -136,8 +136,11 @@ def _large_body(raw_data, features):
         return '"data" must be a non-empty array of rows' + of
     for i, row in enumerate(data):
         if type(row) is not _simdjson.Array:
-            return "data[%d] must be an array%s, got %s" % (i, of, "dict" if type(row) is _simdjson.Object
-                                                           else type(row).__name__)
+            return "data[%d] must be an array%s, got %s" % (
+                i,
+                of,
+                "dict" if type(row) is _simdjson.Object else type(row).__name__,
+            )
         if len(row) != features:
             return "data[%d] has %d values, expected %d" % (i, len(row), features)
         try:
@@ -147,7 +150,7 @@ def _large_body(raw_data, features):
             ok = False
         if not ok:  # a value that is not a number: the general rules word it, for this one row
             problem = rows_problem({"data": [row.as_list()]}, features) or "data[0] must be an array%s" % of
-            return "data[%d]" % i + problem[len("data[0]"):]
+            return "data[%d]" % i + problem[len("data[0]") :]
     X = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64).reshape(len(data), features)
     if not np.isfinite(X).all():
         i, j = np.argwhere(~np.isfinite(X))[0]

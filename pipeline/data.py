@@ -1,4 +1,5 @@
 """Test-data loading: MNIST IDX files (gzip or raw), npz and CSV into one Dataset record."""
+
 from __future__ import annotations
 
 import csv
@@ -21,8 +22,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
 # IDX type code -> (numpy dtype, big-endian as the format stores it; item size in bytes)
 IDX_TYPES: dict[int, tuple[str, int]] = {
-    0x08: (">u1", 1), 0x09: (">i1", 1), 0x0B: (">i2", 2),
-    0x0C: (">i4", 4), 0x0D: (">f4", 4), 0x0E: (">f8", 8),
+    0x08: (">u1", 1),
+    0x09: (">i1", 1),
+    0x0B: (">i2", 2),
+    0x0C: (">i4", 4),
+    0x0D: (">f4", 4),
+    0x0E: (">f8", 8),
 }
 FORMATS = ("auto", "idx", "npz", "csv")
 READ_BLOCK = 16 << 20
@@ -44,13 +49,16 @@ def _read_header(path: Path, stream: BinaryIO) -> tuple[int, tuple[int, ...]]:
     magic = stream.read(4)
     if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] not in IDX_TYPES or magic[3] == 0:
         shown = magic.hex(" ") or "nothing"
-        raise DataError(f"{path}: not an IDX file: it starts with {shown}, an IDX file starts "
-                        f"with 00 00, a type code (08 09 0b 0c 0d 0e) and a dimension count")
+        raise DataError(
+            f"{path}: not an IDX file: it starts with {shown}, an IDX file starts "
+            f"with 00 00, a type code (08 09 0b 0c 0d 0e) and a dimension count"
+        )
     ndim = magic[3]
     packed = stream.read(4 * ndim)
     if len(packed) < 4 * ndim:
-        raise DataError(f"{path}: truncated IDX file: the header declares {ndim} dimensions "
-                        f"but ends after {len(packed) // 4}")
+        raise DataError(
+            f"{path}: truncated IDX file: the header declares {ndim} dimensions but ends after {len(packed) // 4}"
+        )
     return magic[2], struct.unpack(f">{ndim}I", packed)
 
 
@@ -91,24 +99,26 @@ def read_idx(path: Path) -> np.ndarray:
                 # Read straight into the final array: no second copy of a payload that may be GBs.
                 arr = np.empty(count, dtype=dtype)
             except (MemoryError, ValueError):
-                raise DataError(f"{path}: the IDX header declares {expected} bytes of data, "
-                                "more than can be allocated") from None
+                raise DataError(
+                    f"{path}: the IDX header declares {expected} bytes of data, more than can be allocated"
+                ) from None
             view = memoryview(arr).cast("B")  # type: ignore[arg-type]  # an ndarray is a buffer
             found = 0
             while found < expected:
                 # Bounded reads: GzipFile.readinto builds a temporary bytes object as large as
                 # the request, so one big read would briefly hold the payload twice.
-                got = stream.readinto(view[found:found + READ_BLOCK])  # type: ignore[attr-defined]
+                got = stream.readinto(view[found : found + READ_BLOCK])  # type: ignore[attr-defined]
                 if not got:
                     break
                 found += got
             if found < expected:
-                raise DataError(f"{path}: truncated IDX file: expected {expected} bytes of data, "
-                                f"found {found}")
+                raise DataError(f"{path}: truncated IDX file: expected {expected} bytes of data, found {found}")
             extra = len(stream.read(1 << 20))
             if extra:
-                raise DataError(f"{path}: IDX file has trailing bytes after its {expected} bytes "
-                                f"of data (shape {'x'.join(map(str, dims))})")
+                raise DataError(
+                    f"{path}: IDX file has trailing bytes after its {expected} bytes "
+                    f"of data (shape {'x'.join(map(str, dims))})"
+                )
     except READ_ERRORS as exc:
         raise _unreadable(path, exc) from None
     if size > 1:  # swap in place to native order so downstream code never sees '>' dtypes
@@ -180,16 +190,19 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("X", "y") if k not in npz.files]
             if missing:
-                raise DataError(f"{path}: npz file has no array {missing[0]!r} "
-                                f"(found {sorted(npz.files)}; expected 'X' and 'y')")
+                raise DataError(
+                    f"{path}: npz file has no array {missing[0]!r} (found {sorted(npz.files)}; expected 'X' and 'y')"
+                )
             X, y = npz["X"], npz["y"]
     except DataError:
         raise
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot read npz file: {exc}") from None
     if X.ndim < 1 or y.ndim != 1 or X.shape[0] != y.shape[0]:
-        raise DataError(f"{path}: X has shape {X.shape} and y has shape {y.shape}; "
-                        "expected X with one row per label in a one-dimensional y")
+        raise DataError(
+            f"{path}: X has shape {X.shape} and y has shape {y.shape}; "
+            "expected X with one row per label in a one-dimensional y"
+        )
     return X, y
 
 
@@ -235,8 +248,9 @@ def _load_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
     return np.delete(table, col, axis=1), y
 
 
-def load_dataset(images: Path, labels: Path | None, *, format: str = "auto",
-                 label_column: str | None = None, scale: float = 1.0) -> Dataset:
+def load_dataset(
+    images: Path, labels: Path | None, *, format: str = "auto", label_column: str | None = None, scale: float = 1.0
+) -> Dataset:
     """Load a test set: `idx` (images + labels files), `npz` (X and y) or `csv` (header row)."""
     import numpy as np
 
@@ -247,8 +261,10 @@ def load_dataset(images: Path, labels: Path | None, *, format: str = "auto",
     if not scale > 0:
         raise DataError(f"{images}: scale must be positive, got {scale}")
     if fmt != "idx" and labels is not None:
-        raise DataError(f"{labels}: a {fmt} test set keeps its labels in the same file "
-                        f"as the features ({images}); remove the labels file")
+        raise DataError(
+            f"{labels}: a {fmt} test set keeps its labels in the same file "
+            f"as the features ({images}); remove the labels file"
+        )
     if fmt == "idx":
         X, y = _load_idx(images, Path(labels) if labels is not None else None)
     elif fmt == "npz":
@@ -258,8 +274,7 @@ def load_dataset(images: Path, labels: Path | None, *, format: str = "auto",
     if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
         raise DataError(f"{labels or images}: labels must be integers, found dtype {y.dtype}")
     # reshape is a view: (n, 28, 28) images become (n, 784) rows without copying.
-    return Dataset(X=X.reshape(X.shape[0], -1), y=y.astype(np.int64), scale=float(scale),
-                   source=str(images))
+    return Dataset(X=X.reshape(X.shape[0], -1), y=y.astype(np.int64), scale=float(scale), source=str(images))
 
 
 def count_rows(images: Path, format: str = "auto") -> int:

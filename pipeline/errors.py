@@ -1,4 +1,5 @@
 """The error hierarchy: every expected failure is one of these, turned into a message by cli."""
+
 from __future__ import annotations
 
 from typing import Any

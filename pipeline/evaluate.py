@@ -1,4 +1,5 @@
 """Test the model locally, as the tutorial does: accuracy, confusion matrix, per-class scores, plot."""
+
 from __future__ import annotations
 
 import os
@@ -42,9 +43,14 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: plain ints, floats and lists (predictions are left out)."""
         return {
-            "n": self.n, "accuracy": self.accuracy, "labels": list(self.labels),
-            "confusion": self.confusion.tolist(), "precision": list(self.precision),
-            "recall": list(self.recall), "f1": list(self.f1), "seconds": self.seconds,
+            "n": self.n,
+            "accuracy": self.accuracy,
+            "labels": list(self.labels),
+            "confusion": self.confusion.tolist(),
+            "precision": list(self.precision),
+            "recall": list(self.recall),
+            "f1": list(self.f1),
+            "seconds": self.seconds,
         }
 
 
@@ -54,19 +60,24 @@ def _as_int_labels(pred: Any, rows: int) -> np.ndarray:
 
     arr = np.asarray(pred)
     if arr.shape != (rows,):
-        raise ModelError(f"model.predict returned shape {arr.shape} for {rows} rows; "
-                         f"expected ({rows},)")
+        raise ModelError(f"model.predict returned shape {arr.shape} for {rows} rows; expected ({rows},)")
     if arr.dtype.kind in "iub":
         return arr.astype(np.int64, copy=False)
     if arr.dtype.kind == "f" and np.all(arr == np.round(arr)):
         return arr.astype(np.int64)
-    raise ModelError(f"model.predict returned {arr.dtype} labels (e.g. {arr[:1].tolist()}); "
-                     "the test labels are integers")
+    raise ModelError(
+        f"model.predict returned {arr.dtype} labels (e.g. {arr[:1].tolist()}); the test labels are integers"
+    )
 
 
-def evaluate(model: Any, dataset: Dataset, *, chunk_rows: int = 10_000,
-             progress: Callable[[int, int], None] | None = None,
-             clock: Callable[[], float] = time.perf_counter) -> Evaluation:
+def evaluate(
+    model: Any,
+    dataset: Dataset,
+    *,
+    chunk_rows: int = 10_000,
+    progress: Callable[[int, int], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Evaluation:
     """Predict the test set chunk by chunk and score it; memory is one float64 chunk at a time."""
     import numpy as np
 
@@ -79,8 +90,9 @@ def evaluate(model: Any, dataset: Dataset, *, chunk_rows: int = 10_000,
     conf = np.zeros((labels.size, labels.size), dtype=np.int64)
     y_pred = None
     if n <= KEEP_PREDICTIONS_MAX:
-        y_pred = np.empty(n, dtype=np.promote_types(np.min_scalar_type(int(labels[0])),
-                                                    np.min_scalar_type(int(labels[-1]))))
+        y_pred = np.empty(
+            n, dtype=np.promote_types(np.min_scalar_type(int(labels[0])), np.min_scalar_type(int(labels[-1])))
+        )
     for start, X in dataset.iter_chunks(chunk_rows):
         stop = start + X.shape[0]
         pred = _as_int_labels(model.predict(X), X.shape[0])
@@ -104,9 +116,15 @@ def evaluate(model: Any, dataset: Dataset, *, chunk_rows: int = 10_000,
             progress(stop, n)
     precision, recall, f1 = per_class_scores(conf)
     return Evaluation(
-        n=n, accuracy=float(conf.trace() / n), labels=tuple(int(v) for v in labels),
-        confusion=conf, precision=precision, recall=recall, f1=f1,
-        seconds=clock() - started, y_pred=y_pred,
+        n=n,
+        accuracy=float(conf.trace() / n),
+        labels=tuple(int(v) for v in labels),
+        confusion=conf,
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        seconds=clock() - started,
+        y_pred=y_pred,
     )
 
 
@@ -163,4 +181,5 @@ def check_gate(evaluation: Evaluation, min_accuracy: float) -> None:
     if evaluation.accuracy < min_accuracy:
         raise StageFailed(
             f"accuracy {evaluation.accuracy:.4f} is below test.min_accuracy {min_accuracy:g} "
-            f"({evaluation.correct} of {evaluation.n} test examples correct)")
+            f"({evaluation.correct} of {evaluation.n} test examples correct)"
+        )

@@ -1,4 +1,5 @@
 """Problems in the user's words: jsonschema errors explained, one line each, sorted, capped, never quoting the file."""
+
 from __future__ import annotations
 
 import datetime
@@ -14,7 +15,10 @@ Problem = tuple[int, tuple, str]  # (line, field path, message)
 def format_problems(shown: str, problems: list[Problem]) -> list[str]:
     """Sorted `file:line: field.path: message` lines, duplicates removed, each one line; at most MAX_MESSAGES."""
     lines = sorted({(line, _dotted(p), msg) for line, p, msg in problems})
-    out = [_one_line(f"{shown}:{line}: {dotted}: {msg}" if dotted else f"{shown}:{line}: {msg}") for line, dotted, msg in lines]
+    out = [
+        _one_line(f"{shown}:{line}: {dotted}: {msg}" if dotted else f"{shown}:{line}: {msg}")
+        for line, dotted, msg in lines
+    ]
     if len(out) > MAX_MESSAGES:
         out = out[:MAX_MESSAGES] + [_one_line(f"{shown}: ... and {len(out) - MAX_MESSAGES:,} more problems")]
     return out
@@ -29,7 +33,7 @@ def syntax_hint(text: str, line: int, message: str) -> str:
     # PyYAML's words name the parser's state, not the usual cause; add the cause for the two commonest.
     lines = text.splitlines()
     source = lines[line - 1] if 0 < line <= len(lines) else ""
-    if "\t" in source[:len(source) - len(source.lstrip())]:
+    if "\t" in source[: len(source) - len(source.lstrip())]:
         return " (a tab in the indentation: YAML indents with spaces only)"
     if "mapping values are not allowed" in message:
         return " (a value containing ': ' must be quoted)"
@@ -95,7 +99,11 @@ def explain(error: Any, doc: yamlsource.Document) -> list[Problem]:
         return [(line, path, f"{bound} {error.validator_value} {what} allowed, got {len(error.instance)}")]
     if rule in ("minLength", "maxLength"):
         limit = error.validator_value
-        message = "must not be empty" if rule == "minLength" and limit == 1 else f"length must be {'>=' if rule == 'minLength' else '<='} {limit}, got {len(error.instance)}"
+        message = (
+            "must not be empty"
+            if rule == "minLength" and limit == 1
+            else f"length must be {'>=' if rule == 'minLength' else '<='} {limit}, got {len(error.instance)}"
+        )
         if "propertyNames" in error.schema_path:  # the error is about a key of this mapping, not its value
             key = _show(error.instance)
             message = "keys must not be empty" if error.instance == "" else f"key {key}: {message}"
@@ -129,8 +137,18 @@ def got(value: Any, one_line: bool = True) -> str:
 
 
 def kind(value: Any) -> str:
-    kinds = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping",
-             type(None): "null", datetime.date: "date", datetime.datetime: "timestamp", bytes: "binary value"}
+    kinds = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "mapping",
+        type(None): "null",
+        datetime.date: "date",
+        datetime.datetime: "timestamp",
+        bytes: "binary value",
+    }
     return kinds.get(type(value), "integer" if isinstance(value, int) else type(value).__name__)
 
 
@@ -140,7 +158,9 @@ def _show(value: Any) -> str:
         return str(value)
     if isinstance(value, datetime.date):
         return value.isoformat()
-    text = repr(value) if not isinstance(value, (dict, list, bool)) else json.dumps(value, default=str, ensure_ascii=False)
+    text = (
+        repr(value) if not isinstance(value, (dict, list, bool)) else json.dumps(value, default=str, ensure_ascii=False)
+    )
     if len(text) <= 60:
         return text
     return text[:56] + "…" + (text[-1] if text[-1] in "'\"]}" else "")  # keep the closing quote or bracket

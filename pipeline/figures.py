@@ -3,6 +3,7 @@
 The object API with an Agg canvas: no pyplot, no global figure, and no matplotlib.use() (which would
 switch the backend of a notebook that called %matplotlib inline).
 """
+
 from __future__ import annotations
 
 import functools

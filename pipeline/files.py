@@ -1,4 +1,5 @@
 """Small file helpers shared by every module that writes: atomic writes, content digests."""
+
 from __future__ import annotations
 
 import hashlib

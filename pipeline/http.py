@@ -37,8 +37,9 @@ def get(uri: str, timeout: float, *, limit: int = 1 << 16) -> Reply:
         return Reply(exc.code, exc.read(limit), time.perf_counter() - start, dict(exc.headers or {}))
 
 
-def send(method: str, uri: str, body: bytes | None, headers: Mapping[str, str], timeout: float, *,
-         limit: int = 1 << 24) -> Reply:
+def send(
+    method: str, uri: str, body: bytes | None, headers: Mapping[str, str], timeout: float, *, limit: int = 1 << 24
+) -> Reply:
     """Any method (PUT, DELETE, ...) to a platform's control API, e.g. Ray's dashboard; an HTTP error is an answer.
 
     Connection errors and timeouts propagate as urllib raises them, as for post and get.

@@ -1,4 +1,5 @@
 """Output inside a Jupyter kernel: the stage lines and a live progress line in one output area that updates."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Model retrieval (local file or Azure ML registry) into a pinned store, and safe loading."""
+
 from __future__ import annotations
 
 import hashlib
@@ -75,12 +76,15 @@ class LocalSource:
         except FileNotFoundError:
             raise ModelError(f"{self.path}: model file not found") from None
         except OSError as exc:  # a directory or a device says so, rather than "not found"
-            raise ModelError(f"{self.path}: {regular.problem(self.path) or exc.strerror}; a model must be a "
-                             "regular file") from None
+            raise ModelError(
+                f"{self.path}: {regular.problem(self.path) or exc.strerror}; a model must be a regular file"
+            ) from None
         try:
             with os.fdopen(fd, "rb") as src, open(dest, "xb") as out:
                 shutil.copyfileobj(src, out, CHUNK)
-                os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))  # 0640 stays 0640: the store is no wider than the source
+                os.fchmod(
+                    out.fileno(), stat.S_IMODE(st.st_mode)
+                )  # 0640 stays 0640: the store is no wider than the source
         except OSError as exc:
             raise ModelError(f"{self.path}: cannot copy model file: {exc.strerror or exc}") from None
         return dest
@@ -115,9 +119,15 @@ def _download_v2(config: Path | None, name: str, version: int, dest_dir: Path) -
 class AzureMLRegistrySource:
     """A model registered in an Azure ML workspace: the tutorial's Model(ws, name), or azure-ai-ml's models.download."""
 
-    def __init__(self, name: str, version: int, workspace_config: Path | None = None,
-                 workspace_factory: WorkspaceFactory | None = None,
-                 model_factory: ModelFactory | None = None, sdk: str = "v1") -> None:
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        workspace_config: Path | None = None,
+        workspace_factory: WorkspaceFactory | None = None,
+        model_factory: ModelFactory | None = None,
+        sdk: str = "v1",
+    ) -> None:
         self.name = name
         self.version = version
         self.sdk = sdk  # "v1": azureml-core (aci, aks, local); "v2": azure-ai-ml, so azureml-online needs no v1 SDK
@@ -146,8 +156,10 @@ class AzureMLRegistrySource:
         if got.is_dir():  # a model registered from a folder: accept it only if it holds one file
             files = [p for p in got.rglob("*") if p.is_file()]
             if len(files) != 1:
-                raise ModelError(f"{self.describe()}: expected one model file, the registry "
-                                 f"holds {len(files)}: {sorted(p.name for p in files)[:5]}")
+                raise ModelError(
+                    f"{self.describe()}: expected one model file, the registry "
+                    f"holds {len(files)}: {sorted(p.name for p in files)[:5]}"
+                )
             got = files[0]
         return got
 
@@ -169,8 +181,7 @@ class AzureMLRegistrySource:
         return model_factory(ws, self.name, self.version).download(target_dir=str(dest_dir), exist_ok=True)
 
 
-def fetch_model(source: ModelSource, store: Path, name: str, version: int,
-                sha256: str | None) -> Path:
+def fetch_model(source: ModelSource, store: Path, name: str, version: int, sha256: str | None) -> Path:
     """Fetch the model into store/<name>/<version>/<file>, verified and renamed atomically.
 
     The layout is Azure's azureml-models/<name>/<version>/<file>: for a deployment with one
@@ -186,13 +197,15 @@ def fetch_model(source: ModelSource, store: Path, name: str, version: int,
     try:
         fetched = Path(source.fetch(staging))
         if staging.resolve() not in fetched.resolve().parents:  # never move the source itself
-            raise ModelError(f"{source.describe()}: the model source returned {fetched}, "
-                             f"outside its download folder {staging}")
+            raise ModelError(
+                f"{source.describe()}: the model source returned {fetched}, outside its download folder {staging}"
+            )
         _fsync(fetched)  # the bytes reach the disk before the final name can point at them
         actual = sha256_file(fetched)  # the copied bytes, not the source: what will be loaded
         if sha256 is not None and actual != sha256.lower():
-            raise ModelError(f"{source.describe()}: sha256 mismatch: expected {sha256}, "
-                             f"got {actual}; the model was not stored")
+            raise ModelError(
+                f"{source.describe()}: sha256 mismatch: expected {sha256}, got {actual}; the model was not stored"
+            )
         dest = final_dir / fetched.name
         os.replace(fetched, dest)
         _fsync(final_dir)  # and the rename itself survives a crash
@@ -230,12 +243,13 @@ def pin_problem(format: str, sha256: str | None, actual: str | None) -> str | No
     if sha256 is not None or format not in PICKLE_FORMATS:
         return None
     detail = f": sha256: {actual}" if actual else ""
-    return (f"not pinned: loading a {format} file runs code stored in it, so review the file and pin its digest "
-            f"in the spec{detail}")
+    return (
+        f"not pinned: loading a {format} file runs code stored in it, so review the file and pin its digest "
+        f"in the spec{detail}"
+    )
 
 
-def load_model(path: Path, format: str, sha256: str | None,
-               trusted: list[str] | None = None) -> Any:
+def load_model(path: Path, format: str, sha256: str | None, trusted: list[str] | None = None) -> Any:
     """Load a model file after checking its pinned digest (joblib/pickle) or its types (skops)."""
     path = Path(path)
     if format not in FORMATS:
@@ -250,8 +264,7 @@ def load_model(path: Path, format: str, sha256: str | None,
         raise ModelError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
     actual = hashlib.sha256(data).hexdigest()
     if sha256 is not None and actual != sha256.lower():
-        raise ModelError(f"{path}: sha256 mismatch: expected {sha256}, got {actual}; "
-                         "the file was not loaded")
+        raise ModelError(f"{path}: sha256 mismatch: expected {sha256}, got {actual}; the file was not loaded")
     if format == "skops":
         return _load_skops(path, data, trusted or [])
     unpinned = pin_problem(format, sha256, actual)
@@ -273,13 +286,13 @@ def _load_skops(path: Path, data: bytes, trusted: list[str]) -> Any:
     try:
         import skops.io as sio
     except ImportError:
-        raise ModelError(f"{path}: model format 'skops' needs the skops package: "
-                         "pip install skops") from None
+        raise ModelError(f"{path}: model format 'skops' needs the skops package: pip install skops") from None
     try:
         untrusted = [t for t in sio.get_untrusted_types(data=data) if t not in trusted]
         if untrusted:
-            raise ModelError(f"{path}: untrusted types in model: {untrusted}; review them "
-                             "and list them in model.trusted_types")
+            raise ModelError(
+                f"{path}: untrusted types in model: {untrusted}; review them and list them in model.trusted_types"
+            )
         return sio.loads(data, trusted=trusted)
     except ModelError:
         raise

@@ -1,4 +1,5 @@
 """A Plan as people read it: the field lines and summary the CLI prints, and Markdown and HTML for Jupyter."""
+
 from __future__ import annotations
 
 from html import escape
@@ -29,8 +30,11 @@ def summary(plan: Plan) -> str:
     skipped = sum(s.action is StepAction.SKIP for s in plan.steps)
     rebuilt = [s.stage for s in plan.steps if s.rebuild]
     local = f" {', '.join(rebuilt)} will make their local files again (missing here)." if rebuilt else ""
-    return (f"Plan: {running} stage(s) to run, {skipped} unchanged.{local}" if running else
-            f"No changes: the service matches the spec.{local}")
+    return (
+        f"Plan: {running} stage(s) to run, {skipped} unchanged.{local}"
+        if running
+        else f"No changes: the service matches the spec.{local}"
+    )
 
 
 def _cell(text: str) -> str:
@@ -48,17 +52,25 @@ def markdown(plan: Plan) -> str:
             lines += [field_line(*f)[0] for f in s.change.fields]
             lines.append("```")
         for name, diff in s.change.files:
-            lines += ["", f"<details><summary>{escape(name)}</summary>", "", "```diff", diff.rstrip("\n"), "```",
-                      "", "</details>"]
+            lines += [
+                "",
+                f"<details><summary>{escape(name)}</summary>",
+                "",
+                "```diff",
+                diff.rstrip("\n"),
+                "```",
+                "",
+                "</details>",
+            ]
     lines += ["", summary(plan)]
     return "\n".join(lines) + "\n"
 
 
 def html_table(plan: Plan) -> str:
-    rows = "".join(f"<tr><td>{escape(s.stage)}</td><td>{escape(s.label)}</td>"
-                   f"<td>{escape(s.reason)}</td></tr>" for s in plan.steps)
-    return (f"<table><thead><tr><th>stage</th><th>action</th><th>why</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+    rows = "".join(
+        f"<tr><td>{escape(s.stage)}</td><td>{escape(s.label)}</td><td>{escape(s.reason)}</td></tr>" for s in plan.steps
+    )
+    return f"<table><thead><tr><th>stage</th><th>action</th><th>why</th></tr></thead><tbody>{rows}</tbody></table>"
 
 
 def html(plan: Plan) -> str:

@@ -1,11 +1,12 @@
 """Where a spec's project lives: its root folder, and the local state and report folders found there."""
+
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-MARKERS = (".git", ".pipeline")   # .git may be a file (a worktree, a submodule): existence is enough
+MARKERS = (".git", ".pipeline")  # .git may be a file (a worktree, a submodule): existence is enough
 
 
 def root_of(spec_path: Path | None, cwd: Path | None = None) -> Path:

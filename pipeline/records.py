@@ -1,4 +1,5 @@
-"""The pipeline's records: what plan decides (Step, Change, Plan), what a run did (Result), what a service said (Live, Reply)."""
+"""The pipeline's records: what plan decides (Step, Change, Plan), what a run did (Result), what a service said
+(Live, Reply)."""
 
 from __future__ import annotations
 
@@ -179,7 +180,12 @@ class Result:
     outputs: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "status": str(self.status), "seconds": round(self.seconds, 3), "detail": self.detail}
+        return {
+            "stage": self.stage,
+            "status": str(self.status),
+            "seconds": round(self.seconds, 3),
+            "detail": self.detail,
+        }
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Files a user names (specs, models, test data): regular files only, read with a bound, so none can hang or exhaust us."""
+"""Files a user names (specs, models, test data): regular files only, read with a bound, so none can hang or
+exhaust us."""
+
 from __future__ import annotations
 
 import errno
@@ -8,8 +10,13 @@ from pathlib import Path
 
 SPEC_LIMIT = 1 << 20  # 1 MiB: a spec is a page of YAML; anything larger is a mistake or an attack
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 class NotRegularFile(OSError):
@@ -17,8 +24,9 @@ class NotRegularFile(OSError):
 
     def __init__(self, path: str | os.PathLike[str], mode: int) -> None:
         self.kind = kind(mode)
-        super().__init__(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL, f"is {self.kind}, not a regular file",
-                         os.fspath(path))
+        super().__init__(
+            errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL, f"is {self.kind}, not a regular file", os.fspath(path)
+        )
 
 
 class FileTooLarge(OSError):
@@ -32,7 +40,9 @@ class FileTooLarge(OSError):
 
 def kind(mode: int) -> str:
     """What a stat mode says the file is, as a phrase: 'a named pipe (FIFO)'."""
-    return next((name for test, name in _KINDS if test(mode)), "a regular file" if stat.S_ISREG(mode) else "a special file")
+    return next(
+        (name for test, name in _KINDS if test(mode)), "a regular file" if stat.S_ISREG(mode) else "a special file"
+    )
 
 
 def problem(path: Path) -> str | None:

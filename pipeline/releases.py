@@ -40,14 +40,28 @@ class Release:
     @classmethod
     def from_dict(cls, data: Any) -> Release:
         try:
-            return cls(int(data["n"]), float(data["at"]), str(data["digest"]), str(data["model"]),
-                       data.get("model_sha256"), str(data["model_file"]), dict(data["record"]))
+            return cls(
+                int(data["n"]),
+                float(data["at"]),
+                str(data["digest"]),
+                str(data["model"]),
+                data.get("model_sha256"),
+                str(data["model_file"]),
+                dict(data["record"]),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"a release in the state document is damaged ({exc})") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "at": self.at, "digest": self.digest, "model": self.model,
-                "model_sha256": self.model_sha256, "model_file": self.model_file, "record": self.record}
+        return {
+            "n": self.n,
+            "at": self.at,
+            "digest": self.digest,
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "model_file": self.model_file,
+            "record": self.record,
+        }
 
 
 def listed(ctx: Context) -> list[Release]:
@@ -59,8 +73,15 @@ def keep(ctx: Context, record: ServiceRecord, build_dir: Path, model_path: Path)
     """Keep what was just deployed; forget (and remove) releases beyond the last KEEP."""
     kept = listed(ctx)
     n = max((r.n for r in kept), default=0) + 1
-    release = Release(n, record.deployed_at or ctx.clock(), record.digest or "", record.model or "",
-                      record.model_sha256, model_path.name, record.to_dict())
+    release = Release(
+        n,
+        record.deployed_at or ctx.clock(),
+        record.digest or "",
+        record.model or "",
+        record.model_sha256,
+        model_path.name,
+        record.to_dict(),
+    )
     folder = release.folder(ctx)
     if folder.exists():
         shutil.rmtree(folder)
@@ -101,6 +122,8 @@ def files_of(ctx: Context, release: Release) -> tuple[Path, Path, str]:
     build, model, spec = folder / "build", folder / "model" / release.model_file, folder / "spec.yaml"
     missing = [p for p in (build, model, spec) if not p.exists()]
     if missing:
-        raise UsageError(f"release {release.n}'s files are not on this machine ({missing[0]} is missing): roll back "
-                         "from the machine that deployed it, or deploy that version of the spec again")
+        raise UsageError(
+            f"release {release.n}'s files are not on this machine ({missing[0]} is missing): roll back "
+            "from the machine that deployed it, or deploy that version of the spec again"
+        )
     return build, model, spec.read_text(encoding="utf-8")

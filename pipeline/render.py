@@ -1,4 +1,5 @@
 """Render score.py, myenv.yml and target configs from jinja2 templates: to strings first, files later."""
+
 from __future__ import annotations
 
 import ast
@@ -37,7 +38,11 @@ def _yaml(value: Any) -> Escaped:
     JSON writes a character above U+FFFF as a surrogate pair, which YAML does not join: use YAML's \\U escape.
     """
     text = json.dumps(_plain(value), ensure_ascii=True, sort_keys=True)
-    return Escaped(_SURROGATE_PAIR.sub(lambda m: "\\U%08x" % (0x10000 + ((int(m[1], 16) - 0xD800) << 10) + int(m[2], 16) - 0xDC00), text))
+    return Escaped(
+        _SURROGATE_PAIR.sub(
+            lambda m: "\\U%08x" % (0x10000 + ((int(m[1], 16) - 0xD800) << 10) + int(m[2], 16) - 0xDC00), text
+        )
+    )
 
 
 def _json(value: Any) -> Escaped:
@@ -108,15 +113,29 @@ def context(spec: Spec) -> dict[str, Any]:
         "name": spec.name,
         "description": spec.description,
         "tags": dict(spec.tags),
-        "model": {"name": spec.model.name, "version": spec.model.version, "file": spec.model.file_name,
-                  "format": spec.model.format, "sha256": spec.model.sha256, "trusted_types": list(spec.model.trusted_types)},
-        "environment": {"name": f"{spec.name}-env", "python": spec.environment.python,
-                        "channels": list(spec.environment.channels),
-                        "conda_packages": list(spec.environment.conda_packages),
-                        "pip_packages": list(spec.environment.pip_packages)},
+        "model": {
+            "name": spec.model.name,
+            "version": spec.model.version,
+            "file": spec.model.file_name,
+            "format": spec.model.format,
+            "sha256": spec.model.sha256,
+            "trusted_types": list(spec.model.trusted_types),
+        },
+        "environment": {
+            "name": f"{spec.name}-env",
+            "python": spec.environment.python,
+            "channels": list(spec.environment.channels),
+            "conda_packages": list(spec.environment.conda_packages),
+            "pip_packages": list(spec.environment.pip_packages),
+        },
         "scoring": {"features": spec.scoring.features, "output": spec.scoring.output},
-        "deploy": {"target": spec.deploy.target, "cpu_cores": spec.deploy.cpu_cores, "memory_gb": spec.deploy.memory_gb,
-                   "auth": spec.deploy.auth, "request_timeout_ms": spec.deploy.request_timeout_ms},
+        "deploy": {
+            "target": spec.deploy.target,
+            "cpu_cores": spec.deploy.cpu_cores,
+            "memory_gb": spec.deploy.memory_gb,
+            "auth": spec.deploy.auth,
+            "request_timeout_ms": spec.deploy.request_timeout_ms,
+        },
     }
 
 

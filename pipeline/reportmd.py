@@ -4,6 +4,7 @@ First the verdict, then what changed (each spec field once, before and after), t
 the evaluation before and after, the smoke test; the long parts (per-class tables, the confusion matrix,
 rendered-file diffs) fold into <details>. The whole stays under GitHub's limit for a comment.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,11 @@ class Fold:
 
     def _wrap(self, body: list[str], cut: int) -> str:
         inner = ([f"```{self.fence}"] + body + ["```"]) if self.fence is not None else body
-        note = [f"_… {cut:,} more line(s) cut to keep this comment under {LIMIT:,} characters; report.json has "
-                 f"them._"] if cut else []
+        note = (
+            [f"_… {cut:,} more line(s) cut to keep this comment under {LIMIT:,} characters; report.json has them._"]
+            if cut
+            else []
+        )
         return "\n".join([f"<details><summary>{self.summary}</summary>", "", *inner, *note, "", "</details>"])
 
     @property
@@ -50,8 +54,14 @@ Block = str | Fold
 
 def text(value: str) -> str:
     """Free text in Markdown: no HTML (a description cannot close a <details>), no table breaks."""
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|") \
+    return (
+        str(value)
+        .replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("|", "\\|")
         .replace("\n", " ")
+    )
 
 
 def code(value: str) -> str:
@@ -88,6 +98,7 @@ def _pct(value: float | None) -> str:
 
 # -- sections ------------------------------------------------------------------------------------------
 
+
 def _verdict(report: dict[str, Any]) -> list[str]:
     outcome = report.get("outcome") or {}
     failed = outcome.get("failed")
@@ -109,8 +120,10 @@ def _verdict(report: dict[str, Any]) -> list[str]:
     smoke = report.get("smoke")
     if smoke and report.get("smoked"):
         agreed = len(smoke["indices"]) - sum(a != b for a, b in zip(smoke["answers"], smoke["local"]))
-        parts.append(f"Smoke test {'passed' if smoke['agree'] else 'FAILED'}: {agreed} of {len(smoke['indices'])} "
-                     f"answers agree with the local model.")
+        parts.append(
+            f"Smoke test {'passed' if smoke['agree'] else 'FAILED'}: {agreed} of {len(smoke['indices'])} "
+            f"answers agree with the local model."
+        )
     return [" ".join(parts), ""]
 
 
@@ -150,8 +163,9 @@ def _stages(report: dict[str, Any]) -> list[Block]:
 def _matrix(ev: dict[str, Any]) -> list[str]:
     labels = ev["labels"]
     lines = ["| true \\ predicted | " + " | ".join(str(v) for v in labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    lines += [f"| **{label}** | " + " | ".join(str(v) for v in row) + " |"
-              for label, row in zip(labels, ev["confusion"])]
+    lines += [
+        f"| **{label}** | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, ev["confusion"])
+    ]
     return lines
 
 
@@ -165,47 +179,70 @@ def _evaluation(report: dict[str, Any]) -> list[Block]:
     if not ev:
         return []
     if cmp and _unchanged(cmp):
-        cmp, report = None, {**report, "evaluation": {**ev, "note": "the same scores as the last successful "
-                                                                     "evaluation."}}
+        cmp, report = (
+            None,
+            {**report, "evaluation": {**ev, "note": "the same scores as the last successful evaluation."}},
+        )
     gate = ev.get("min_accuracy", 0)
     passed = ev["accuracy"] >= gate
     out: list[Block] = ["### Evaluation" + ("" if report.get("evaluated") else " (the last successful one)"), ""]
     if cmp:
         acc, correct, n, gates = cmp["accuracy"], cmp["correct"], cmp["n"], cmp["min_accuracy"]
-        lines = ["| | before | after | change |", "|---|---|---|---|",
-                 f"| accuracy | {acc['before']:.4f} | **{acc['after']:.4f}** | {_signed(acc['change'])} |",
-                 f"| correct | {correct['before']:,} of {n['before']:,} | {correct['after']:,} of {n['after']:,} | "
-                 f"{_signed(correct['change'], 0)} |"]
+        lines = [
+            "| | before | after | change |",
+            "|---|---|---|---|",
+            f"| accuracy | {acc['before']:.4f} | **{acc['after']:.4f}** | {_signed(acc['change'])} |",
+            f"| correct | {correct['before']:,} of {n['before']:,} | {correct['after']:,} of {n['after']:,} | "
+            f"{_signed(correct['change'], 0)} |",
+        ]
         if gates["before"] != gates["after"]:
             lines.append(f"| gate `test.min_accuracy` | {gates['before']:g} | {gates['after']:g} | |")
         same = f" of the same model, {shown(ev.get('model_sha256'))}" if cmp["same_model"] else ""
-        out += ["\n".join(lines), "",
-                f"Before: the last successful evaluation; after: this run's{same}. Gate {gate:g}: "
-                f"**{'passed' if passed else 'failed'}**.", ""]
+        out += [
+            "\n".join(lines),
+            "",
+            f"Before: the last successful evaluation; after: this run's{same}. Gate {gate:g}: "
+            f"**{'passed' if passed else 'failed'}**.",
+            "",
+        ]
         if cmp["moved"]:
-            moved = ["Errors that moved most (the confusion matrix's off-diagonal cells; "
-                     f"{cmp['cells_changed']} changed):", "",
-                     "| true label | predicted as | before | after | change |", "|---|---|---|---|---|"]
-            moved += [f"| {c['true']} | {c['predicted']} | {c['before']} | {c['after']} | {_signed(c['change'], 0)} |"
-                      for c in cmp["moved"]]
+            moved = [
+                f"Errors that moved most (the confusion matrix's off-diagonal cells; {cmp['cells_changed']} changed):",
+                "",
+                "| true label | predicted as | before | after | change |",
+                "|---|---|---|---|---|",
+            ]
+            moved += [
+                f"| {c['true']} | {c['predicted']} | {c['before']} | {c['after']} | {_signed(c['change'], 0)} |"
+                for c in cmp["moved"]
+            ]
             out += ["\n".join(moved), ""]
         else:
             out += ["No cell of the confusion matrix moved.", ""]
-        rows = ["| class | precision before | after | change | recall before | after | change |",
-                "|---|---|---|---|---|---|---|"]
+        rows = [
+            "| class | precision before | after | change | recall before | after | change |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for c in cmp["per_class"]:
             p, r = c["precision"], c["recall"]
-            rows.append(f"| {c['label']} | {_pct(p['before'])} | {_pct(p['after'])} | "
-                        f"{'' if p['change'] is None else _signed(p['change'], 3)} | {_pct(r['before'])} | "
-                        f"{_pct(r['after'])} | {'' if r['change'] is None else _signed(r['change'], 3)} |")
+            rows.append(
+                f"| {c['label']} | {_pct(p['before'])} | {_pct(p['after'])} | "
+                f"{'' if p['change'] is None else _signed(p['change'], 3)} | {_pct(r['before'])} | "
+                f"{_pct(r['after'])} | {'' if r['change'] is None else _signed(r['change'], 3)} |"
+            )
         out += [Fold("Precision and recall per class, before and after", rows, head=2), ""]
     else:
         note = report["evaluation"].get("note")
-        out += [f"Accuracy **{ev['accuracy']:.4f}** on {ev['n']:,} test images; gate {gate:g}: "
-                f"**{'passed' if passed else 'failed'}**" + (f"; {note}" if note else "."), ""]
+        out += [
+            f"Accuracy **{ev['accuracy']:.4f}** on {ev['n']:,} test images; gate {gate:g}: "
+            f"**{'passed' if passed else 'failed'}**" + (f"; {note}" if note else "."),
+            "",
+        ]
         rows = ["| class | precision | recall | F1 |", "|---|---|---|---|"]
-        rows += [f"| {label} | {p:.3f} | {r:.3f} | {f:.3f} |"
-                 for label, p, r, f in zip(ev["labels"], ev["precision"], ev["recall"], ev["f1"])]
+        rows += [
+            f"| {label} | {p:.3f} | {r:.3f} | {f:.3f} |"
+            for label, p, r, f in zip(ev["labels"], ev["precision"], ev["recall"], ev["f1"])
+        ]
         out += [Fold("Precision, recall and F1 per class", rows, head=2), ""]
     out += [Fold("Confusion matrix (rows: true label, columns: predicted)", _matrix(ev), head=2), ""]
     return out
@@ -218,16 +255,20 @@ def _smoke(report: dict[str, Any]) -> list[Block]:
     lat = smoke["latency_ms"]
     acc = f"; sample accuracy {smoke['sample_accuracy']:.2f}" if smoke.get("sample_accuracy") is not None else ""
     verdict = "all answers agree with the local model" if smoke["agree"] else "**answers differ** from the local model"
-    line = (f"{len(smoke['indices'])} seeded random test images sent to {text(smoke['uri'])}: {verdict}{acc}. "
-            f"Latency of a {len(smoke['indices'])}-image request: p50 {lat['p50']:.1f} ms (min {lat['min']:.1f}, "
-            f"max {lat['max']:.1f}); {smoke['bytes_sent']:,} bytes.")
+    line = (
+        f"{len(smoke['indices'])} seeded random test images sent to {text(smoke['uri'])}: {verdict}{acc}. "
+        f"Latency of a {len(smoke['indices'])}-image request: p50 {lat['p50']:.1f} ms (min {lat['min']:.1f}, "
+        f"max {lat['max']:.1f}); {smoke['bytes_sent']:,} bytes."
+    )
     return ["### Smoke test", "", line, ""]
 
 
 def _plots(report: dict[str, Any]) -> list[Block]:
     plots = report.get("plots") or {}
-    what = {"confusion": "the tutorial's normalized error plot", "samples": "the sampled test images, misclassified "
-            "ones in red"}
+    what = {
+        "confusion": "the tutorial's normalized error plot",
+        "samples": "the sampled test images, misclassified ones in red",
+    }
     named = [f"[{name}]({name}) ({what.get(key, key)})" for key, name in plots.items()]
     return [f"Plots beside this report (in CI: the workflow run's artifacts): {', '.join(named)}.", ""] if named else []
 
@@ -239,8 +280,14 @@ def _files(report: dict[str, Any]) -> list[Block]:
         if not deploy or step["action"] != "run" or deploy["action"] in ("create", "adopt"):
             continue
         for name, diff in deploy["files"].items():
-            out += [Fold(f"{text(name)}: the rendered file against the deployed one", diff.rstrip("\n").splitlines(),
-                         fence="diff"), ""]
+            out += [
+                Fold(
+                    f"{text(name)}: the rendered file against the deployed one",
+                    diff.rstrip("\n").splitlines(),
+                    fence="diff",
+                ),
+                "",
+            ]
     return out
 
 
@@ -252,8 +299,11 @@ def _footer(report: dict[str, Any]) -> list[Block]:
         lines += [f"Versions: Python {versions.get('python')}, {pkgs}.", ""]
     service = report.get("service")
     if service:
-        lines += [f"Service: {text(service.get('scoring_uri') or '')} on target `{service.get('target')}`, model "
-                  f"{code(str(service.get('model')))} (sha256 {shown(service.get('model_sha256'))}).", ""]
+        lines += [
+            f"Service: {text(service.get('scoring_uri') or '')} on target `{service.get('target')}`, model "
+            f"{code(str(service.get('model')))} (sha256 {shown(service.get('model_sha256'))}).",
+            "",
+        ]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(report["generated_at"]))
     lines.append(f"<sub>pipeline {report.get('pipeline', '')}, {when}</sub>")
     return lines
@@ -264,8 +314,19 @@ def markdown(report: dict[str, Any], *, limit: int = LIMIT) -> str:
     header = [f"## Deployment report: {code(report['spec'])}", ""]
     about = [text(report["description"]) + " · " if report.get("description") else ""]
     about[0] += f"spec {code(report.get('spec_file') or '')} · target {code(report.get('target') or '')}"
-    blocks: list[Block] = [*header, *about, "", *_verdict(report), *_changes(report), *_stages(report),
-                           *_evaluation(report), *_smoke(report), *_plots(report), *_files(report), *_footer(report)]
+    blocks: list[Block] = [
+        *header,
+        *about,
+        "",
+        *_verdict(report),
+        *_changes(report),
+        *_stages(report),
+        *_evaluation(report),
+        *_smoke(report),
+        *_plots(report),
+        *_files(report),
+        *_footer(report),
+    ]
     return fit(blocks, limit)
 
 
@@ -274,8 +335,10 @@ def fit(blocks: Sequence[Block], limit: int) -> str:
     full = "\n".join(b if isinstance(b, str) else b.render() for b in blocks) + "\n"
     if len(full) <= limit:
         return full
-    note = (f"\n_This report was cut to stay under GitHub's {LIMIT:,}-character limit for a comment; "
-            f"report.json beside it has everything._\n")
+    note = (
+        f"\n_This report was cut to stay under GitHub's {LIMIT:,}-character limit for a comment; "
+        f"report.json beside it has everything._\n"
+    )
     fixed = sum(len(b) + 1 for b in blocks if isinstance(b, str)) + len(note)
     folds = sorted((b for b in blocks if isinstance(b, Fold)), key=lambda f: f.size)
     budget = limit - fixed - sum(1 for b in blocks if isinstance(b, Fold))
@@ -292,5 +355,5 @@ def fit(blocks: Sequence[Block], limit: int) -> str:
             parts.append(b.render(shares[id(b)]))
     out = "\n".join(parts).rstrip("\n") + "\n" + note
     if len(out) > limit:  # the fixed parts alone are too long (a spec with huge values): a hard cut
-        out = out[:limit - len(note) - 1].rsplit("\n", 1)[0] + "\n" + note
+        out = out[: limit - len(note) - 1].rsplit("\n", 1)[0] + "\n" + note
     return out

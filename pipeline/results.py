@@ -1,4 +1,5 @@
 """What the Python API returns from a run: the evaluation and the smoke test as typed records, with their figures."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ class EvaluationResult:
     plot: Path | None  # confusion.png, as the evaluate stage wrote it
 
     def __repr__(self) -> str:
-        return (f"<EvaluationResult accuracy {self.accuracy:.4f} on {self.n:,} test images, gate "
-                f"{self.min_accuracy:g} {'passed' if self.passed else 'failed'}>")
+        return (
+            f"<EvaluationResult accuracy {self.accuracy:.4f} on {self.n:,} test images, gate "
+            f"{self.min_accuracy:g} {'passed' if self.passed else 'failed'}>"
+        )
 
     @property
     def passed(self) -> bool:
@@ -58,8 +61,10 @@ class EvaluationResult:
     @property
     def per_class(self) -> dict[int, ClassScores]:
         support = self.confusion.sum(axis=1)
-        return {label: ClassScores(label, p, r, f, int(s))
-                for label, p, r, f, s in zip(self.labels, self.precision, self.recall, self.f1, support)}
+        return {
+            label: ClassScores(label, p, r, f, int(s))
+            for label, p, r, f, s in zip(self.labels, self.precision, self.recall, self.f1, support)
+        }
 
     def confusion_figure(self) -> Figure:
         """The tutorial's plot of the errors: the confusion matrix row-normalized, its diagonal zeroed."""
@@ -74,20 +79,36 @@ class EvaluationResult:
         path = Path(output.evaluation)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(float(data["accuracy"]), int(data["n"]), tuple(data["labels"]),
-                       np.asarray(data["confusion"], dtype=np.int64), tuple(data["precision"]), tuple(data["recall"]),
-                       tuple(data["f1"]), float(data.get("min_accuracy", 0.0)), data.get("model_sha256"),
-                       Path(output.confusion_png) if output.confusion_png else None)
+            return cls(
+                float(data["accuracy"]),
+                int(data["n"]),
+                tuple(data["labels"]),
+                np.asarray(data["confusion"], dtype=np.int64),
+                tuple(data["precision"]),
+                tuple(data["recall"]),
+                tuple(data["f1"]),
+                float(data.get("min_accuracy", 0.0)),
+                data.get("model_sha256"),
+                Path(output.confusion_png) if output.confusion_png else None,
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StateError(f"the evaluation {path} cannot be read ({type(exc).__name__}: {exc}); "
-                             f"run the evaluate stage again (run(only='evaluate', force=True))") from None
+            raise StateError(
+                f"the evaluation {path} cannot be read ({type(exc).__name__}: {exc}); "
+                f"run the evaluate stage again (run(only='evaluate', force=True))"
+            ) from None
 
     def _repr_markdown_(self) -> str:
-        lines = [f"Accuracy **{self.accuracy:.4f}** on {self.n:,} test images ({self.correct:,} correct); gate "
-                 f"{self.min_accuracy:g}: **{'passed' if self.passed else 'failed'}**.", "",
-                 "| class | precision | recall | F1 | test images |", "|---|---|---|---|---|"]
-        lines += [f"| {c.label} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |"
-                  for c in self.per_class.values()]
+        lines = [
+            f"Accuracy **{self.accuracy:.4f}** on {self.n:,} test images ({self.correct:,} correct); gate "
+            f"{self.min_accuracy:g}: **{'passed' if self.passed else 'failed'}**.",
+            "",
+            "| class | precision | recall | F1 | test images |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c.label} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |"
+            for c in self.per_class.values()
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -130,14 +151,26 @@ class SmokeResult:
         return figures.samples_figure(X, self.labels, self.predicted, side)
 
     @classmethod
-    def of(cls, output: SmokeOutput, scoring_output: str,
-           images: Callable[[Sequence[int]], Any] | None) -> SmokeResult:
-        return cls(output.uri, list(output.indices), list(output.answers), list(output.local), output.labels,
-                   output.agree, output.sample_accuracy, dict(output.latency_ms), output.bytes_sent,
-                   Path(output.samples_png) if output.samples_png else None, scoring_output, images)
+    def of(cls, output: SmokeOutput, scoring_output: str, images: Callable[[Sequence[int]], Any] | None) -> SmokeResult:
+        return cls(
+            output.uri,
+            list(output.indices),
+            list(output.answers),
+            list(output.local),
+            output.labels,
+            output.agree,
+            output.sample_accuracy,
+            dict(output.latency_ms),
+            output.bytes_sent,
+            Path(output.samples_png) if output.samples_png else None,
+            scoring_output,
+            images,
+        )
 
     def _repr_markdown_(self) -> str:
         verdict = "all answers agree with the local model" if self.agree else "**answers differ** from the local model"
         acc = f"; sample accuracy {self.sample_accuracy:.2f}" if self.sample_accuracy is not None else ""
-        return (f"{len(self.indices)} test images sent to `{self.uri}`: {verdict}{acc}; latency p50 "
-                f"{self.latency_ms.get('p50', 0):.1f} ms.\n")
+        return (
+            f"{len(self.indices)} test images sent to `{self.uri}`: {verdict}{acc}; latency p50 "
+            f"{self.latency_ms.get('p50', 0):.1f} ms.\n"
+        )

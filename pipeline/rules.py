@@ -1,4 +1,5 @@
 """Checks beyond the schema: files that must exist, sizes that must agree; each target adds its own limits."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,7 +55,9 @@ def exists(folder: Path, value: str, add: AddProblem, path: tuple[Any, ...], *, 
         why = regular.problem(target)  # a FIFO or a device would hang or exhaust whoever reads it
     if why is None:
         return True
-    where = "" if Path(value).is_absolute() else f" (resolved against the spec's folder: {display_path(target.resolve())})"
+    where = (
+        "" if Path(value).is_absolute() else f" (resolved against the spec's folder: {display_path(target.resolve())})"
+    )
     add(path, f"{kind} not found: {value}{where}" if why == "not found" else f"{value} {why}{where}")
     return False
 
@@ -118,7 +121,10 @@ def _check_test(data: dict[str, Any], folder: Path, add: AddProblem, check_files
         add(("test", "images"), str(exc).removeprefix(f"{images}: "))
         return
     if test["sample_size"] > rows:
-        add(("test", "sample_size"), f"{test['sample_size']} is larger than the test set ({rows} rows in {test['images']})")
+        add(
+            ("test", "sample_size"),
+            f"{test['sample_size']} is larger than the test set ({rows} rows in {test['images']})",
+        )
 
 
 def _check_target(data: dict[str, Any], add: AddProblem, folder: Path | None) -> None:

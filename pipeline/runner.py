@@ -1,4 +1,5 @@
 """Plan the stages (a pure function of spec, state and live status), then run exactly that plan."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,7 @@ class Selection:
         stop = STAGES.index(self.to_stage) if self.to_stage else len(STAGES) - 1
         if start > stop:
             raise UsageError(f"--from {self.from_stage} comes after --to {self.to_stage}")
-        return STAGES[start:stop + 1]
+        return STAGES[start : stop + 1]
 
 
 def gather(ctx: Context) -> Facts:
@@ -73,7 +74,9 @@ def plan(spec_name: str, state: dict[str, Any], facts: Facts, selection: Selecti
             reason = "inputs unchanged since the last success" + (f" ({_ago(record['at'])})" if record else "")
             if change:
                 reason = change.live
-        rebuild = action is StepAction.RUN and _only_rebuilds(stage, key, record, facts, reason, upstream_runs, rebuilds)
+        rebuild = action is StepAction.RUN and _only_rebuilds(
+            stage, key, record, facts, reason, upstream_runs, rebuilds
+        )
         if action is StepAction.RUN:
             upstream_runs.append(name)
         if rebuild:
@@ -85,15 +88,31 @@ def plan(spec_name: str, state: dict[str, Any], facts: Facts, selection: Selecti
 def _adopted_rebuilds(steps: list[Step]) -> list[Step]:
     """A runner with no record of a live service that carries this spec's stamp (deploy: an adopted no-op) only
     remakes its local files and records: the stages that never ran here change nothing live."""
-    if not any(s.change is not None and s.change.adopted is not None and s.change.action is DeployAction.NOOP
-               and s.action is StepAction.SKIP for s in steps):
+    if not any(
+        s.change is not None
+        and s.change.adopted is not None
+        and s.change.action is DeployAction.NOOP
+        and s.action is StepAction.SKIP
+        for s in steps
+    ):
         return steps
-    return [dataclasses.replace(s, rebuild=True) if s.action is StepAction.RUN and s.recorded is None and s.error is None
-            else s for s in steps]
+    return [
+        dataclasses.replace(s, rebuild=True)
+        if s.action is StepAction.RUN and s.recorded is None and s.error is None
+        else s
+        for s in steps
+    ]
 
 
-def _only_rebuilds(stage: all_stages.Stage, key: str | None, record: dict[str, Any] | None, facts: Facts, reason: str,
-                   upstream: list[str], rebuilds: set[str]) -> bool:
+def _only_rebuilds(
+    stage: all_stages.Stage,
+    key: str | None,
+    record: dict[str, Any] | None,
+    facts: Facts,
+    reason: str,
+    upstream: list[str],
+    rebuilds: set[str],
+) -> bool:
     """A stage whose inputs are unchanged runs only because its local outputs are missing (state shared from
     another machine, or files removed), or because only such stages run before it: it changes nothing live."""
     if record is None or key is None or record.get("digest") != key or stage.name in facts.errors:
@@ -104,8 +123,15 @@ def _only_rebuilds(stage: all_stages.Stage, key: str | None, record: dict[str, A
     return bool(after) and reason.endswith("will run first") and all(s in rebuilds for s in after)
 
 
-def _why_run(stage: all_stages.Stage, key: str | None, record: dict[str, Any] | None, facts: Facts,
-             selection: Selection, change: Change | None, upstream: list[str]) -> str:
+def _why_run(
+    stage: all_stages.Stage,
+    key: str | None,
+    record: dict[str, Any] | None,
+    facts: Facts,
+    selection: Selection,
+    change: Change | None,
+    upstream: list[str],
+) -> str:
     name = stage.name
     if name in facts.errors:
         return f"will fail: {facts.errors[name]}"
@@ -184,9 +210,12 @@ def execute(ctx: Context, the_plan: Plan, *, command: str, cleanup: bool = False
                 ctx.outputs[step.stage] = outcome.outputs
             used = outcome.inputs if outcome.inputs is not None else fresh
             ctx.state["stages"][step.stage] = {
-                "digest": outcome.digest or digest(used), "inputs": used,
+                "digest": outcome.digest or digest(used),
+                "inputs": used,
                 "outputs": outcome.outputs.to_dict() if outcome.outputs is not None else {},
-                "at": ctx.clock(), "seconds": round(seconds, 3)}
+                "at": ctx.clock(),
+                "seconds": round(seconds, 3),
+            }
             states.save(ctx.paths, ctx.state)
             _finish(ctx, Result(step.stage, Status.RAN, seconds, outcome.detail, outcome.outputs))
         if cleanup and not failed and ctx.service is not None:
@@ -219,13 +248,15 @@ def print_result(ctx: Context, result: Result) -> None:
 def _record_history(ctx: Context, command: str, started: float, results: Sequence[Result]) -> None:
     if not results:
         return
-    entry = {"at": started, "command": command,
-             "stages": [r.to_dict() | {"detail": r.detail[:500]} for r in results],
-             "ok": not any(r.status is Status.FAILED for r in results)}
+    entry = {
+        "at": started,
+        "command": command,
+        "stages": [r.to_dict() | {"detail": r.detail[:500]} for r in results],
+        "ok": not any(r.status is Status.FAILED for r in results),
+    }
     ctx.state.setdefault("history", []).append(entry)
     states.save(ctx.paths, ctx.state)
 
 
 def exit_code(results: Sequence[Result]) -> int:
     return 1 if any(r.status is Status.FAILED for r in results) else 0
-

@@ -4,6 +4,7 @@ A report is read on a pull request, by people on other machines: `/home/ci/work/
 means nothing there, `.pipeline/x/build` does. The spec's project root, its local state folder and its
 report folder are written relative to the repository; any other absolute path keeps only its last part.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 # a loopback URL names a port on the machine that wrote it: say which service it is, and keep the route
-LOOPBACK = re.compile(r"https?://(?:127(?:\.\d{1,3}){3}|localhost|\[::1\]|0\.0\.0\.0)(?::\d+)?(?P<route>/[^\s'\"`|,;)\]]*)?")
+LOOPBACK = re.compile(
+    r"https?://(?:127(?:\.\d{1,3}){3}|localhost|\[::1\]|0\.0\.0\.0)(?::\d+)?(?P<route>/[^\s'\"`|,;)\]]*)?"
+)
 PIDS = re.compile(r"\s*\(pids? \d+(?:, \d+)*\)")
 PID = re.compile(r"\b(pids?|process(?:es)?|process group) \d+(?:, \d+)*")
 # an absolute path of two or more parts that no root above explained (a temporary file, a system folder)
@@ -42,7 +45,7 @@ class Scrubber:
             if text == root:
                 return shown or "."
             if text.startswith(root + os.sep):
-                rest = Path(text[len(root) + 1:]).as_posix()
+                rest = Path(text[len(root) + 1 :]).as_posix()
                 return f"{shown}/{rest}" if shown else rest
         return text
 
@@ -51,8 +54,9 @@ class Scrubber:
         text = PIDS.sub("", text)
         text = PID.sub(lambda m: m.group(1), text)
         for root, _ in self.roots:  # known roots, wherever they stand in the text
-            text = re.sub(re.escape(root) + r"(?=[/\s'\"`),;:|\]]|$)(/[^\s'\"`|,;)\]]*)?",
-                          lambda m: self._path(m.group(0)), text)
+            text = re.sub(
+                re.escape(root) + r"(?=[/\s'\"`),;:|\]]|$)(/[^\s'\"`|,;)\]]*)?", lambda m: self._path(m.group(0)), text
+            )
         return ABSOLUTE.sub(lambda m: "…/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
     def data(self, value: Any) -> Any:
@@ -72,8 +76,10 @@ def for_spec(spec_path: Path) -> Scrubber:
 
     root = project.root_of(spec_path)
     folders = []
-    for folder, variable in ((project.home(spec_path), "$PIPELINE_HOME"),
-                             (project.reports_root(spec_path), "$PIPELINE_REPORTS")):
+    for folder, variable in (
+        (project.home(spec_path), "$PIPELINE_HOME"),
+        (project.reports_root(spec_path), "$PIPELINE_REPORTS"),
+    ):
         try:
             folders.append((folder, folder.resolve().relative_to(root.resolve()).as_posix()))
         except ValueError:  # outside the repository: named by the variable that put it there

@@ -32,8 +32,10 @@ def check_owner(ctx: Context, *, adopt: bool = False) -> None:
 
     owner, mine = ctx.state.get("owner"), owner_of(ctx)
     if owner and owner != mine and not adopt:
-        raise UsageError(f"the service {ctx.spec.name!r} belongs to {owner}, and {mine} has the same name: give one of "
-                         "them another `name:`, or take the service over with `run --adopt`")
+        raise UsageError(
+            f"the service {ctx.spec.name!r} belongs to {owner}, and {mine} has the same name: give one of "
+            "them another `name:`, or take the service over with `run --adopt`"
+        )
 
 
 def claim(ctx: Context) -> None:

@@ -1,4 +1,5 @@
 """Load a spec: read, parse with line numbers, validate against the schema, build frozen records."""
+
 from __future__ import annotations
 
 import copy
@@ -41,7 +42,9 @@ def _assembled(registry: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     deploy = doc["properties"]["deploy"]["properties"]
     classes = targets.classes()
     deploy["target"] = {
-        "description": "Deployment target: " + ", ".join(f"{name} ({cls.summary})" for name, cls in classes.items()) + ".",
+        "description": "Deployment target: "
+        + ", ".join(f"{name} ({cls.summary})" for name, cls in classes.items())
+        + ".",
         "enum": list(classes),
         "default": deploy["target"]["default"],
     }
@@ -64,8 +67,13 @@ def reference() -> str:
     def walk(node: Mapping[str, Any], prefix: str, required: tuple[str, ...]) -> None:
         for key, sub in node.get("properties", {}).items():
             path = f"{prefix}.{key}" if prefix else key
-            kind = sub.get("type") or ("enum: " + " \\| ".join(map(str, sub["enum"])) if "enum" in sub else
-                                       f"`{sub['const']}`" if "const" in sub else "path or mapping")
+            kind = sub.get("type") or (
+                "enum: " + " \\| ".join(map(str, sub["enum"]))
+                if "enum" in sub
+                else f"`{sub['const']}`"
+                if "const" in sub
+                else "path or mapping"
+            )
             default = "required" if key in required else (f"`{json.dumps(sub['default'])}`" if "default" in sub else "")
             rows.append(f"| `{path}` | {kind} | {default} | {sub.get('description', '')} |")
             if sub.get("type") == "object" and "properties" in sub:
@@ -153,7 +161,7 @@ class DeploySpec:
 class StateSpec:
     """Where the state document and the run lock live (the spec's optional `state:` block)."""
 
-    backend: str                 # local | azureblob
+    backend: str  # local | azureblob
     url: str | None
     lease_seconds: int
 
@@ -173,7 +181,7 @@ class Spec:
     test: TestSpec
     deploy: DeploySpec
     data: Mapping[str, Any] = field(repr=False, compare=False)
-    state: StateSpec | None = None   # None: the local .pipeline/ folder at the project root
+    state: StateSpec | None = None  # None: the local .pipeline/ folder at the project root
 
     @property
     def folder(self) -> Path:
@@ -191,18 +199,26 @@ def load(path: str | os.PathLike[str], *, check_files: bool = True, text: str | 
     try:
         doc = yamlsource.parse(text)
     except yamlsource.YamlSyntaxError as exc:
-        raise SpecError(explain.format_problems(shown, [(exc.line, exc.path, exc.message + explain.syntax_hint(text, exc.line, exc.message))])) from None
+        raise SpecError(
+            explain.format_problems(
+                shown, [(exc.line, exc.path, exc.message + explain.syntax_hint(text, exc.line, exc.message))]
+            )
+        ) from None
     problems = list(doc.problems)
     if not isinstance(doc.data, dict):
         kind = "an empty document" if doc.data is None else f"a {explain.kind(doc.data)}"
-        raise SpecError([f"{shown}:1: the spec must be a YAML mapping (apiVersion: pipeline/v1, name: ...), found {kind}"])
+        raise SpecError(
+            [f"{shown}:1: the spec must be a YAML mapping (apiVersion: pipeline/v1, name: ...), found {kind}"]
+        )
     foreign = _not_a_spec(doc)
     if foreign:  # e.g. a symlink to a secrets file: say what it is not, and quote nothing else of it
         raise SpecError(explain.format_problems(shown, [foreign]))
     broken = {path for _, path, _ in doc.problems}  # already reported; the schema would only add noise
     problems += [p for p in _schema_problems(doc) if p[1] not in broken]
     flagged = {p[1] for p in problems}
-    problems += [(doc.line_of(at), at, f"{value} is out of range") for at, value in _huge(doc.data, ()) if at not in flagged]
+    problems += [
+        (doc.line_of(at), at, f"{value} is out of range") for at, value in _huge(doc.data, ()) if at not in flagged
+    ]
     if not problems:
         data = apply_defaults(doc.data, schema())
         # relative paths resolve against the folder the spec really is in, as build() resolves them
@@ -218,7 +234,9 @@ def _read(path: Path, shown: str) -> str:
         raw = regular.read_bounded(path, regular.SPEC_LIMIT)
     except regular.FileTooLarge as exc:
         size = f" ({exc.size:,} bytes)" if exc.size is not None else ""
-        raise SpecError([f"{shown}: larger than {regular.SPEC_LIMIT >> 20} MiB{size}, the limit for a spec file"]) from None
+        raise SpecError(
+            [f"{shown}: larger than {regular.SPEC_LIMIT >> 20} MiB{size}, the limit for a spec file"]
+        ) from None
     except (FileNotFoundError, NotADirectoryError):
         raise SpecError([f"{shown}: {regular.problem(path) if os.path.islink(path) else 'no such file'}"]) from None
     except regular.NotRegularFile as exc:
@@ -230,22 +248,33 @@ def _read(path: Path, shown: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise SpecError([f"{shown}:{line}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
-                         f"({exc.reason}); save the file as UTF-8"]) from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(
+            [
+                f"{shown}:{line}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+                f"({exc.reason}); save the file as UTF-8"
+            ]
+        ) from None
 
 
 def _not_a_spec(doc: yamlsource.Document) -> tuple[int, tuple, str] | None:
     """A mapping without apiVersion: pipeline/... is some other file: one problem, and nothing of it is quoted."""
     if "apiVersion" not in doc.data:
-        return (doc.line_of(()), ("apiVersion",), "required field is missing; a spec starts with apiVersion: pipeline/v1, "
-                                                  "and nothing else is checked without it")
+        return (
+            doc.line_of(()),
+            ("apiVersion",),
+            "required field is missing; a spec starts with apiVersion: pipeline/v1, "
+            "and nothing else is checked without it",
+        )
     value = doc.data["apiVersion"]
     if isinstance(value, str) and value.startswith("pipeline/"):
         return None  # another version of this format: check it as one, so every problem is reported
     got = explain.got(value) if ("apiVersion",) not in doc.multiline else f"a {explain.kind(value)}"
-    return (doc.line_of(("apiVersion",)), ("apiVersion",),
-            f"must be pipeline/v1, got {got}; nothing else is checked in a file that is not a pipeline spec")
+    return (
+        doc.line_of(("apiVersion",)),
+        ("apiVersion",),
+        f"must be pipeline/v1, got {got}; nothing else is checked in a file that is not a pipeline spec",
+    )
 
 
 def _huge(value: Any, at: tuple) -> Iterator[tuple[tuple, yamlsource.HugeInt]]:
@@ -313,12 +342,29 @@ def build(path: Path, data: dict[str, Any]) -> Spec:
         tags=_freeze(data["tags"]),
         templates=rel(data.get("templates")),
         model=ModelSpec(m["name"], m["version"], source, m.get("sha256"), m["format"], tuple(m["trusted_types"])),
-        environment=EnvironmentSpec(e["python"], tuple(e["channels"]), tuple(e["conda_packages"]), tuple(e["pip_packages"])),
+        environment=EnvironmentSpec(
+            e["python"], tuple(e["channels"]), tuple(e["conda_packages"]), tuple(e["pip_packages"])
+        ),
         scoring=ScoringSpec(s["features"], s["output"], rel(s.get("entry_script"))),
-        test=TestSpec((folder / t["images"]).resolve(), rel(t.get("labels")), t["format"], t.get("label_column"), float(t["scale"]),
-                      float(t["min_accuracy"]), t["sample_size"], t["seed"]),
-        deploy=DeploySpec(d["target"], d["cpu_cores"], d["memory_gb"], d["auth"], d["request_timeout_ms"],
-                          d["ready_timeout_s"], _freeze({k: v for k, v in d.items() if isinstance(v, dict)})),
+        test=TestSpec(
+            (folder / t["images"]).resolve(),
+            rel(t.get("labels")),
+            t["format"],
+            t.get("label_column"),
+            float(t["scale"]),
+            float(t["min_accuracy"]),
+            t["sample_size"],
+            t["seed"],
+        ),
+        deploy=DeploySpec(
+            d["target"],
+            d["cpu_cores"],
+            d["memory_gb"],
+            d["auth"],
+            d["request_timeout_ms"],
+            d["ready_timeout_s"],
+            _freeze({k: v for k, v in d.items() if isinstance(v, dict)}),
+        ),
         data=_freeze(data),
         state=StateSpec(st["backend"], st.get("url"), st["lease_seconds"]) if st is not None else None,
     )

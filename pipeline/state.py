@@ -1,4 +1,5 @@
 """Runtime state of one spec: its local folder <home>/<name>/ and its state document, in whichever backend holds it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -79,8 +80,9 @@ def save(paths: Paths, data: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def locked(paths: Paths, command: str, *, timeout: float = 0.0,
-           notify: Callable[[str], None] | None = None) -> Iterator[None]:
+def locked(
+    paths: Paths, command: str, *, timeout: float = 0.0, notify: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """Hold the spec's lock; a second run fails at once naming the holder, or waits up to `timeout` seconds."""
     with paths.document.locked(command, timeout=timeout, notify=notify):
         yield

@@ -3,6 +3,7 @@
 Every call goes through the target's own path (an HTTP POST on the local target, the endpoint's key in
 Azure), so the same code scores the local service and a cloud one.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,15 +68,18 @@ class Service:
         elif isinstance(input_data, (bytes, bytearray, memoryview)):
             body = bytes(input_data)
         else:
-            raise UsageError(f"input_data must be bytes or str, the JSON text of {{\"data\": [...]}}; got "
-                             f"{type(input_data).__name__} (json.dumps it first)")
+            raise UsageError(
+                f'input_data must be bytes or str, the JSON text of {{"data": [...]}}; got '
+                f"{type(input_data).__name__} (json.dumps it first)"
+            )
         from pipeline import targets
 
         uri = self.scoring_uri or "the service"
         timeout = max(5.0, self.pipeline.spec.deploy.request_timeout_ms / 1000 + 5)
         try:
-            reply = targets.get(self.record.target).invoke(self.record, body, timeout=timeout,
-                                                           service_dir=self.pipeline.paths.service)
+            reply = targets.get(self.record.target).invoke(
+                self.record, body, timeout=timeout, service_dir=self.pipeline.paths.service
+            )
         except TimeoutError:
             raise TargetError(f"{uri} did not answer within {timeout:g} s") from None
         except (ConnectionError, urllib.error.URLError) as exc:
@@ -96,8 +100,9 @@ class Service:
             raise UsageError(f"{self.name}: the service does not use key authentication (deploy.auth is false)")
         found = keys.read(self.pipeline.paths.service)
         if not found.get("primary"):
-            raise TargetError(f"{self.name}: no keys are stored in {self.pipeline.paths.service}; deploy again to "
-                              f"fetch them")
+            raise TargetError(
+                f"{self.name}: no keys are stored in {self.pipeline.paths.service}; deploy again to fetch them"
+            )
         return found["primary"], found.get("secondary")
 
     def get_logs(self, num_lines: int = 5000) -> str:
@@ -127,8 +132,11 @@ class Service:
         return detail or "no service was deployed; nothing to delete"
 
     def _repr_markdown_(self) -> str:
-        return f"service **{self.name}** on `{self.target}` at `{self.scoring_uri}`" + \
-            (" (deleted)" if self.deleted else "") + "\n"
+        return (
+            f"service **{self.name}** on `{self.target}` at `{self.scoring_uri}`"
+            + (" (deleted)" if self.deleted else "")
+            + "\n"
+        )
 
 
 def delete(pipeline: Pipeline, *, lock_timeout: float = 0.0, adopt: bool = False) -> str | None:
@@ -150,8 +158,9 @@ def delete(pipeline: Pipeline, *, lock_timeout: float = 0.0, adopt: bool = False
             detail = "; ".join(stopped) + " (an unfinished deploy's, not in the record)"
         else:
             detail = services.remove(ctx)
-        ctx.state.setdefault("history", []).append({"at": ctx.clock(), "command": command, "stages": [], "ok": True,
-                                                    "detail": detail})
+        ctx.state.setdefault("history", []).append(
+            {"at": ctx.clock(), "command": command, "stages": [], "ok": True, "detail": detail}
+        )
         states.save(ctx.paths, ctx.state)
     return detail
 
@@ -166,8 +175,12 @@ def status(pipeline: Pipeline, *, show_keys: bool = False) -> dict[str, Any]:
 
     ctx = pipeline.context(check_files=False)
     record = ctx.service
-    out: dict[str, Any] = {"spec": ctx.spec.name, "target": ctx.spec.deploy.target, "deployed": record is not None,
-                           "state": "not deployed"}
+    out: dict[str, Any] = {
+        "spec": ctx.spec.name,
+        "target": ctx.spec.deploy.target,
+        "deployed": record is not None,
+        "state": "not deployed",
+    }
     if record is None:
         orphans = ctx.target.orphans(ctx.paths.service)
         if orphans:  # a run killed before it recorded what it started: say so, delete stops it
@@ -177,21 +190,34 @@ def status(pipeline: Pipeline, *, show_keys: bool = False) -> dict[str, Any]:
         from pipeline.stages.smoke import SmokeOutput
 
         live = targets.get(record.target).probe(record, ctx.spec)
-        out |= {"state": live.state, "detail": live.detail, "drift": list(live.drift),
-                "scoring_uri": record.scoring_uri, "swagger_uri": record.swagger_uri, "model": record.model,
-                "model_sha256": record.model_sha256, "deployed_at": record.deployed_at}
+        out |= {
+            "state": live.state,
+            "detail": live.detail,
+            "drift": list(live.drift),
+            "scoring_uri": record.scoring_uri,
+            "swagger_uri": record.swagger_uri,
+            "model": record.model,
+            "model_sha256": record.model_sha256,
+            "deployed_at": record.deployed_at,
+        }
         smoke = ctx.output(SmokeOutput)
         if smoke is not None:
-            out["last_smoke"] = {"at": ctx.state["stages"]["smoke"].get("at"), "agree": smoke.agree,
-                                 "sample_accuracy": smoke.sample_accuracy, "latency_ms": smoke.latency_ms}
+            out["last_smoke"] = {
+                "at": ctx.state["stages"]["smoke"].get("at"),
+                "agree": smoke.agree,
+                "sample_accuracy": smoke.sample_accuracy,
+                "latency_ms": smoke.latency_ms,
+            }
         if record.auth:
             keys = keyfile.read(ctx.paths.service)
             out["keys"] = keys if show_keys else {k: _mask(v) for k, v in keys.items()}
     kept = releases.listed(ctx)
     if kept:
         live_digest = record.digest if record else None
-        out["releases"] = [{"n": r.n, "at": r.at, "model": r.model, "model_sha256": r.model_sha256,
-                            "live": r.digest == live_digest} for r in reversed(kept)]
+        out["releases"] = [
+            {"n": r.n, "at": r.at, "model": r.model, "model_sha256": r.model_sha256, "live": r.digest == live_digest}
+            for r in reversed(kept)
+        ]
     history = ctx.state.get("history") or []
     if history:
         out["last_run"] = {"at": history[-1]["at"], "command": history[-1]["command"], "ok": history[-1]["ok"]}
@@ -205,4 +231,3 @@ def scoring_uri(pipeline: Pipeline) -> str:
     if svc is None or not svc.scoring_uri:
         raise StageFailed(f"{pipeline.spec.name} is not deployed; `python -m pipeline run {pipeline.shown}` deploys it")
     return svc.scoring_uri
-

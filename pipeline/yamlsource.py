@@ -1,4 +1,5 @@
 """YAML with line numbers: parse to plain data plus a map from field path to source line, within fixed bounds."""
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ class HugeInt(int):
 
     def __new__(cls, literal: str) -> HugeInt:
         text = literal.strip().replace("_", "")
-        self = super().__new__(cls, -10**MAX_INT_LITERAL if text.startswith("-") else 10**MAX_INT_LITERAL)
+        self = super().__new__(cls, -(10**MAX_INT_LITERAL) if text.startswith("-") else 10**MAX_INT_LITERAL)
         digits = text.lstrip("+-")
         self.digits = len(digits[2:] if digits[:2].lower() in ("0x", "0o", "0b") else digits)
         return self
@@ -136,15 +137,19 @@ def _prescan(text: str) -> None:
             top.children += 1
         if isinstance(event, yaml.AliasEvent):
             if event.anchor in (o.anchor for o in stack):
-                raise YamlSyntaxError(line, f"YAML alias *{event.anchor} is inside its own anchor &{event.anchor} "
-                                            "(a recursive alias)")
+                raise YamlSyntaxError(
+                    line, f"YAML alias *{event.anchor} is inside its own anchor &{event.anchor} (a recursive alias)"
+                )
             size = sizes.get(event.anchor or "")
             if size is None:
                 continue  # an undefined alias: composing reports it
             added += size
             if added > MAX_ALIAS_VALUES:
-                raise YamlSyntaxError(line, f"YAML aliases expand to more than {MAX_ALIAS_VALUES:,} values "
-                                            f"(at *{event.anchor}); write the values out")
+                raise YamlSyntaxError(
+                    line,
+                    f"YAML aliases expand to more than {MAX_ALIAS_VALUES:,} values "
+                    f"(at *{event.anchor}); write the values out",
+                )
             top.values += size
             total += size
         elif isinstance(event, yaml.ScalarEvent):
@@ -170,8 +175,11 @@ def _prescan(text: str) -> None:
                 sizes[done.anchor] = done.values
         if total > MAX_VALUES:
             flood = max(stack[1:] or stack, key=lambda o: o.children)  # the collection that holds most of them
-            raise YamlSyntaxError(flood.line, f"more than {MAX_VALUES:,} values, far more than a spec holds; "
-                                              "nothing else was checked", flood.path)
+            raise YamlSyntaxError(
+                flood.line,
+                f"more than {MAX_VALUES:,} values, far more than a spec holds; nothing else was checked",
+                flood.path,
+            )
 
 
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap")
@@ -193,7 +201,9 @@ def _build(node: yaml.Node, path: Path_, doc: Document, constructor: yaml.SafeLo
         first_line: dict[Any, int] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                doc.problems.append((key_node.start_mark.line + 1, path, "YAML merge keys ('<<') are not supported in specs"))
+                doc.problems.append(
+                    (key_node.start_mark.line + 1, path, "YAML merge keys ('<<') are not supported in specs")
+                )
                 continue
             key = _scalar(key_node, path, doc, constructor) if isinstance(key_node, yaml.ScalarNode) else None
             line = key_node.start_mark.line + 1
@@ -202,7 +212,14 @@ def _build(node: yaml.Node, path: Path_, doc: Document, constructor: yaml.SafeLo
                 continue
             key = str(key) if not isinstance(key, str) else key
             if key in out:
-                doc.problems.append((line, path + (key,), f"duplicate key (first defined on line {first_line[key]}); YAML would silently keep only the last one"))
+                doc.problems.append(
+                    (
+                        line,
+                        path + (key,),
+                        f"duplicate key (first defined on line {first_line[key]}); "
+                        "YAML would silently keep only the last one",
+                    )
+                )
                 continue
             first_line[key] = line
             doc.lines[path + (key,)] = line
@@ -231,7 +248,9 @@ def _scalar(node: yaml.Node, path: Path_, doc: Document, constructor: yaml.SafeL
         raise YamlSyntaxError(line, f"YAML error: {exc.problem}") from None
     except (ValueError, OverflowError) as exc:  # e.g. a date that does not exist: 2024-13-45
         kind = node.tag.rsplit(":", 1)[-1]
-        raise YamlSyntaxError(line, f"YAML error: cannot read this {kind}: {exc}; quote it to make it a string") from None
+        raise YamlSyntaxError(
+            line, f"YAML error: cannot read this {kind}: {exc}; quote it to make it a string"
+        ) from None
     if node.tag == _FLOAT_TAG and isinstance(value, float) and not math.isfinite(value):
         doc.problems.append((line, path, f"expected a finite number, got {node.value[:20]}"))
     return value

@@ -1,4 +1,5 @@
 """Azurite, the real Azure Storage emulator, started for the tests on 127.0.0.1 and an ephemeral port."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,10 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-                f"BlobEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};")
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};"
+        )
 
 
 def missing() -> str | None:
@@ -48,11 +51,25 @@ def start(folder: Path, timeout: float = 30.0) -> Azurite:
     log = folder / "azurite.log"
     binary = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
     with open(log, "wb") as out:
-        process = subprocess.Popen([str(binary), "--blobHost", "127.0.0.1", "--blobPort", "0",
-                                    "--location", str(folder / "data"), "--skipApiVersionCheck", "--loose",
-                                    "--silent", "--disableTelemetry"],
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [
+                str(binary),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                "0",
+                "--location",
+                str(folder / "data"),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+                "--disableTelemetry",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = LISTENING.search(log.read_bytes())

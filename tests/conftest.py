@@ -1,4 +1,5 @@
 """Shared fixtures: an in-process CLI runner and an isolated project folder with its own state."""
+
 from __future__ import annotations
 
 import io
@@ -47,8 +48,9 @@ def project(tmp_path, monkeypatch):
     """
     root = tmp_path / "project"
     (root / "specs").mkdir(parents=True)
-    shutil.copytree(ROOT / "examples" / "mnist", root / "examples" / "mnist",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "examples" / "mnist", root / "examples" / "mnist", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(ROOT / "specs" / "mnist.yaml", root / "specs" / "mnist.yaml")
     monkeypatch.chdir(root)
     monkeypatch.setenv("PIPELINE_HOME", str(root / ".pipeline"))

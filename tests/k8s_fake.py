@@ -5,6 +5,7 @@ selectors, canonical quantities), a deployment controller and a kubelet whose "c
 scoring host started from the pushed image folder as its Dockerfile lays it out, pod logs and events, and
 the API server's service proxy. Every request is recorded for the tests' assertions.
 """
+
 from __future__ import annotations
 
 import base64
@@ -32,13 +33,19 @@ import yaml
 TOKEN = "fake-cluster-token"
 # (api prefix, plural) -> kind; everything namespaced
 RESOURCES = {
-    ("/api/v1", "configmaps"): "ConfigMap", ("/api/v1", "services"): "Service", ("/api/v1", "secrets"): "Secret",
-    ("/api/v1", "pods"): "Pod", ("/api/v1", "events"): "Event", ("/apis/apps/v1", "deployments"): "Deployment",
+    ("/api/v1", "configmaps"): "ConfigMap",
+    ("/api/v1", "services"): "Service",
+    ("/api/v1", "secrets"): "Secret",
+    ("/api/v1", "pods"): "Pod",
+    ("/api/v1", "events"): "Event",
+    ("/apis/apps/v1", "deployments"): "Deployment",
     ("/apis/autoscaling/v2", "horizontalpodautoscalers"): "HorizontalPodAutoscaler",
     ("/apis/policy/v1", "poddisruptionbudgets"): "PodDisruptionBudget",
 }
-PATH = re.compile(r"^(?P<prefix>/api/v1|/apis/[^/]+/[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
-                  r"(?:/(?P<name>[^/]+)(?:/(?P<sub>log|proxy)(?P<rest>/.*)?)?)?$")
+PATH = re.compile(
+    r"^(?P<prefix>/api/v1|/apis/[^/]+/[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>log|proxy)(?P<rest>/.*)?)?)?$"
+)
 INGRESS = re.compile(r"^/ingress/(?P<ns>[^/]+)/(?P<service>[^/]+)(?P<rest>/.*)?$")  # see FakeCluster.ingress
 GENERATED = ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")  # objects whose spec has a generation
 
@@ -56,7 +63,7 @@ class FakeCluster:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.store: dict[tuple[str, str, str], dict[str, Any]] = {}   # (kind, ns, name) -> object
+        self.store: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, ns, name) -> object
         self.applied: dict[tuple[str, str, str], dict[str, Any]] = {}  # what the manager last applied
         self.namespaces = {"default"}
         self.images: dict[str, Path] = {}
@@ -95,11 +102,18 @@ class FakeCluster:
 
     # -- the test's side -------------------------------------------------------------------------
     def kubeconfig(self, path: Path, context: str = "fake") -> Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": context,
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "ci", "user": {"token": TOKEN}}],
-            "contexts": [{"name": context, "context": {"cluster": "fake", "user": "ci"}}]}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": context,
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "ci", "user": {"token": TOKEN}}],
+                    "contexts": [{"name": context, "context": {"cluster": "fake", "user": "ci"}}],
+                }
+            )
+        )
         return path
 
     def ingress(self, service: str, namespace: str = "default") -> str:
@@ -181,10 +195,23 @@ class FakeCluster:
                     return self._status(h, 404, "NotFound", f'{match["plural"]} "{name}" not found')
                 return self._json(h, 200, obj)
             if method == "GET":
-                items = [o for (k, n, _), o in sorted(self.store.items()) if k == kind and n == ns
-                         and _selected(o, query.get("labelSelector", [""])[0], query.get("fieldSelector", [""])[0])]
-                return self._json(h, 200, {"kind": f"{kind}List", "apiVersion": "v1", "items": items,
-                                           "metadata": {"resourceVersion": str(self.version)}})
+                items = [
+                    o
+                    for (k, n, _), o in sorted(self.store.items())
+                    if k == kind
+                    and n == ns
+                    and _selected(o, query.get("labelSelector", [""])[0], query.get("fieldSelector", [""])[0])
+                ]
+                return self._json(
+                    h,
+                    200,
+                    {
+                        "kind": f"{kind}List",
+                        "apiVersion": "v1",
+                        "items": items,
+                        "metadata": {"resourceVersion": str(self.version)},
+                    },
+                )
             if method == "DELETE" and name:
                 if self.store.pop((kind, ns, name), None) is None:
                     return self._status(h, 404, "NotFound", f'{match["plural"]} "{name}" not found')
@@ -197,13 +224,18 @@ class FakeCluster:
                 return self._apply(h, kind, ns, name, query, content_type, body)
         return self._status(h, 405, "MethodNotAllowed", f"{method} is not supported here")
 
-    def _apply(self, h: Any, kind: str, ns: str, name: str, query: dict[str, list[str]], content_type: str,
-               body: Any) -> None:
+    def _apply(
+        self, h: Any, kind: str, ns: str, name: str, query: dict[str, list[str]], content_type: str, body: Any
+    ) -> None:
         if content_type != "application/apply-patch+yaml":
             return self._status(h, 415, "UnsupportedMediaType", f"only server-side apply is faked, got {content_type}")
         if not query.get("fieldManager"):
-            return self._status(h, 400, "BadRequest", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: "
-                                "Required value: is required for apply patch")
+            return self._status(
+                h,
+                400,
+                "BadRequest",
+                'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+            )
         if not isinstance(body, dict) or body.get("kind") != kind or (body.get("metadata") or {}).get("name") != name:
             return self._status(h, 400, "BadRequest", "the body's kind and name must match the path")
         if (body["metadata"].get("namespace") or ns) != ns:
@@ -212,9 +244,14 @@ class FakeCluster:
         live = self.store.get(key)
         applied = _canonical(copy.deepcopy(body))
         if live and kind == "Deployment" and live["spec"]["selector"] != applied["spec"]["selector"]:
-            return self._status(h, 422, "Invalid", f'Deployment.apps "{name}" is invalid: spec.selector: '
-                                f'Invalid value: {json.dumps(applied["spec"]["selector"])}: field is immutable',
-                                [{"field": "spec.selector", "message": "field is immutable"}])
+            return self._status(
+                h,
+                422,
+                "Invalid",
+                f'Deployment.apps "{name}" is invalid: spec.selector: '
+                f"Invalid value: {json.dumps(applied['spec']['selector'])}: field is immutable",
+                [{"field": "spec.selector", "message": "field is immutable"}],
+            )
         if live and self.applied.get(key) == applied:
             return self._json(h, 200, live)  # nothing changed: same resourceVersion, as the real server answers
         new = copy.deepcopy(applied)
@@ -262,21 +299,39 @@ class FakeCluster:
             return self._status(h, 401, "Unauthorized", "Unauthorized")
         self._forward(h, method, match["ns"], match["name"].split(":")[0], match["rest"], raw, headers, False)
 
-    def _forward(self, h: Any, method: str, ns: str, service_name: str, rest: str | None, raw: bytes,
-                 headers: dict[str, str], keep_auth: bool) -> None:
+    def _forward(
+        self,
+        h: Any,
+        method: str,
+        ns: str,
+        service_name: str,
+        rest: str | None,
+        raw: bytes,
+        headers: dict[str, str],
+        keep_auth: bool,
+    ) -> None:
         with self.lock:
             service = self.store.get(("Service", ns, service_name))
             selector = ",".join(f"{a}={b}" for a, b in service["spec"]["selector"].items()) if service else ""
-            ready = [self.ports[k[2]] for k, pod in self.store.items() if k[0] == "Pod" and k[1] == ns
-                     and service and _selected(pod, selector, "") and k[2] in self.ports and _ready(pod)]
+            ready = [
+                self.ports[k[2]]
+                for k, pod in self.store.items()
+                if k[0] == "Pod"
+                and k[1] == ns
+                and service
+                and _selected(pod, selector, "")
+                and k[2] in self.ports
+                and _ready(pod)
+            ]
         if not service:
             return self._status(h, 404, "NotFound", f'services "{service_name}" not found')
         if not ready:
             return self._status(h, 503, "ServiceUnavailable", f'no endpoints available for service "{service_name}"')
         dropped = ("host", "content-length") if keep_auth else ("authorization", "host", "content-length")
         forward = {k: v for k, v in headers.items() if k not in dropped}
-        request = urllib.request.Request(f"http://127.0.0.1:{ready[0]}{rest or '/'}", data=raw or None,
-                                         headers=forward, method=method)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ready[0]}{rest or '/'}", data=raw or None, headers=forward, method=method
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 status, data, ctype = response.status, response.read(), response.headers.get("Content-Type", "")
@@ -297,8 +352,14 @@ class FakeCluster:
         h.wfile.write(data)
 
     def _status(self, h: Any, code: int, reason: str, message: str, causes: list[dict[str, str]] | None = None) -> None:
-        body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "status": "Failure" if code >= 400 else "Success",
-                                "message": message, "reason": reason, "code": code}
+        body: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure" if code >= 400 else "Success",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        }
         if causes:
             body["details"] = {"causes": causes}
         self._json(h, code, body)
@@ -321,23 +382,47 @@ class FakeCluster:
         revision = _short(json.dumps(template, sort_keys=True))
         wanted = deployment["spec"].get("replicas", 1)
         with self.lock:
-            hpa = next((o for k, o in self.store.items() if k[0] == "HorizontalPodAutoscaler" and k[1] == ns
-                        and o["spec"]["scaleTargetRef"]["name"] == name), None)
+            hpa = next(
+                (
+                    o
+                    for k, o in self.store.items()
+                    if k[0] == "HorizontalPodAutoscaler" and k[1] == ns and o["spec"]["scaleTargetRef"]["name"] == name
+                ),
+                None,
+            )
             if hpa and "replicas" not in self.applied.get(key, {}).get("spec", {}):
                 wanted = hpa["spec"].get("minReplicas", 1)  # the autoscaler owns the count
                 deployment["spec"]["replicas"] = wanted
-            pods = {k[2]: o for k, o in self.store.items() if k[0] == "Pod" and k[1] == ns
-                    and o["metadata"]["labels"].get("pod-template-hash") is not None
-                    and _owner(o) == name}
+            pods = {
+                k[2]: o
+                for k, o in self.store.items()
+                if k[0] == "Pod"
+                and k[1] == ns
+                and o["metadata"]["labels"].get("pod-template-hash") is not None
+                and _owner(o) == name
+            }
             new = {n: p for n, p in pods.items() if p["metadata"]["labels"]["pod-template-hash"] == revision}
             for index in range(len(new), wanted):
                 pod_name = f"{name}-{revision}-{index}"
-                pod = {"apiVersion": "v1", "kind": "Pod",
-                       "metadata": {"name": pod_name, "namespace": ns,  # owned directly, no ReplicaSet in between
-                                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
-                                                         "uid": deployment["metadata"]["uid"]}],
-                                    "labels": {**template["metadata"]["labels"], "pod-template-hash": revision}},
-                       "spec": copy.deepcopy(template["spec"]), "status": {"phase": "Pending"}}
+                pod = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": pod_name,
+                        "namespace": ns,  # owned directly, no ReplicaSet in between
+                        "ownerReferences": [
+                            {
+                                "apiVersion": "apps/v1",
+                                "kind": "Deployment",
+                                "name": name,
+                                "uid": deployment["metadata"]["uid"],
+                            }
+                        ],
+                        "labels": {**template["metadata"]["labels"], "pod-template-hash": revision},
+                    },
+                    "spec": copy.deepcopy(template["spec"]),
+                    "status": {"phase": "Pending"},
+                }
                 self.store[("Pod", ns, pod_name)] = pod
                 new[pod_name] = pod
                 self._start(pod, ns)
@@ -351,10 +436,17 @@ class FakeCluster:
                 old = []
             available = ready_new + len(old)
             progress = "NewReplicaSetAvailable" if ready_new >= wanted else "ReplicaSetUpdated"
-            status = {"observedGeneration": generation, "replicas": len(new) + len(old), "updatedReplicas": len(new),
-                      "readyReplicas": available, "availableReplicas": available,
-                      "conditions": [{"type": "Available", "status": "True" if available >= wanted else "False"},
-                                     {"type": "Progressing", "status": "True", "reason": progress}]}
+            status = {
+                "observedGeneration": generation,
+                "replicas": len(new) + len(old),
+                "updatedReplicas": len(new),
+                "readyReplicas": available,
+                "availableReplicas": available,
+                "conditions": [
+                    {"type": "Available", "status": "True" if available >= wanted else "False"},
+                    {"type": "Progressing", "status": "True", "reason": progress},
+                ],
+            }
             live = self.store.get(key)
             if live is not None and live.get("status") != status:
                 live["status"] = status
@@ -387,29 +479,58 @@ class FakeCluster:
         run.write_text(json.dumps(config))
         log = open(self.root / "pods" / name / "log.txt", "wb")  # noqa: SIM115  the child keeps it; closed below
         env = {**os.environ, "PYTHONPATH": str(rootfs / "app"), "PYTHONDONTWRITEBYTECODE": "1"}
-        self.hosts[name] = subprocess.Popen([sys.executable, "-m", "pipeline.serve", str(run)], cwd=rootfs / "app",
-                                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.hosts[name] = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serve", str(run)],
+            cwd=rootfs / "app",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
 
     def _kubelet(self, pod: dict[str, Any], ns: str) -> None:
         name, image = pod["metadata"]["name"], pod["spec"]["containers"][0]["image"]
         if image not in self.images:
             message = f'Back-off pulling image "{image}"'
-            pod["status"] = {"phase": "Pending", "containerStatuses": [{"name": "score", "image": image, "ready": False,
-                             "state": {"waiting": {"reason": "ImagePullBackOff", "message": message}}}]}
+            pod["status"] = {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "name": "score",
+                        "image": image,
+                        "ready": False,
+                        "state": {"waiting": {"reason": "ImagePullBackOff", "message": message}},
+                    }
+                ],
+            }
             event = ("Event", ns, f"{name}.pull")
             if event not in self.store:
-                self.store[event] = {"kind": "Event", "metadata": {"name": event[2], "namespace": ns},
-                                     "involvedObject": {"kind": "Pod", "name": name}, "type": "Warning",
-                                     "reason": "Failed", "lastTimestamp": _now(),
-                                     "message": f'Failed to pull image "{image}": not found'}
+                self.store[event] = {
+                    "kind": "Event",
+                    "metadata": {"name": event[2], "namespace": ns},
+                    "involvedObject": {"kind": "Pod", "name": name},
+                    "type": "Warning",
+                    "reason": "Failed",
+                    "lastTimestamp": _now(),
+                    "message": f'Failed to pull image "{image}": not found',
+                }
             return
         host = self.hosts.get(name)
         if host is None or name in self.ports:
             return
         if host.poll() is not None:
-            pod["status"] = {"phase": "Running", "containerStatuses": [{"name": "score", "image": image, "ready": False,
-                             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting"}}}]}
+            pod["status"] = {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": "score",
+                        "image": image,
+                        "ready": False,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting"}},
+                    }
+                ],
+            }
             return
         ready = self.root / "pods" / name / "rootfs" / "tmp" / "ready.json"
         try:
@@ -420,9 +541,13 @@ class FakeCluster:
             healthy = False
         if healthy:
             self.ports[name] = port
-            pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
-                             "containerStatuses": [{"name": "score", "image": image, "ready": True,
-                                                    "state": {"running": {"startedAt": _now()}}}]}
+            pod["status"] = {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [
+                    {"name": "score", "image": image, "ready": True, "state": {"running": {"startedAt": _now()}}}
+                ],
+            }
 
     def _delete_pod(self, key: tuple[str, str, str]) -> None:
         self.store.pop(key, None)
@@ -459,7 +584,7 @@ def _build(folder: Path, rootfs: Path) -> None:
     for line in (folder / "Dockerfile").read_text().splitlines():
         if not line.startswith("COPY "):
             continue
-        args = json.loads(line[line.index("["):])
+        args = json.loads(line[line.index("[") :])
         *sources, dest = args
         for source in sources:
             src = folder / source

@@ -18,8 +18,11 @@ import pytest
 from tests.conftest import ROOT
 
 INSIDE = os.environ.get("PIPELINE_TEST_NETNS") == "1"
-inside_only = pytest.mark.skipif(not INSIDE, reason="runs inside a loopback-only network namespace, started by "
-                                 "the module's *_in_a_loopback_only_network_namespace test")
+inside_only = pytest.mark.skipif(
+    not INSIDE,
+    reason="runs inside a loopback-only network namespace, started by "
+    "the module's *_in_a_loopback_only_network_namespace test",
+)
 
 
 def problem() -> str | None:
@@ -38,14 +41,33 @@ def rerun_inside(module: str, select: str, timeout_s: float = 1200) -> str:
     why = problem()
     if why:
         pytest.skip(why)
-    inner = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-o", "addopts=",
-             str(Path(module).resolve().relative_to(ROOT)), "-k", select]
+    inner = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-s",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        str(Path(module).resolve().relative_to(ROOT)),
+        "-k",
+        select,
+    ]
     script = "ip link set lo up && exec " + " ".join(f"'{a}'" for a in inner)
-    result = subprocess.run(["unshare", "--net", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PIPELINE_TEST_NETNS": "1"}, timeout=timeout_s)
+    result = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PIPELINE_TEST_NETNS": "1"},
+        timeout=timeout_s,
+    )
     print(result.stdout[-20000:], result.stderr[-5000:])
-    assert result.returncode == 0, f"the tests inside the namespace failed:\n{result.stdout[-8000:]}\n" \
-                                   f"{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"the tests inside the namespace failed:\n{result.stdout[-8000:]}\n{result.stderr[-3000:]}"
+    )
     last = result.stdout.strip().splitlines()[-1]
     assert " passed" in last and "skipped" not in last, last  # every inner test ran
     return result.stdout

@@ -1,4 +1,5 @@
 """The Python API (pipeline.load, Pipeline, RunResult, Service) on a real project and a real local service."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 def test_importing_pipeline_loads_nothing_heavy() -> None:
-    probe = ("import sys, pipeline; assert callable(pipeline.load); "
-             "print(sorted(m for m in ('numpy', 'matplotlib', 'jinja2', 'sklearn', 'IPython') if m in sys.modules))")
+    probe = (
+        "import sys, pipeline; assert callable(pipeline.load); "
+        "print(sorted(m for m in ('numpy', 'matplotlib', 'jinja2', 'sklearn', 'IPython') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -185,5 +188,8 @@ def test_in_a_kernel_the_run_s_lines_and_progress_update_one_output_area(monkeyp
     console.progress("evaluate: 1,000 of 1,000 rows")  # within a tenth of a second: kept for the next update
     console.print("evaluate  ran")
     console.clear_progress()
-    assert sent == [("display", "evaluate: 500 of 1,000 rows"),
-                    ("update", "evaluate  ran\nevaluate: 1,000 of 1,000 rows"), ("update", "evaluate  ran")]
+    assert sent == [
+        ("display", "evaluate: 500 of 1,000 rows"),
+        ("update", "evaluate  ran\nevaluate: 1,000 of 1,000 rows"),
+        ("update", "evaluate  ran"),
+    ]

@@ -1,4 +1,5 @@
 """The azureblob backend against Azurite, the real Azure Storage emulator: ETags, leases, damage, errors."""
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,11 @@ def test_the_lease_names_its_holder_and_is_released(shared_state: str, tmp_path:
     backend = _backend(shared_state)
     lock = backend.try_lock(NAME, base.Holder.me("run specs/mnist.yaml"))
     try:
-        with pytest.raises(StateLocked, match=rf"locked by another run \(pid {os.getpid()}, `run specs/mnist.yaml`, "
-                                              rf"on host {socket.gethostname()} since .*\) in azureblob://") as err:
+        with pytest.raises(
+            StateLocked,
+            match=rf"locked by another run \(pid {os.getpid()}, `run specs/mnist.yaml`, "
+            rf"on host {socket.gethostname()} since .*\) in azureblob://",
+        ) as err:
             _backend(shared_state).try_lock(NAME, base.Holder.me("run again"))
         assert err.value.holder.command == "run specs/mnist.yaml"
         info = backend.inspect(NAME)
@@ -90,21 +94,27 @@ def test_the_lease_names_its_holder_and_is_released(shared_state: str, tmp_path:
     finally:
         lock.release()
     assert backend.inspect(NAME).to_dict() == {"locked": False, "holder": None, "detail": "not locked"}
-    assert _blob(shared_state, ".lock").download_blob().readall() == b""   # a free lock names nobody
+    assert _blob(shared_state, ".lock").download_blob().readall() == b""  # a free lock names nobody
     backend.try_lock(NAME, base.Holder.me("next run")).release()
 
 
 def test_the_document_suggests_force_unlock_with_the_spec(shared_state: str, tmp_path: Path) -> None:
     holder = _doc(shared_state, tmp_path, "a")
-    with holder.locked("run specs/mnist.yaml"):
-        with pytest.raises(StateLocked, match=r"its lease expires by itself, or `python -m pipeline force-unlock "
-                                              r"specs/mnist.yaml` breaks it now"):
-            with _doc(shared_state, tmp_path, "b").locked("run specs/mnist.yaml"):
-                pass
+    with (
+        holder.locked("run specs/mnist.yaml"),
+        pytest.raises(
+            StateLocked,
+            match=r"its lease expires by itself, or `python -m pipeline force-unlock "
+            r"specs/mnist.yaml` breaks it now",
+        ),
+        _doc(shared_state, tmp_path, "b").locked("run specs/mnist.yaml"),
+    ):
+        pass
 
 
-def test_force_unlock_breaks_the_lease_and_the_old_holder_can_no_longer_write(shared_state: str,
-                                                                             tmp_path: Path) -> None:
+def test_force_unlock_breaks_the_lease_and_the_old_holder_can_no_longer_write(
+    shared_state: str, tmp_path: Path
+) -> None:
     doc = _doc(shared_state, tmp_path)
     doc.load()
     with doc.locked("run specs/mnist.yaml"):
@@ -113,10 +123,12 @@ def test_force_unlock_breaks_the_lease_and_the_old_holder_can_no_longer_write(sh
         assert broken is not None and broken.pid == os.getpid() and broken.command == "run specs/mnist.yaml"
         info = _backend(shared_state).inspect(NAME)
         assert not info.locked and "was broken" in info.detail
-        with pytest.raises(StateError, match="the lock on .*sklearn-mnist-svc.lock was lost .*nothing more is written"):
+        with pytest.raises(
+            StateError, match=r"the lock on .*sklearn-mnist-svc\.lock was lost .*nothing more is written"
+        ):
             doc.save(empty() | {"history": [{"at": 2.0, "command": "late", "stages": [], "ok": True}]})
     assert json.loads(_backend(shared_state).read(NAME)[0])["history"] == []
-    assert _backend(shared_state).force_unlock(NAME) is None   # nothing to break now
+    assert _backend(shared_state).force_unlock(NAME) is None  # nothing to break now
     _backend(shared_state).try_lock(NAME, base.Holder.me("after")).release()
 
 
@@ -150,7 +162,7 @@ def test_a_damaged_blob_is_a_clear_error_and_nothing_is_overwritten(shared_state
         assert "Traceback" not in result.err
     props = blob.get_blob_properties()
     assert props.etag == etag and blob.download_blob().readall() == damaged
-    assert _backend(shared_state).inspect(NAME).locked is False   # run and delete released the lock they took
+    assert _backend(shared_state).inspect(NAME).locked is False  # run and delete released the lock they took
 
 
 def test_cli_errors_name_the_backend(run_cli, project, azurite, monkeypatch) -> None:
@@ -159,10 +171,12 @@ def test_cli_errors_name_the_backend(run_cli, project, azurite, monkeypatch) -> 
     wrong = run_cli("plan", SPEC, "--state", "azureblob://devstoreaccount1/state/ci")
     assert wrong.code == 1
     assert "is for storage account 'other1', but the state URL names 'devstoreaccount1'" in wrong.err
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection.replace("Eby8", "Xby8"))   # a wrong key
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection.replace("Eby8", "Xby8"))  # a wrong key
     denied = run_cli("status", SPEC, "--state", "azureblob://devstoreaccount1/state/ci")
-    assert denied.code == 1 and "not allowed to read azureblob://devstoreaccount1/state/ci/sklearn-mnist-svc.json: " \
-                                "HTTP 403" in denied.err
+    assert (
+        denied.code == 1
+        and "not allowed to read azureblob://devstoreaccount1/state/ci/sklearn-mnist-svc.json: HTTP 403" in denied.err
+    )
     bad = run_cli("plan", SPEC, "--state", "azureblob://devstoreaccount1/st/ci")
     assert bad.code == 2 and "container 'st' must be 3-63" in bad.err
     for result in (wrong, denied, bad):
@@ -171,11 +185,16 @@ def test_cli_errors_name_the_backend(run_cli, project, azurite, monkeypatch) -> 
 
 @pytest.mark.slow
 def test_an_unreachable_backend_is_named_in_seconds(run_cli, project, azurite, monkeypatch) -> None:
-    with socket.socket() as s:   # a port nothing listens on
+    with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
-                       azurite.connection_string.replace(str(azurite.port), str(port)))
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string.replace(str(azurite.port), str(port))
+    )
     result = run_cli("plan", SPEC, "--state", "azureblob://devstoreaccount1/state/ci")
-    assert result.code == 1 and "cannot reach the state backend to read azureblob://devstoreaccount1/state/ci/" \
-                                "sklearn-mnist-svc.json: [Errno 111] Connection refused" in result.err
+    assert (
+        result.code == 1
+        and "cannot reach the state backend to read azureblob://devstoreaccount1/state/ci/"
+        "sklearn-mnist-svc.json: [Errno 111] Connection refused"
+        in result.err
+    )

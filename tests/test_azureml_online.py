@@ -1,4 +1,5 @@
 """Target azureml-online: YAML azure-ai-ml's own loaders accept, and the real SDK against a fake Azure at HTTP."""
+
 from __future__ import annotations
 
 import http.server
@@ -46,7 +47,12 @@ def scoring_server():
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
-            seen.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": self.rfile.read(int(self.headers["Content-Length"]))})
+            seen.append(
+                {
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "body": self.rfile.read(int(self.headers["Content-Length"])),
+                }
+            )
             self.send_response(200)
             self.send_header("Content-Length", "6")
             self.end_headers()
@@ -84,8 +90,15 @@ def build(spec: specs.Spec, tmp_path: Path) -> Path:
 
 
 def request(spec: specs.Spec, tmp_path: Path) -> DeployRequest:
-    return DeployRequest(spec=spec, build_dir=build(spec, tmp_path), model_path=MODEL, model_dir=MODEL.parent,
-                         service_dir=tmp_path / "service", previous=None, console=Console(quiet=True))
+    return DeployRequest(
+        spec=spec,
+        build_dir=build(spec, tmp_path),
+        model_path=MODEL,
+        model_dir=MODEL.parent,
+        service_dir=tmp_path / "service",
+        previous=None,
+        console=Console(quiet=True),
+    )
 
 
 # -- offline: render, and the SDK's loaders accept it ---------------------------------------------------
@@ -121,12 +134,25 @@ def test_extra_pip_packages_are_the_inference_server(tmp_path):
     assert OnlineTarget().extra_pip_packages(load(tmp_path)) == ["azureml-inference-server-http"]
 
 
-@pytest.mark.parametrize("cores, memory, expected", [
-    (1, 1, "Standard_DS1_v2"), (0.5, 0.5, "Standard_DS1_v2"), (1, 3.5, "Standard_DS1_v2"), (1, 4, "Standard_F2s_v2"),
-    (2, 4, "Standard_F2s_v2"), (2, 6, "Standard_DS2_v2"), (2, 12, "Standard_E2s_v3"), (3, 8, "Standard_F4s_v2"),
-    (4, 14, "Standard_DS3_v2"), (8, 28, "Standard_DS4_v2"), (16, 100, "Standard_E16s_v3"), (64, 432, "Standard_E64s_v3"),
-    (64, 500, None), (1, 1024, None),
-])
+@pytest.mark.parametrize(
+    "cores, memory, expected",
+    [
+        (1, 1, "Standard_DS1_v2"),
+        (0.5, 0.5, "Standard_DS1_v2"),
+        (1, 3.5, "Standard_DS1_v2"),
+        (1, 4, "Standard_F2s_v2"),
+        (2, 4, "Standard_F2s_v2"),
+        (2, 6, "Standard_DS2_v2"),
+        (2, 12, "Standard_E2s_v3"),
+        (3, 8, "Standard_F4s_v2"),
+        (4, 14, "Standard_DS3_v2"),
+        (8, 28, "Standard_DS4_v2"),
+        (16, 100, "Standard_E16s_v3"),
+        (64, 432, "Standard_E64s_v3"),
+        (64, 500, None),
+        (1, 1024, None),
+    ],
+)
 def test_instance_type_table(cores, memory, expected):
     assert common.choose_instance_type(cores, memory) == expected
 
@@ -142,10 +168,18 @@ def test_instance_type_from_the_table_and_from_the_spec(tmp_path):
 
 
 def test_registry_model_and_token_auth_render_as_azureml_references(tmp_path):
-    spec = load(tmp_path, {SOURCE: "  source: {registry: azureml, file: sklearn_mnist_model.pkl}",
-                           "  auth: true ": "  auth: false ", "    replicas: 1": "    replicas: 1\n    token_auth: true"})
+    spec = load(
+        tmp_path,
+        {
+            SOURCE: "  source: {registry: azureml, file: sklearn_mnist_model.pkl}",
+            "  auth: true ": "  auth: false ",
+            "    replicas: 1": "    replicas: 1\n    token_auth: true",
+        },
+    )
     folder = build(spec, tmp_path)
-    assert 'model: "azureml:sklearn_mnist:1"' in (folder / "deployment.yml").read_text()  # v2's Model(ws, name, version)
+    assert (
+        'model: "azureml:sklearn_mnist:1"' in (folder / "deployment.yml").read_text()
+    )  # v2's Model(ws, name, version)
     deployment = load_online_deployment(source=str(folder / "deployment.yml"))
     assert deployment.model == "sklearn_mnist:1"  # the loader keeps the reference, minus its azureml: prefix
     assert load_online_endpoint(source=str(folder / "endpoint.yml")).auth_mode == "aml_token"
@@ -155,23 +189,31 @@ def test_render_turns_sdk_validation_errors_into_a_render_error(tmp_path):
     own = tmp_path / "specs" / "mytemplates" / "azureml"
     own.mkdir(parents=True)
     template = (ROOT / "templates" / "azureml" / "deployment.yml.j2").read_text()
-    (own / "deployment.yml.j2").write_text(template.replace("instance_count: {{ azureml.instance_count|yaml }}",
-                                                            'instance_count: "many"\nreplicas: 2'))
+    (own / "deployment.yml.j2").write_text(
+        template.replace("instance_count: {{ azureml.instance_count|yaml }}", 'instance_count: "many"\nreplicas: 2')
+    )
     spec = load(tmp_path, {"description: Predict": "templates: mytemplates\ndescription: Predict"})
     with pytest.raises(RenderError) as caught:
         render.render_all(spec)
-    assert str(caught.value) == ("rendered deployment.yml is not accepted by azure-ai-ml: "
-                                 "instance_count: Not a valid integer.; replicas: Unknown field.")
+    assert str(caught.value) == (
+        "rendered deployment.yml is not accepted by azure-ai-ml: "
+        "instance_count: Not a valid integer.; replicas: Unknown field."
+    )
 
 
 def test_spec_rules_reject_what_endpoints_reject(tmp_path):
-    path = write_spec(tmp_path / "specs", SPEC, {
-        "  auth: true ": "  auth: false ",
-        "tags: {data: MNIST, method: sklearn}": "tags: {data: MNIST, 'a/b': sklearn}",
-        "cpu_cores: 1": "cpu_cores: 64", "memory_gb: 1": "memory_gb: 512",
-        "request_timeout_ms: 5000": "request_timeout_ms: 200000",
-        "    replicas: 1": "    replicas: 1\n    autoscale: {max_replicas: 3}",
-    })
+    path = write_spec(
+        tmp_path / "specs",
+        SPEC,
+        {
+            "  auth: true ": "  auth: false ",
+            "tags: {data: MNIST, method: sklearn}": "tags: {data: MNIST, 'a/b': sklearn}",
+            "cpu_cores: 1": "cpu_cores: 64",
+            "memory_gb: 1": "memory_gb: 512",
+            "request_timeout_ms: 5000": "request_timeout_ms: 200000",
+            "    replicas: 1": "    replicas: 1\n    autoscale: {max_replicas: 3}",
+        },
+    )
     lines = path.read_text().splitlines()
 
     def at(text: str) -> int:
@@ -180,16 +222,19 @@ def test_spec_rules_reject_what_endpoints_reject(tmp_path):
     shown = specs.display_path(path)
     with pytest.raises(SpecError) as caught:
         specs.load(path)
-    assert caught.value.messages == sorted([
-        f"{shown}:{at('tags:')}: tags.a/b: Azure rejects tag names containing /",
-        f"{shown}:{at('cpu_cores:')}: deploy.cpu_cores: no VM size in the instance_type table has 64 cores and 512 GB; "
-        "set deploy.azureml.instance_type",
-        f"{shown}:{at('  auth:')}: deploy.auth: managed online endpoints always authenticate: set deploy.auth: true "
-        "(key auth) or deploy.azureml.token_auth: true (Azure ML tokens)",
-        f"{shown}:{at('request_timeout_ms:')}: deploy.request_timeout_ms: managed online endpoints allow at most "
-        "180000 ms, got 200000",
-        f"{shown}:{at('autoscale:')}: deploy.azureml.autoscale: not used by target 'azureml-online'",
-    ], key=lambda m: int(m.split(":")[1]))
+    assert caught.value.messages == sorted(
+        [
+            f"{shown}:{at('tags:')}: tags.a/b: Azure rejects tag names containing /",
+            f"{shown}:{at('cpu_cores:')}: deploy.cpu_cores: no VM size in the instance_type table has 64 cores and 512 GB; "
+            "set deploy.azureml.instance_type",
+            f"{shown}:{at('  auth:')}: deploy.auth: managed online endpoints always authenticate: set deploy.auth: true "
+            "(key auth) or deploy.azureml.token_auth: true (Azure ML tokens)",
+            f"{shown}:{at('request_timeout_ms:')}: deploy.request_timeout_ms: managed online endpoints allow at most "
+            "180000 ms, got 200000",
+            f"{shown}:{at('autoscale:')}: deploy.azureml.autoscale: not used by target 'azureml-online'",
+        ],
+        key=lambda m: int(m.split(":")[1]),
+    )
 
 
 # -- deploy, at the wire: the real azure-ai-ml against tests/fake_azure.py --------------------------------
@@ -199,8 +244,10 @@ DEPLOYMENT = rf"{ENDPOINT}/deployments/blue"
 
 def wired(tmp_path: Path, fake_azure, replace: dict[str, str] | None = None) -> specs.Spec:
     """specs/mnist-online.yaml for the fake workspace: its config.json named in deploy.azureml.workspace_config."""
-    return load(tmp_path, {"    replicas: 1": f"    replicas: 1\n    workspace_config: {fake_azure.config_file}",
-                           **(replace or {})})
+    return load(
+        tmp_path,
+        {"    replicas: 1": f"    replicas: 1\n    workspace_config: {fake_azure.config_file}", **(replace or {})},
+    )
 
 
 def puts(fake_azure, path: str) -> list:
@@ -228,8 +275,11 @@ def test_deploy_at_the_wire_creates_endpoint_uploads_deploys_then_routes_traffic
     # the code: the rendered build folder, uploaded to the blob container the workspace handed out
     [code] = [c.json for c in fake_azure.requests_to("PUT", r"/codes/[^/]+/versions/1$")]
     assert props["codeConfiguration"]["codeId"].lower().startswith(f"{fake.WS_PATH}/codes/".lower())
-    uploaded = {key.split("/", 1)[1]: data for key, data in fake_azure.blobs.items()
-                if code["properties"]["codeUri"].endswith(key.split("/", 1)[0] + "/build")}
+    uploaded = {
+        key.split("/", 1)[1]: data
+        for key, data in fake_azure.blobs.items()
+        if code["properties"]["codeUri"].endswith(key.split("/", 1)[0] + "/build")
+    }
     assert uploaded["build/score.py"] == (req.build_dir / "score.py").read_bytes()
     # the model: the fetched, verified file, uploaded to the default datastore as an anonymous model version
     [model] = fake_azure.requests_to("PUT", r"/models/[^/]+/versions/1$")
@@ -244,17 +294,27 @@ def test_deploy_at_the_wire_creates_endpoint_uploads_deploys_then_routes_traffic
     assert len(fake_azure.requests_to("POST", r"/onlineEndpoints/sklearn-mnist-online/listKeys$")) == 1
     keys_now = fake_azure.resources[ENDPOINT.lower()]["_keys"]
     assert record.to_dict() == {
-        "target": "azureml-online", "endpoint": "sklearn-mnist-online", "deployment": "blue",
+        "target": "azureml-online",
+        "endpoint": "sklearn-mnist-online",
+        "deployment": "blue",
         "workspace": {"name": "mlws", "resource_group": "ml-rg", "subscription_id": fake.SUBSCRIPTION},
         "workspace_config": str(fake_azure.config_file),
         "scoring_uri": "https://sklearn-mnist-online.westeurope.inference.ml.azure.com/score",
         "swagger_uri": "https://sklearn-mnist-online.westeurope.inference.ml.azure.com/swagger.json",
-        "state": "Succeeded", "auth_mode": "key", "auth": True,
-        "model_id": props["model"], "model_sha256": spec.model.sha256,
-        "instance_type": "Standard_DS1_v2", "instance_count": 1, "traffic": {"blue": 100},
-        "tags": {"data": "MNIST", "method": "sklearn"}, "description": "Predict MNIST with sklearn",
+        "state": "Succeeded",
+        "auth_mode": "key",
+        "auth": True,
+        "model_id": props["model"],
+        "model_sha256": spec.model.sha256,
+        "instance_type": "Standard_DS1_v2",
+        "instance_count": 1,
+        "traffic": {"blue": 100},
+        "tags": {"data": "MNIST", "method": "sklearn"},
+        "description": "Predict MNIST with sklearn",
     }
-    assert type(record.to_dict()["state"]) is str  # not the SDK's str enum: json, messages and comparisons see 'Succeeded'
+    assert (
+        type(record.to_dict()["state"]) is str
+    )  # not the SDK's str enum: json, messages and comparisons see 'Succeeded'
     path = req.service_dir / "keys.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert json.loads(path.read_text()) == {"primary": keys_now["primaryKey"], "secondary": keys_now["secondaryKey"]}
@@ -272,8 +332,10 @@ def test_deploy_at_the_wire_prints_nothing_on_stdout_and_logs_what_the_sdk_said(
 
 def test_deploy_at_the_wire_failed_shows_azures_error_and_the_log_tail(tmp_path, fake_azure):
     logs = "".join(f"log line {i}\n" for i in range(100)) + "ModuleNotFoundError: No module named 'sklearn'\n"
-    error = {"code": "BadArgument", "message": "Deployment failed: the container crashed on startup. "
-                                               "Please see troubleshooting guide."}
+    error = {
+        "code": "BadArgument",
+        "message": "Deployment failed: the container crashed on startup. Please see troubleshooting guide.",
+    }
     fake_azure.outcomes.append(fake.Outcome(state="Failed", error=error, logs=logs))
     req = request(wired(tmp_path, fake_azure), tmp_path)
     with pytest.raises(TargetError) as caught:
@@ -288,8 +350,10 @@ def test_deploy_at_the_wire_failed_shows_azures_error_and_the_log_tail(tmp_path,
     assert not fake_azure.requests_to("POST", r"/listKeys$")  # no traffic, no keys
     assert [b["properties"]["traffic"] for b in puts(fake_azure, ENDPOINT)] == [{}]
     # the endpoint was made for this deployment alone: a failed first deploy leaves nothing behind
-    assert message.endswith(f"(deleted endpoint sklearn-mnist-online, made for it)\n"
-                            f"(everything the SDK printed is in {req.service_dir / common.SDK_LOG})")
+    assert message.endswith(
+        f"(deleted endpoint sklearn-mnist-online, made for it)\n"
+        f"(everything the SDK printed is in {req.service_dir / common.SDK_LOG})"
+    )
     assert not [k for k in fake_azure.resources if k.startswith(ENDPOINT.lower())]
 
 
@@ -313,8 +377,10 @@ def test_deploy_at_the_wire_token_expiring_mid_run_is_renewed(tmp_path, fake_azu
 
 
 def test_deploy_at_the_wire_name_taken_in_the_region(tmp_path, fake_azure):
-    taken = ("Endpoint name sklearn-mnist-online is already in use in region westeurope; endpoint names are unique "
-             "per region: choose another name")
+    taken = (
+        "Endpoint name sklearn-mnist-online is already in use in region westeurope; endpoint names are unique "
+        "per region: choose another name"
+    )
     fake_azure.fail("PUT", ENDPOINT + "$", 409, {"error": {"code": "Conflict", "message": taken}})
     with pytest.raises(TargetError) as caught:
         OnlineTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
@@ -342,8 +408,9 @@ def test_probe_at_the_wire_healthy_and_matching(tmp_path, fake_azure):
     record, spec, _ = deployed(tmp_path, fake_azure)
     live = OnlineTarget().probe(record, spec)
     assert (live.reachable, live.healthy, live.drift) == (True, True, ())
-    assert live.detail == ("endpoint sklearn-mnist-online is Succeeded, deployment blue is Succeeded at "
-                           f"{record.to_dict()['scoring_uri']}")
+    assert live.detail == (
+        f"endpoint sklearn-mnist-online is Succeeded, deployment blue is Succeeded at {record.to_dict()['scoring_uri']}"
+    )
 
 
 def test_probe_at_the_wire_reports_drift(tmp_path, fake_azure):
@@ -352,8 +419,10 @@ def test_probe_at_the_wire_reports_drift(tmp_path, fake_azure):
     fake_azure.resources[DEPLOYMENT.lower()]["sku"]["capacity"] = 3
     live = OnlineTarget().probe(record, spec)
     assert (live.reachable, live.healthy) == (True, False)
-    assert live.drift == ("traffic: live {'blue': 50, 'green': 50}, recorded {'blue': 100}",
-                          "instance_count: live 3, recorded 1")
+    assert live.drift == (
+        "traffic: live {'blue': 50, 'green': 50}, recorded {'blue': 100}",
+        "instance_count: live 3, recorded 1",
+    )
 
 
 def test_probe_at_the_wire_failed_deployment_shows_the_state_by_name(tmp_path, fake_azure):
@@ -368,7 +437,11 @@ def test_probe_at_the_wire_missing_endpoint(tmp_path, fake_azure):
     record, spec, _ = deployed(tmp_path, fake_azure)
     fake_azure.resources = {k: v for k, v in fake_azure.resources.items() if not k.startswith(ENDPOINT.lower())}
     live = OnlineTarget().probe(record, spec)
-    assert (live.reachable, live.healthy, live.drift) == (True, False, ("endpoint: recorded, but missing from the workspace",))
+    assert (live.reachable, live.healthy, live.drift) == (
+        True,
+        False,
+        ("endpoint: recorded, but missing from the workspace",),
+    )
 
 
 def test_probe_at_the_wire_before_the_first_deploy(tmp_path, fake_azure):
@@ -378,13 +451,20 @@ def test_probe_at_the_wire_before_the_first_deploy(tmp_path, fake_azure):
 
 
 def test_probe_at_the_wire_with_a_refused_secret_is_unreachable(tmp_path, fake_azure):
-    fake_azure.fail("POST", r"/oauth2/v2.0/token$", 401, {
-        "error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}, times=10)
+    fake_azure.fail(
+        "POST",
+        r"/oauth2/v2.0/token$",
+        401,
+        {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."},
+        times=10,
+    )
     live = OnlineTarget().probe(None, wired(tmp_path, fake_azure))
     assert (live.reachable, live.healthy) == (False, False)
-    assert live.detail == ("cannot reach the Azure ML workspace: no usable Azure credentials (DefaultAzureCredential found "
-                           "none): run `az login`, or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for "
-                           "a service principal")
+    assert live.detail == (
+        "cannot reach the Azure ML workspace: no usable Azure credentials (DefaultAzureCredential found "
+        "none): run `az login`, or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for "
+        "a service principal"
+    )
     assert not fake_azure.requests_to("GET", r"/onlineEndpoints/")  # no token, no request
 
 
@@ -394,8 +474,10 @@ def test_probe_without_config_json_is_unreachable_with_a_reason(tmp_path, monkey
         pytest.skip("a config.json above the temporary folder would be found")
     live = OnlineTarget().probe(None, load(tmp_path))
     assert (live.reachable, live.healthy) == (False, False)
-    assert live.detail == ("cannot reach the Azure ML workspace: no workspace config.json found in the working folder "
-                           "or its parents (set deploy.azureml.workspace_config)")
+    assert live.detail == (
+        "cannot reach the Azure ML workspace: no workspace config.json found in the working folder "
+        "or its parents (set deploy.azureml.workspace_config)"
+    )
 
 
 def test_missing_sdk_is_a_usage_error_and_an_unreachable_probe(tmp_path, monkeypatch):
@@ -415,11 +497,20 @@ def rec(data: dict) -> ServiceRecord:
     return ServiceRecord.from_dict(data)
 
 
-RECORD = {"target": "azureml-online", "endpoint": "sklearn-mnist-online", "deployment": "blue",
-          "workspace_config": None, "scoring_uri": "https://sklearn-mnist-online.westeurope.inference.ml.azure.com/score",
-          "auth_mode": "key", "auth": True, "model_id": "azureml:/subscriptions/s/models/anon/versions/1",
-          "instance_type": "Standard_DS1_v2", "instance_count": 1, "traffic": {"blue": 100},
-          "tags": {"data": "MNIST", "method": "sklearn"}}
+RECORD = {
+    "target": "azureml-online",
+    "endpoint": "sklearn-mnist-online",
+    "deployment": "blue",
+    "workspace_config": None,
+    "scoring_uri": "https://sklearn-mnist-online.westeurope.inference.ml.azure.com/score",
+    "auth_mode": "key",
+    "auth": True,
+    "model_id": "azureml:/subscriptions/s/models/anon/versions/1",
+    "instance_type": "Standard_DS1_v2",
+    "instance_count": 1,
+    "traffic": {"blue": 100},
+    "tags": {"data": "MNIST", "method": "sklearn"},
+}
 
 
 def test_invoke_posts_with_the_endpoint_key_to_the_deployment(tmp_path, scoring_server):
@@ -434,8 +525,9 @@ def test_invoke_posts_with_the_endpoint_key_to_the_deployment(tmp_path, scoring_
 
 def test_invoke_at_the_wire_aml_token(tmp_path, fake_azure, scoring_server):
     uri, seen = scoring_server
-    record, _, req = deployed(tmp_path, fake_azure, {"  auth: true ": "  auth: false ",
-                                                     "  azureml:\n": "  azureml:\n    token_auth: true\n"})
+    record, _, req = deployed(
+        tmp_path, fake_azure, {"  auth: true ": "  auth: false ", "  azureml:\n": "  azureml:\n    token_auth: true\n"}
+    )
     assert puts(fake_azure, ENDPOINT)[0]["properties"]["authMode"] == "AMLToken"
     assert not (req.service_dir / "keys.json").exists()
     OnlineTarget().invoke(rec({**record.to_dict(), "scoring_uri": uri}), b"{}", timeout=5, service_dir=req.service_dir)
@@ -485,15 +577,22 @@ def test_live_online_deploy_probe_score_delete(tmp_path):
     import secrets
 
     name = f"mnist-live-{secrets.token_hex(4)}"  # endpoint names are unique per Azure region
-    spec = load(tmp_path, {"name: sklearn-mnist-online ": f"name: {name} ",
-                           "    replicas: 1": f"    replicas: 1\n    workspace_config: {config}"})
+    spec = load(
+        tmp_path,
+        {
+            "name: sklearn-mnist-online ": f"name: {name} ",
+            "    replicas: 1": f"    replicas: 1\n    workspace_config: {config}",
+        },
+    )
     target = OnlineTarget()
     req = request(spec, tmp_path)
     record = target.deploy(req)
     try:
         live = target.probe(record, spec)
         assert (live.reachable, live.healthy, live.drift) == (True, True, ()), live
-        reply = target.invoke(record, json.dumps({"data": [[0.0] * 784]}).encode(), timeout=60, service_dir=req.service_dir)
+        reply = target.invoke(
+            record, json.dumps({"data": [[0.0] * 784]}).encode(), timeout=60, service_dir=req.service_dir
+        )
         assert reply.status == 200 and len(json.loads(reply.body)) == 1
         assert target.logs(record, req.service_dir, tail=20).strip()
     finally:
@@ -524,10 +623,18 @@ def test_fetch_registry_model_at_the_wire_with_azure_ai_ml_alone(tmp_path, fake_
     fake_azure.blobs[f"{fake.DATASTORE_CONTAINER}/{path}"] = MODEL.read_bytes()
     version = f"{fake.WS_PATH}/models/sklearn_mnist/versions/1"
     fake_azure.resources[version.lower()] = {
-        "id": version, "name": "1", "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
-        "properties": {"modelType": "custom_model", "flavors": {}, "tags": {}, "properties": {},
-                       "modelUri": f"azureml://subscriptions/{fake.SUBSCRIPTION}/resourcegroups/{fake.RESOURCE_GROUP}/"
-                                   f"workspaces/{fake.WORKSPACE}/datastores/workspaceblobstore/paths/{path}"}}
+        "id": version,
+        "name": "1",
+        "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
+        "properties": {
+            "modelType": "custom_model",
+            "flavors": {},
+            "tags": {},
+            "properties": {},
+            "modelUri": f"azureml://subscriptions/{fake.SUBSCRIPTION}/resourcegroups/{fake.RESOURCE_GROUP}/"
+            f"workspaces/{fake.WORKSPACE}/datastores/workspaceblobstore/paths/{path}",
+        },
+    }
     monkeypatch.setitem(sys.modules, "azureml.core", None)  # as if only the azure-v2 extra were installed
     source = models.AzureMLRegistrySource("sklearn_mnist", 1, fake_azure.config_file, sdk="v2")
     got = models.fetch_model(source, tmp_path / "store", "sklearn_mnist", 1, load(tmp_path).model.sha256)
@@ -541,6 +648,11 @@ def test_fetch_stage_picks_the_sdk_of_the_target(tmp_path):
 
     registry = {SOURCE: "  source: {registry: azureml, file: sklearn_mnist_model.pkl}"}
     assert source_for(load(tmp_path, registry)).sdk == "v2"
-    aci = specs.load(write_spec(tmp_path / "aci", "mnist-aci.yaml", {
-        f"  source: {ROOT}/examples/mnist/sklearn_mnist_model.pkl": "  source: {registry: azureml, file: m.pkl}"}))
+    aci = specs.load(
+        write_spec(
+            tmp_path / "aci",
+            "mnist-aci.yaml",
+            {f"  source: {ROOT}/examples/mnist/sklearn_mnist_model.pkl": "  source: {registry: azureml, file: m.pkl}"},
+        )
+    )
     assert source_for(aci).sdk == "v1"

@@ -1,4 +1,5 @@
 """azureml-online blue/green at the wire: the real azure-ai-ml against tests/fake_azure.py, whose deployments score."""
+
 from __future__ import annotations
 
 import json
@@ -34,14 +35,25 @@ def azure(fake_azure, tmp_path):
 
 
 def stamp(digest: str) -> dict[str, str]:
-    return {STAMP_DIGEST: digest, "pipeline-model-sha256": "f2ff", "pipeline-spec": "sklearn-mnist-online",
-            "pipeline-version": "0.1.0"}
+    return {
+        STAMP_DIGEST: digest,
+        "pipeline-model-sha256": "f2ff",
+        "pipeline-spec": "sklearn-mnist-online",
+        "pipeline-version": "0.1.0",
+    }
 
 
 def request(spec, tmp_path: Path, previous: ServiceRecord | None = None, digest: str = "d1") -> DeployRequest:
-    return DeployRequest(spec=spec, build_dir=build(spec, tmp_path), model_path=MODEL, model_dir=MODEL.parent,
-                         service_dir=tmp_path / "service", previous=previous, console=Console(quiet=True),
-                         stamp=stamp(digest))
+    return DeployRequest(
+        spec=spec,
+        build_dir=build(spec, tmp_path),
+        model_path=MODEL,
+        model_dir=MODEL.parent,
+        service_dir=tmp_path / "service",
+        previous=previous,
+        console=Console(quiet=True),
+        stamp=stamp(digest),
+    )
 
 
 def traffic(azure) -> dict:
@@ -72,12 +84,16 @@ def test_the_first_deploy_is_blue_taking_all_the_traffic_and_stamped(azure, tmp_
 
 def test_update_at_the_wire_green_beside_blue_tested_alone_then_all_traffic_then_blue_deleted(azure, tmp_path):
     record, _ = first_deploy(azure, tmp_path)
-    spec = wired(tmp_path / "v2", azure, {"tags: {data: MNIST, method: sklearn}": "tags: {data: MNIST, method: svm}",
-                                          "replicas: 1\n": "replicas: 2\n"})
+    spec = wired(
+        tmp_path / "v2",
+        azure,
+        {"tags: {data: MNIST, method: sklearn}": "tags: {data: MNIST, method: svm}", "replicas: 1\n": "replicas: 2\n"},
+    )
     req = request(spec, tmp_path / "v2", previous=record, digest="d2")
     target = OnlineTarget()
-    assert target.describe_update(record, spec) == ("blue/green: green beside blue, tested alone, "
-                                                    "then 100% of the traffic")
+    assert target.describe_update(record, spec) == (
+        "blue/green: green beside blue, tested alone, then 100% of the traffic"
+    )
 
     candidate = target.stage(req)
     # green: the second deployment's payload, beside blue, with no traffic yet
@@ -102,14 +118,18 @@ def test_update_at_the_wire_green_beside_blue_tested_alone_then_all_traffic_then
     assert target.retire(record, req) == "deleted deployment blue"
     assert BLUE.lower() not in azure.resources and GREEN.lower() in azure.resources
     # the order on the wire: green created, traffic moved, only then blue deleted
-    order = [(c.method, c.path.rsplit("/", 1)[-1]) for c in azure.calls
-             if c.method in ("PUT", "DELETE") and c.path.lower().startswith(ENDPOINT.lower())]
+    order = [
+        (c.method, c.path.rsplit("/", 1)[-1])
+        for c in azure.calls
+        if c.method in ("PUT", "DELETE") and c.path.lower().startswith(ENDPOINT.lower())
+    ]
     assert order[-3:] == [("PUT", "green"), ("PUT", "sklearn-mnist-online"), ("DELETE", "blue")]
     assert [b["properties"]["traffic"] for b in puts(azure, ENDPOINT)] == [{}, {"blue": 100}, {"green": 100}]
     live = target.probe(promoted, spec)
     assert (live.healthy, live.drift, live.stamp) == (True, (), stamp("d2"))
-    assert target.describe_update(promoted, spec) == ("blue/green: blue beside green, tested alone, "
-                                                      "then 100% of the traffic")
+    assert target.describe_update(promoted, spec) == (
+        "blue/green: blue beside green, tested alone, then 100% of the traffic"
+    )
 
 
 def test_the_names_alternate_and_every_deploy_leaves_one_deployment(azure, tmp_path):
@@ -119,16 +139,22 @@ def test_the_names_alternate_and_every_deploy_leaves_one_deployment(azure, tmp_p
     for n in range(3):
         record = target.deploy(request(spec, tmp_path, previous=record, digest=f"d{n + 2}"))
         names.append(record.extra["deployment"])
-        deployments = [k.rsplit("/", 1)[-1] for k in azure.resources
-                       if k.startswith(ENDPOINT.lower() + "/deployments/")]
+        deployments = [
+            k.rsplit("/", 1)[-1] for k in azure.resources if k.startswith(ENDPOINT.lower() + "/deployments/")
+        ]
         assert deployments == [record.extra["deployment"]] and traffic(azure) == {record.extra["deployment"]: 100}
     assert names == ["blue", "green", "blue", "green"]
 
 
 def test_a_failed_green_leaves_blue_at_100_percent_untouched(azure, tmp_path):
     record, spec = first_deploy(azure, tmp_path)
-    azure.outcomes.append(fake.Outcome(state="Failed", logs="ModuleNotFoundError: No module named 'sklearn'\n",
-                                       error={"code": "BadArgument", "message": "the container crashed on startup"}))
+    azure.outcomes.append(
+        fake.Outcome(
+            state="Failed",
+            logs="ModuleNotFoundError: No module named 'sklearn'\n",
+            error={"code": "BadArgument", "message": "the container crashed on startup"},
+        )
+    )
     req = request(spec, tmp_path, previous=record, digest="d2")
     with pytest.raises(TargetError) as caught:
         OnlineTarget().stage(req)
@@ -257,8 +283,11 @@ def test_run_at_the_wire_updates_blue_green_and_a_bad_update_leaves_the_live_one
 
     # a version whose score.py answers wrongly: it starts, is healthy, and fails its smoke test, alone
     liar = project / "liar_score.py"
-    liar.write_text((ROOT / "tests/data/score_tutorial.py").read_text().replace(
-        "return json.dumps(y_hat.tolist())", "return json.dumps(((y_hat + 1) % 10).tolist())"))
+    liar.write_text(
+        (ROOT / "tests/data/score_tutorial.py")
+        .read_text()
+        .replace("return json.dumps(y_hat.tolist())", "return json.dumps(((y_hat + 1) % 10).tolist())")
+    )
     path.write_text(path.read_text().replace("  output: labels", "  output: labels\n  entry_script: ../liar_score.py"))
     bad = run_cli("run", path)
     assert bad.code == 1

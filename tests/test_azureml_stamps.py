@@ -2,6 +2,7 @@
 
 The real SDKs run against tests/fake_azure.py; the services really score (the fake runs what was uploaded).
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,10 @@ import pytest
 
 pytest.importorskip("azureml.core")
 pytest.importorskip("azure.ai.ml")
-pytestmark = [pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated"),
+]
 
 from pipeline.targets.base import STAMP_DIGEST, STAMP_KEYS, STAMP_MODEL, STAMP_SPEC, STAMP_VERSION  # noqa: E402
 from tests import fake_azure as fake  # noqa: E402
@@ -35,8 +38,10 @@ def wired(request, fake_azure, project, tmp_path) -> tuple[str, Path]:
     path = project / "specs" / SPECS[target]
     text = (ROOT / "specs" / SPECS[target]).read_text()
     if target == "aci":
-        text = text.replace("  ready_timeout_s: 1200", f"  ready_timeout_s: 1200\n  azureml: {{workspace_config: "
-                                                       f"{fake_azure.config_file}}}")
+        text = text.replace(
+            "  ready_timeout_s: 1200",
+            f"  ready_timeout_s: 1200\n  azureml: {{workspace_config: {fake_azure.config_file}}}",
+        )
     else:
         text = text.replace("  azureml:\n", f"  azureml:\n    workspace_config: {fake_azure.config_file}\n")
     path.write_text(text)
@@ -67,8 +72,9 @@ def deploy_step(plan_json: dict) -> dict:
     return step
 
 
-def test_a_runner_with_no_state_plans_against_the_stamp_and_never_says_create(wired, fake_azure, run_cli, project,
-                                                                               monkeypatch, tmp_path):
+def test_a_runner_with_no_state_plans_against_the_stamp_and_never_says_create(
+    wired, fake_azure, run_cli, project, monkeypatch, tmp_path
+):
     """Deploy from one runner; then fresh runners (no state at all) plan no-op, update, adopt: never create."""
     target, spec = wired
     result = run_cli("run", spec)
@@ -79,8 +85,11 @@ def test_a_runner_with_no_state_plans_against_the_stamp_and_never_says_create(wi
     state = json.loads((project / ".pipeline" / NAMES[target] / "state.json").read_text())
     tags = live_tags(fake_azure, target)
     assert {k: tags[k] for k in STAMP_KEYS} == {
-        STAMP_DIGEST: state["service"]["digest"], STAMP_MODEL: state["service"]["model_sha256"],
-        STAMP_SPEC: NAMES[target], STAMP_VERSION: __version__}
+        STAMP_DIGEST: state["service"]["digest"],
+        STAMP_MODEL: state["service"]["model_sha256"],
+        STAMP_SPEC: NAMES[target],
+        STAMP_VERSION: __version__,
+    }
     assert {k: v for k, v in tags.items() if k not in STAMP_KEYS} == {"data": "MNIST", "method": "sklearn"}
     assert state["service"]["tags"] == {"data": "MNIST", "method": "sklearn"}  # the record keeps the spec's own
     assert run_cli("plan", spec, "--detailed-exitcode").code == 0  # and the stamp is no drift
@@ -123,8 +132,11 @@ def test_a_runner_with_no_state_plans_against_the_stamp_and_never_says_create(wi
 
 def changes(azure: fake.FakeAzure) -> list[fake.Call]:
     """The requests that change something in Azure: ARM writes, v1 model registrations and service deployments."""
-    return [c for c in azure.calls if c.method in ("PUT", "PATCH", "DELETE")
-            or (c.method == "POST" and c.path.endswith(("/services", "/models")))]
+    return [
+        c
+        for c in azure.calls
+        if c.method in ("PUT", "PATCH", "DELETE") or (c.method == "POST" and c.path.endswith(("/services", "/models")))
+    ]
 
 
 def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
@@ -133,8 +145,9 @@ def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("wired", ["azureml-online"], indirect=True)
-def test_a_runner_with_no_state_exits_0_when_the_live_service_matches(wired, fake_azure, run_cli, monkeypatch,
-                                                                      tmp_path):
+def test_a_runner_with_no_state_exits_0_when_the_live_service_matches(
+    wired, fake_azure, run_cli, monkeypatch, tmp_path
+):
     _, spec = wired
     assert run_cli("run", spec).code == 0
     fresh(monkeypatch, tmp_path, "fresh-runner")
@@ -153,18 +166,38 @@ def test_probe_without_a_record_shows_what_the_service_shows_of_itself(wired, fa
     render.write_files(build, render.render_all(spec))
     model = ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl"
     stamp = {STAMP_DIGEST: "d" * 64, STAMP_MODEL: spec.model.sha256 or "", STAMP_SPEC: spec.name, STAMP_VERSION: "1"}
-    targets.get(target).deploy(DeployRequest(spec=spec, build_dir=build, model_path=model, model_dir=model.parent,
-                                             service_dir=tmp_path / "service", previous=None,
-                                             console=Console(quiet=True), stamp=stamp))
+    targets.get(target).deploy(
+        DeployRequest(
+            spec=spec,
+            build_dir=build,
+            model_path=model,
+            model_dir=model.parent,
+            service_dir=tmp_path / "service",
+            previous=None,
+            console=Console(quiet=True),
+            stamp=stamp,
+        )
+    )
     live = targets.get(target).probe(None, spec)
     assert (live.found, live.healthy) == (True, True) and live.stamp is not None
     assert live.observed["tags.data"] == "MNIST" and live.observed["description"] == "Predict MNIST with sklearn"
-    expected = {"aci": {"deploy.cpu_cores": 1, "deploy.memory_gb": 1, "deploy.auth": False},
-                "aks": {"deploy.cpu_cores": 1, "deploy.memory_gb": 1, "deploy.auth": True,
-                        "deploy.azureml.compute_target": "aks-mnist", "deploy.request_timeout_ms": 5000,
-                        "deploy.azureml.autoscale.max_replicas": 3},
-                "azureml-online": {"deploy.auth": True, "deploy.azureml.instance_type": "Standard_DS1_v2",
-                                   "deploy.azureml.replicas": 1, "deploy.request_timeout_ms": 5000}}[target]
+    expected = {
+        "aci": {"deploy.cpu_cores": 1, "deploy.memory_gb": 1, "deploy.auth": False},
+        "aks": {
+            "deploy.cpu_cores": 1,
+            "deploy.memory_gb": 1,
+            "deploy.auth": True,
+            "deploy.azureml.compute_target": "aks-mnist",
+            "deploy.request_timeout_ms": 5000,
+            "deploy.azureml.autoscale.max_replicas": 3,
+        },
+        "azureml-online": {
+            "deploy.auth": True,
+            "deploy.azureml.instance_type": "Standard_DS1_v2",
+            "deploy.azureml.replicas": 1,
+            "deploy.request_timeout_ms": 5000,
+        },
+    }[target]
     assert {k: live.observed[k] for k in expected} == expected
     assert live.observed["model.sha256"] == spec.model.sha256
     assert not any(key in live.observed for key in (f"tags.{k}" for k in STAMP_KEYS))
@@ -187,7 +220,8 @@ def test_the_stamps_tag_names_are_not_the_specs(target, tmp_path):
         specs.load(path)
     assert [m.split(": ", 1)[1] for m in caught.value.messages] == [
         "tags.pipeline-digest: pipeline-digest is the name of a tag deploy writes itself (pipeline's stamp): "
-        "choose another"]
+        "choose another"
+    ]
 
 
 def test_an_endpoint_takes_46_tags_of_the_spec_beside_the_stamp(tmp_path):
@@ -206,4 +240,5 @@ def test_an_endpoint_takes_46_tags_of_the_spec_beside_the_stamp(tmp_path):
             specs.load(path)
         assert [m.split(": ", 1)[1] for m in caught.value.messages] == [
             "tags: Azure resources allow at most 50 tags and pipeline's stamp takes 4: at most 46 remain for the "
-            "spec, got 47"]
+            "spec, got 47"
+        ]

@@ -1,4 +1,5 @@
 """Targets aci and aks: the real azureml-core, offline for its configuration objects, against a fake Azure at HTTP."""
+
 from __future__ import annotations
 
 import http.server
@@ -53,8 +54,9 @@ def test_the_network_guard_blocks_azure_and_allows_loopback(no_network):
 
 
 # -- specs, rendered build folders, deploy requests ----------------------------------------------
-def write_spec(folder: Path, base: str = "mnist-aci.yaml", replace: dict[str, str] | None = None,
-               name: str = "spec.yaml") -> Path:
+def write_spec(
+    folder: Path, base: str = "mnist-aci.yaml", replace: dict[str, str] | None = None, name: str = "spec.yaml"
+) -> Path:
     """A copy of specs/<base> in `folder`, its ../examples paths made absolute, with text replaced."""
     text = (ROOT / "specs" / base).read_text(encoding="utf-8").replace("../examples/", f"{ROOT}/examples/")
     for old, new in (replace or {}).items():
@@ -77,8 +79,15 @@ def build(spec: specs.Spec, tmp_path: Path) -> Path:
 
 
 def request(spec: specs.Spec, tmp_path: Path, previous=None, console=None) -> DeployRequest:
-    return DeployRequest(spec=spec, build_dir=build(spec, tmp_path), model_path=MODEL, model_dir=MODEL.parent,
-                         service_dir=tmp_path / "service", previous=previous, console=console or Console(quiet=True))
+    return DeployRequest(
+        spec=spec,
+        build_dir=build(spec, tmp_path),
+        model_path=MODEL,
+        model_dir=MODEL.parent,
+        service_dir=tmp_path / "service",
+        previous=previous,
+        console=console or Console(quiet=True),
+    )
 
 
 # -- offline: the tutorial's configuration objects, for real ---------------------------------------
@@ -118,11 +127,17 @@ def test_rendered_aciconfig_json_is_what_the_sdk_reads_back(tmp_path):
     spec = load(tmp_path, replace={"auth: false": "auth: true", "memory_gb: 1\n": "memory_gb: 1.5\n"})
     folder = build(spec, tmp_path)
     data = json.loads((folder / "aciconfig.json").read_text())
-    assert data == {"computeType": "ACI", "containerResourceRequirements": {"cpu": 1, "memoryInGB": 1.5},
-                    "authEnabled": True, "tags": {"data": "MNIST", "method": "sklearn"},
-                    "description": "Predict MNIST with sklearn"}
+    assert data == {
+        "computeType": "ACI",
+        "containerResourceRequirements": {"cpu": 1, "memoryInGB": 1.5},
+        "authEnabled": True,
+        "tags": {"data": "MNIST", "method": "sklearn"},
+        "description": "Predict MNIST with sklearn",
+    }
     ours = AciTarget().deployment_config(spec)
-    theirs = deploy_config_dict_to_obj(data, data["tags"], None, data["description"])  # `az ml ... --deploy-config-file`
+    theirs = deploy_config_dict_to_obj(
+        data, data["tags"], None, data["description"]
+    )  # `az ml ... --deploy-config-file`
     for key in ("cpu_cores", "memory_gb", "auth_enabled", "tags", "description"):
         assert getattr(theirs, key) == getattr(ours, key), key
     AciTarget().check_rendered(folder, ours)
@@ -140,12 +155,23 @@ def test_an_edited_config_file_stops_the_deploy(tmp_path):
 AKS = {"autoscale": "autoscale: {min_replicas: 1, max_replicas: 3, target_utilization: 70}"}
 
 
-@pytest.mark.parametrize("settings, expected", [
-    (AKS["autoscale"], {"autoscale_enabled": True, "autoscale_min_replicas": 1, "autoscale_max_replicas": 3,
-                        "autoscale_target_utilization": 70, "num_replicas": None}),
-    ("replicas: 2", {"autoscale_enabled": False, "num_replicas": 2, "autoscale_min_replicas": None}),
-    ("token_auth: true", {"autoscale_enabled": None, "num_replicas": None, "token_auth_enabled": True}),
-])
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (
+            AKS["autoscale"],
+            {
+                "autoscale_enabled": True,
+                "autoscale_min_replicas": 1,
+                "autoscale_max_replicas": 3,
+                "autoscale_target_utilization": 70,
+                "num_replicas": None,
+            },
+        ),
+        ("replicas: 2", {"autoscale_enabled": False, "num_replicas": 2, "autoscale_min_replicas": None}),
+        ("token_auth: true", {"autoscale_enabled": None, "num_replicas": None, "token_auth_enabled": True}),
+    ],
+)
 def test_aks_deployment_config(tmp_path, settings, expected):
     auth = "auth: false" if "token_auth" in settings else "auth: true"
     spec = load(tmp_path, "mnist-aks.yaml", {"  auth: true ": f"  {auth} ", AKS["autoscale"]: settings})
@@ -162,26 +188,61 @@ def test_aks_deployment_config(tmp_path, settings, expected):
 
 
 # -- spec rules: Azure's own limits, caught by pipeline.spec.load before any SDK call ----------------
-@pytest.mark.parametrize("base, replace, at, expected", [
-    ("mnist-aci.yaml", {"cpu_cores: 1": "cpu_cores: 5"}, "cpu_cores:",
-     "deploy.cpu_cores: Azure Container Instances allows at most 4 cores, got 5"),
-    ("mnist-aci.yaml", {"memory_gb: 1": "memory_gb: 32"}, "memory_gb:",
-     "deploy.memory_gb: Azure Container Instances allows at most 16 GB, got 32"),
-    ("mnist-aci.yaml", {"  ready_timeout_s: 1200": "  ready_timeout_s: 1200\n  azureml: {replicas: 2}"}, "replicas",
-     "deploy.azureml.replicas: not used by target 'aci' (aks only)"),
-    ("mnist-aks.yaml", {"    compute_target: aks-mnist    # the attached cluster's name in the workspace\n": ""},
-     "  azureml:", "deploy.azureml.compute_target: required for target 'aks': the name of the attached AKS cluster"),
-    ("mnist-aks.yaml", {"compute_target: aks-mnist": "compute_target: 1-aks_"}, "compute_target:",
-     "deploy.azureml.compute_target: '1-aks_' is not a name Azure ML accepts for a compute target: "
-     "2-16 letters, digits and '-', starting with a letter and not ending with '-'"),
-    ("mnist-aks.yaml", {"    autoscale:": "    replicas: 2\n    autoscale:"}, "autoscale:",
-     "deploy.azureml.autoscale: cannot be combined with deploy.azureml.replicas (a fixed count disables autoscaling)"),
-    ("mnist-aks.yaml", {"    autoscale:": "    token_auth: true\n    autoscale:"}, "token_auth:",
-     "deploy.azureml.token_auth: cannot be combined with deploy.auth: AKS allows key auth or token auth, not both"),
-    ("mnist-aci.yaml", {"name: sklearn-mnist-aci ": "name: Sklearn_MNIST "}, "name:",
-     "name: 'Sklearn_MNIST' must be 3-32 characters of lowercase letters, digits and '-', "
-     "starting with a letter and not ending with '-'"),
-])
+@pytest.mark.parametrize(
+    "base, replace, at, expected",
+    [
+        (
+            "mnist-aci.yaml",
+            {"cpu_cores: 1": "cpu_cores: 5"},
+            "cpu_cores:",
+            "deploy.cpu_cores: Azure Container Instances allows at most 4 cores, got 5",
+        ),
+        (
+            "mnist-aci.yaml",
+            {"memory_gb: 1": "memory_gb: 32"},
+            "memory_gb:",
+            "deploy.memory_gb: Azure Container Instances allows at most 16 GB, got 32",
+        ),
+        (
+            "mnist-aci.yaml",
+            {"  ready_timeout_s: 1200": "  ready_timeout_s: 1200\n  azureml: {replicas: 2}"},
+            "replicas",
+            "deploy.azureml.replicas: not used by target 'aci' (aks only)",
+        ),
+        (
+            "mnist-aks.yaml",
+            {"    compute_target: aks-mnist    # the attached cluster's name in the workspace\n": ""},
+            "  azureml:",
+            "deploy.azureml.compute_target: required for target 'aks': the name of the attached AKS cluster",
+        ),
+        (
+            "mnist-aks.yaml",
+            {"compute_target: aks-mnist": "compute_target: 1-aks_"},
+            "compute_target:",
+            "deploy.azureml.compute_target: '1-aks_' is not a name Azure ML accepts for a compute target: "
+            "2-16 letters, digits and '-', starting with a letter and not ending with '-'",
+        ),
+        (
+            "mnist-aks.yaml",
+            {"    autoscale:": "    replicas: 2\n    autoscale:"},
+            "autoscale:",
+            "deploy.azureml.autoscale: cannot be combined with deploy.azureml.replicas (a fixed count disables autoscaling)",
+        ),
+        (
+            "mnist-aks.yaml",
+            {"    autoscale:": "    token_auth: true\n    autoscale:"},
+            "token_auth:",
+            "deploy.azureml.token_auth: cannot be combined with deploy.auth: AKS allows key auth or token auth, not both",
+        ),
+        (
+            "mnist-aci.yaml",
+            {"name: sklearn-mnist-aci ": "name: Sklearn_MNIST "},
+            "name:",
+            "name: 'Sklearn_MNIST' must be 3-32 characters of lowercase letters, digits and '-', "
+            "starting with a letter and not ending with '-'",
+        ),
+    ],
+)
 def test_spec_rules_reject_what_azure_rejects(tmp_path, base, replace, at, expected):
     path = write_spec(tmp_path / "specs", base, replace)
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if at in text)
@@ -251,15 +312,23 @@ def test_deploy_at_the_wire_registers_uploads_and_deploys_like_the_tutorial(tmp_
     assert uploaded == (req.build_dir / "score.py").read_bytes()  # the rendered score.py, byte for byte
     assert len(fake_azure.requests_to("GET", r"/operations/")) == 2  # Running, then Succeeded
     assert record.to_dict() == {
-        "target": "aci", "service": "sklearn-mnist-aci",
+        "target": "aci",
+        "service": "sklearn-mnist-aci",
         "workspace": {"name": "mlws", "resource_group": "ml-rg", "subscription_id": fake.SUBSCRIPTION},
         "workspace_config": str(fake_azure.config_file),
         "scoring_uri": "http://sklearn-mnist-aci.westeurope.azurecontainer.io/score",
         "swagger_uri": "http://sklearn-mnist-aci.westeurope.azurecontainer.io/swagger.json",
-        "state": "Healthy", "model_id": "sklearn_mnist:1", "model_name": "sklearn_mnist", "model_version": 1,
-        "model_sha256": spec.model.sha256, "auth": False, "token_auth": False,
-        "tags": {"data": "MNIST", "method": "sklearn"}, "description": "Predict MNIST with sklearn",
-        "cpu_cores": 1, "memory_gb": 1,
+        "state": "Healthy",
+        "model_id": "sklearn_mnist:1",
+        "model_name": "sklearn_mnist",
+        "model_version": 1,
+        "model_sha256": spec.model.sha256,
+        "auth": False,
+        "token_auth": False,
+        "tags": {"data": "MNIST", "method": "sklearn"},
+        "description": "Predict MNIST with sklearn",
+        "cpu_cores": 1,
+        "memory_gb": 1,
     }
     assert Path.cwd() == elsewhere and list(elsewhere.iterdir()) == []  # back where we were, nothing left there
     assert not (req.service_dir / "keys.json").exists()
@@ -276,7 +345,7 @@ def test_deploy_at_the_wire_prints_nothing_on_stdout_and_logs_what_the_sdk_said(
     assert out == ""  # `run --json` prints one JSON document: the SDK's prints went to the log
     log = (req.service_dir / common.SDK_LOG).read_text()
     assert "Registering model sklearn_mnist" in log
-    assert "ACI service creation operation finished, operation \"Succeeded\"" in log
+    assert 'ACI service creation operation finished, operation "Succeeded"' in log
 
 
 def test_deploy_at_the_wire_with_auth_stores_keys_0600_and_never_in_the_record(tmp_path, fake_azure):
@@ -293,16 +362,21 @@ def test_deploy_at_the_wire_with_auth_stores_keys_0600_and_never_in_the_record(t
 
 def test_deploy_at_the_wire_failed_shows_azures_error_and_the_log_tail(tmp_path, fake_azure):
     logs = "".join(f"log line {i}\n" for i in range(200)) + "ModuleNotFoundError: No module named 'sklearn'\n"
-    error = {"code": "AciDeploymentFailed", "statusCode": 400,
-             "message": "Aci Deployment failed with exception: Your container application crashed.",
-             "details": [{"code": "CrashLoopBackOff", "message": "Your container application crashed."}]}
+    error = {
+        "code": "AciDeploymentFailed",
+        "statusCode": 400,
+        "message": "Aci Deployment failed with exception: Your container application crashed.",
+        "details": [{"code": "CrashLoopBackOff", "message": "Your container application crashed."}],
+    }
     fake_azure.outcomes.append(fake.Outcome(state="Failed", service_state="Unhealthy", error=error, logs=logs))
     req = request(wired(tmp_path, fake_azure), tmp_path)
     with pytest.raises(TargetError) as caught:
         AciTarget().deploy(req)
     message = str(caught.value)
-    assert message.startswith("ACI service sklearn-mnist-aci did not become healthy within 1200 s: Service deployment "
-                              "polling reached non-successful terminal state, current service state: Unhealthy")
+    assert message.startswith(
+        "ACI service sklearn-mnist-aci did not become healthy within 1200 s: Service deployment "
+        "polling reached non-successful terminal state, current service state: Unhealthy"
+    )
     assert '"code": "AciDeploymentFailed"' in message and "Your container application crashed." in message
     assert "ModuleNotFoundError: No module named 'sklearn'" in message and "log line 199" in message
     assert "log line 150" not in message  # only the tail
@@ -322,8 +396,9 @@ def test_deploy_at_the_wire_times_out_by_the_sdks_own_clock(tmp_path, fake_azure
     fake_azure.outcomes.append(fake.Outcome(polls=10**6))  # Azure never finishes
     with pytest.raises(TargetError) as caught:
         AciTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
-    assert "did not become healthy within 1200 s: Deployment polling exceeded timeout override of 1200.0s" \
-        in str(caught.value)
+    assert "did not become healthy within 1200 s: Deployment polling exceeded timeout override of 1200.0s" in str(
+        caught.value
+    )
     assert sum(fake_azure.sleeps) >= 1200  # the SDK's 5 s polls, on the fake's clock
 
 
@@ -365,17 +440,27 @@ def test_deploy_at_the_wire_token_rejected_mid_run_fails_clearly_and_a_rerun_upd
 
 
 def test_deploy_at_the_wire_aci_quota_error_names_the_quota(tmp_path, fake_azure):
-    quota = {"code": "BadRequest", "statusCode": 400, "message": "The request is invalid.", "details": [{
-        "code": "ContainerGroupQuotaReached",
-        "message": "Resource type 'Microsoft.ContainerInstance/containerGroups' container group quota "
-                   "'StandardCores' exceeded in region 'westeurope'. Limit: '10', Usage: '10' Requested: '1'."}]}
+    quota = {
+        "code": "BadRequest",
+        "statusCode": 400,
+        "message": "The request is invalid.",
+        "details": [
+            {
+                "code": "ContainerGroupQuotaReached",
+                "message": "Resource type 'Microsoft.ContainerInstance/containerGroups' container group quota "
+                "'StandardCores' exceeded in region 'westeurope'. Limit: '10', Usage: '10' Requested: '1'.",
+            }
+        ],
+    }
     fake_azure.fail("POST", r"/services$", 400, quota)
     with pytest.raises(TargetError) as caught:
         AciTarget().deploy(request(wired(tmp_path, fake_azure), tmp_path))
     message = str(caught.value)
     assert message.startswith("ACI refused to deploy sklearn-mnist-aci: Received bad response from Model Management")
-    assert "Azure said: BadRequest: The request is invalid.; ContainerGroupQuotaReached: Resource type " \
-           "'Microsoft.ContainerInstance/containerGroups' container group quota 'StandardCores' exceeded" in message
+    assert (
+        "Azure said: BadRequest: The request is invalid.; ContainerGroupQuotaReached: Resource type "
+        "'Microsoft.ContainerInstance/containerGroups' container group quota 'StandardCores' exceeded" in message
+    )
     assert "Headers:" not in message
     assert len(fake_azure.requests_to("POST", r"/services$")) == 1 and not fake_azure.services  # a 400 is final
 
@@ -395,11 +480,26 @@ def register_in_the_fake(fake_azure, version: int = 1, tags: dict | None = None)
     prefix = f"LocalUpload/registered/{version}/sklearn_mnist_model.pkl"
     fake_azure.blobs[f"azureml/{prefix}"] = MODEL.read_bytes()
     fake_azure.assets[asset_id] = {"id": asset_id, "name": "sklearn_mnist", "artifacts": [{"prefix": prefix}]}
-    model = {"id": f"sklearn_mnist:{version}", "name": "sklearn_mnist", "version": version,
-             "url": f"aml://asset/{asset_id}", "mimeType": "application/octet-stream", "description": None,
-             "framework": "Custom", "frameworkVersion": None, "unpack": False, "kvTags": dict(tags or {}),
-             "properties": {}, "experimentName": None, "runId": None, "datasets": [], "createdTime": fake.NOW,
-             "modifiedTime": fake.NOW, "createdBy": {"userName": "someone"}, "resourceRequirements": None}
+    model = {
+        "id": f"sklearn_mnist:{version}",
+        "name": "sklearn_mnist",
+        "version": version,
+        "url": f"aml://asset/{asset_id}",
+        "mimeType": "application/octet-stream",
+        "description": None,
+        "framework": "Custom",
+        "frameworkVersion": None,
+        "unpack": False,
+        "kvTags": dict(tags or {}),
+        "properties": {},
+        "experimentName": None,
+        "runId": None,
+        "datasets": [],
+        "createdTime": fake.NOW,
+        "modifiedTime": fake.NOW,
+        "createdBy": {"userName": "someone"},
+        "resourceRequirements": None,
+    }
     fake_azure.models[model["id"]] = model
     return model
 
@@ -418,23 +518,51 @@ def test_deploy_at_the_wire_registry_model_is_used_not_registered(tmp_path, fake
 def test_redeploy_at_the_wire_reuses_the_registered_model(tmp_path, fake_azure):
     spec = wired(tmp_path, fake_azure)
     register_in_the_fake(fake_azure, 7, {"sha256": spec.model.sha256})
-    previous = ServiceRecord.from_dict({"target": "aci", "model_sha256": spec.model.sha256, "model_version": 7,
-                                        "workspace": {"name": "mlws", "resource_group": "ml-rg",
-                                                      "subscription_id": fake.SUBSCRIPTION}})
+    previous = ServiceRecord.from_dict(
+        {
+            "target": "aci",
+            "model_sha256": spec.model.sha256,
+            "model_version": 7,
+            "workspace": {"name": "mlws", "resource_group": "ml-rg", "subscription_id": fake.SUBSCRIPTION},
+        }
+    )
     record = AciTarget().deploy(request(spec, tmp_path, previous=previous))
     assert not fake_azure.requests_to("POST", r"/models$")  # the same bytes are not registered again
     assert created(fake_azure)["environmentImageRequest"]["modelIds"] == ["sklearn_mnist:7"]
     assert record.to_dict()["model_version"] == 7
 
 
-@pytest.mark.parametrize("settings, expected", [
-    (AKS["autoscale"], {"numReplicas": None, "autoScaler": {"autoscaleEnabled": True, "minReplicas": 1,
-                                                            "maxReplicas": 3, "targetUtilization": 70,
-                                                            "refreshPeriodInSeconds": None}}),
-    ("replicas: 2", {"numReplicas": 2, "autoScaler": {"autoscaleEnabled": False, "minReplicas": None,
-                                                      "maxReplicas": None, "targetUtilization": None,
-                                                      "refreshPeriodInSeconds": None}}),
-])
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (
+            AKS["autoscale"],
+            {
+                "numReplicas": None,
+                "autoScaler": {
+                    "autoscaleEnabled": True,
+                    "minReplicas": 1,
+                    "maxReplicas": 3,
+                    "targetUtilization": 70,
+                    "refreshPeriodInSeconds": None,
+                },
+            },
+        ),
+        (
+            "replicas: 2",
+            {
+                "numReplicas": 2,
+                "autoScaler": {
+                    "autoscaleEnabled": False,
+                    "minReplicas": None,
+                    "maxReplicas": None,
+                    "targetUtilization": None,
+                    "refreshPeriodInSeconds": None,
+                },
+            },
+        ),
+    ],
+)
 def test_aks_deploy_at_the_wire_sends_the_spec(tmp_path, fake_azure, settings, expected):
     spec = wired(tmp_path, fake_azure, "mnist-aks.yaml", {AKS["autoscale"]: settings})
     req = request(spec, tmp_path)
@@ -442,8 +570,13 @@ def test_aks_deploy_at_the_wire_sends_the_spec(tmp_path, fake_azure, settings, e
     assert len(fake_azure.requests_to("GET", r"/computes/aks-mnist$")) == 1  # ComputeTarget(ws, 'aks-mnist')
     body = created(fake_azure)
     assert (body["computeType"], body["computeName"], body["name"]) == ("AKS", "aks-mnist", "sklearn-mnist-aks")
-    assert body["containerResourceRequirements"] == {"cpu": 1, "cpuLimit": None, "memoryInGB": 1,
-                                                     "memoryInGBLimit": None, "gpu": None}
+    assert body["containerResourceRequirements"] == {
+        "cpu": 1,
+        "cpuLimit": None,
+        "memoryInGB": 1,
+        "memoryInGBLimit": None,
+        "gpu": None,
+    }
     assert (body["authEnabled"], body["aadAuthEnabled"], body["scoringTimeoutMs"]) == (True, False, 5000)
     assert body["kvTags"] == {"data": "MNIST", "method": "sklearn"}
     assert body["description"] == "Predict MNIST with sklearn"
@@ -455,8 +588,12 @@ def test_aks_deploy_at_the_wire_sends_the_spec(tmp_path, fake_azure, settings, e
 
 def test_aks_token_auth_at_the_wire_invoke_fetches_a_fresh_token(tmp_path, fake_azure, scoring_server):
     uri, seen = scoring_server
-    spec = wired(tmp_path, fake_azure, "mnist-aks.yaml", {"  auth: true ": "  auth: false ",
-                                                          AKS["autoscale"]: "token_auth: true"})
+    spec = wired(
+        tmp_path,
+        fake_azure,
+        "mnist-aks.yaml",
+        {"  auth: true ": "  auth: false ", AKS["autoscale"]: "token_auth: true"},
+    )
     req = request(spec, tmp_path)
     record = AksTarget().deploy(req)
     assert created(fake_azure)["aadAuthEnabled"] is True and created(fake_azure)["authEnabled"] is False
@@ -486,8 +623,10 @@ def test_probe_at_the_wire_reports_drift(tmp_path, fake_azure):
     service["containerResourceRequirements"] = {"cpu": 1, "memoryInGB": 2}
     live = AciTarget().probe(record, spec)
     assert live.reachable and live.healthy
-    assert live.drift == ("tags: live {'data': 'MNIST'}, recorded {'data': 'MNIST', 'method': 'sklearn'}",
-                          "memory_gb: live 2, recorded 1")
+    assert live.drift == (
+        "tags: live {'data': 'MNIST'}, recorded {'data': 'MNIST', 'method': 'sklearn'}",
+        "memory_gb: live 2, recorded 1",
+    )
 
 
 def test_probe_at_the_wire_missing_service(tmp_path, fake_azure):
@@ -507,8 +646,9 @@ def test_probe_at_the_wire_before_the_first_deploy(tmp_path, fake_azure):
     assert live.found is False
     deployed(tmp_path / "someone-else", fake_azure)  # someone else's service with the same name, without a stamp
     live = AciTarget().probe(None, spec)
-    assert live.detail.endswith("it is not recorded here and carries no stamp of pipeline: deploy will overwrite it "
-                                "in workspace mlws")
+    assert live.detail.endswith(
+        "it is not recorded here and carries no stamp of pipeline: deploy will overwrite it in workspace mlws"
+    )
     assert (live.found, live.stamp) == (True, None)
 
 
@@ -525,9 +665,11 @@ def test_probe_without_credentials_is_unreachable_with_a_reason(tmp_path, monkey
         monkeypatch.delenv(name, raising=False)
     live = AciTarget().probe(None, load(tmp_path))
     assert (live.reachable, live.healthy, live.drift) == (False, False, ())
-    assert live.detail == ("cannot reach the Azure ML workspace: no Azure credentials: run `az login`, or set "
-                           "AZUREML_SERVICE_PRINCIPAL_ID, AZUREML_SERVICE_PRINCIPAL_PASSWORD, "
-                           "AZUREML_SERVICE_PRINCIPAL_TENANT_ID for a service principal")
+    assert live.detail == (
+        "cannot reach the Azure ML workspace: no Azure credentials: run `az login`, or set "
+        "AZUREML_SERVICE_PRINCIPAL_ID, AZUREML_SERVICE_PRINCIPAL_PASSWORD, "
+        "AZUREML_SERVICE_PRINCIPAL_TENANT_ID for a service principal"
+    )
 
 
 def test_probe_without_config_json_is_unreachable_with_a_reason(tmp_path, fake_azure, monkeypatch):
@@ -536,8 +678,10 @@ def test_probe_without_config_json_is_unreachable_with_a_reason(tmp_path, fake_a
         pytest.skip("a config.json above the temporary folder would be found")
     live = AciTarget().probe(None, load(tmp_path))
     assert (live.reachable, live.healthy) == (False, False)
-    assert live.detail == ("cannot reach the Azure ML workspace: no workspace config.json found in the working folder "
-                           "or its parents (set deploy.azureml.workspace_config)")
+    assert live.detail == (
+        "cannot reach the Azure ML workspace: no workspace config.json found in the working folder "
+        "or its parents (set deploy.azureml.workspace_config)"
+    )
 
 
 def test_probe_at_the_wire_finds_config_json_like_the_sdk(tmp_path, fake_azure, monkeypatch):
@@ -549,8 +693,9 @@ def test_probe_at_the_wire_finds_config_json_like_the_sdk(tmp_path, fake_azure, 
 
 
 def test_probe_at_the_wire_azure_unavailable_is_unreachable(tmp_path, fake_azure):
-    fake_azure.fail("GET", r"/workspaces/mlws$", 503, {"error": {"code": "ServiceUnavailable", "message": "down"}},
-                    times=100)
+    fake_azure.fail(
+        "GET", r"/workspaces/mlws$", 503, {"error": {"code": "ServiceUnavailable", "message": "down"}}, times=100
+    )
     live = AciTarget().probe(None, wired(tmp_path, fake_azure))
     assert (live.reachable, live.healthy) == (False, False)
     assert live.detail.startswith("cannot reach the Azure ML workspace: ")
@@ -561,8 +706,10 @@ def test_probe_network_failure_is_unreachable(tmp_path):
         raise OSError("HTTPSConnectionPool(host='management.azure.com', port=443): Max retries exceeded")
 
     live = AciTarget(workspace_factory=offline).probe(rec(RECORD))
-    assert (live.reachable, live.detail) == (False, "cannot reach the Azure ML workspace: no network connection to Azure "
-                                                    "(management.azure.com)")
+    assert (live.reachable, live.detail) == (
+        False,
+        "cannot reach the Azure ML workspace: no network connection to Azure (management.azure.com)",
+    )
 
 
 def test_missing_sdk_is_a_usage_error_and_an_unreachable_probe(tmp_path, monkeypatch):
@@ -580,9 +727,17 @@ def rec(data: dict) -> ServiceRecord:
     return ServiceRecord.from_dict(data)
 
 
-RECORD = {"target": "aci", "service": "sklearn-mnist-aci", "workspace_config": None, "model_id": "sklearn_mnist:7",
-          "scoring_uri": "http://sklearn-mnist-aci.westeurope.azurecontainer.io/score", "auth": False,
-          "tags": {"data": "MNIST", "method": "sklearn"}, "cpu_cores": 1, "memory_gb": 1}
+RECORD = {
+    "target": "aci",
+    "service": "sklearn-mnist-aci",
+    "workspace_config": None,
+    "model_id": "sklearn_mnist:7",
+    "scoring_uri": "http://sklearn-mnist-aci.westeurope.azurecontainer.io/score",
+    "auth": False,
+    "tags": {"data": "MNIST", "method": "sklearn"},
+    "cpu_cores": 1,
+    "memory_gb": 1,
+}
 
 
 @pytest.fixture
@@ -616,7 +771,9 @@ def test_invoke_posts_with_the_stored_key(tmp_path, scoring_server):
     uri, seen = scoring_server
     keys.write(tmp_path, "primary-secret-key", "secondary-secret-key")
     target = AciTarget(workspace_factory=lambda c: pytest.fail("invoke with a key needs no workspace"))
-    reply = target.invoke(rec({**RECORD, "scoring_uri": uri, "auth": True}), b'{"data": [[0]]}', timeout=5, service_dir=tmp_path)
+    reply = target.invoke(
+        rec({**RECORD, "scoring_uri": uri, "auth": True}), b'{"data": [[0]]}', timeout=5, service_dir=tmp_path
+    )
     assert (reply.status, reply.body) == (200, b"[7, 2]")
     assert reply.seconds > 0
     assert seen[0]["headers"]["Authorization"] == "Bearer primary-secret-key"
@@ -631,11 +788,14 @@ def test_invoke_without_keys_file_asks_azure_and_says_why_it_could_not(tmp_path)
         raise OSError("HTTPSConnectionPool(host='management.azure.com', port=443): Max retries exceeded")
 
     with pytest.raises(TargetError) as caught:
-        AciTarget(workspace_factory=offline).invoke(rec({**RECORD, "auth": True}), b"{}", timeout=1,
-                                                    service_dir=tmp_path)
-    assert str(caught.value) == (f"no key for ACI service sklearn-mnist-aci in {tmp_path}, and Azure did not give it: "
-                                 "cannot reach the Azure ML workspace: no network connection to Azure "
-                                 "(management.azure.com)")
+        AciTarget(workspace_factory=offline).invoke(
+            rec({**RECORD, "auth": True}), b"{}", timeout=1, service_dir=tmp_path
+        )
+    assert str(caught.value) == (
+        f"no key for ACI service sklearn-mnist-aci in {tmp_path}, and Azure did not give it: "
+        "cannot reach the Azure ML workspace: no network connection to Azure "
+        "(management.azure.com)"
+    )
 
 
 def test_invoke_at_the_wire_fetches_the_key_on_a_machine_that_has_none(tmp_path, fake_azure, scoring_server):
@@ -646,8 +806,10 @@ def test_invoke_at_the_wire_fetches_the_key_on_a_machine_that_has_none(tmp_path,
     reply = AciTarget().invoke(rec({**record.to_dict(), "scoring_uri": uri}), b"{}", timeout=5, service_dir=fresh)
     live = fake_azure.services["sklearn-mnist-aci"]["_keys"]
     assert reply.status == 200 and seen[0]["headers"]["Authorization"] == f"Bearer {live['primaryKey']}"
-    assert json.loads((fresh / "keys.json").read_text()) == {"primary": live["primaryKey"],
-                                                             "secondary": live["secondaryKey"]}
+    assert json.loads((fresh / "keys.json").read_text()) == {
+        "primary": live["primaryKey"],
+        "secondary": live["secondaryKey"],
+    }
     assert stat.S_IMODE((fresh / "keys.json").stat().st_mode) == 0o600
 
 
@@ -692,8 +854,11 @@ def test_workspace_auth_never_prompts(tmp_path):
 
     from pipeline.targets.azureml_v1_api import non_interactive_auth
 
-    sp = {"AZUREML_SERVICE_PRINCIPAL_ID": "id", "AZUREML_SERVICE_PRINCIPAL_PASSWORD": "pw",
-          "AZUREML_SERVICE_PRINCIPAL_TENANT_ID": "tenant"}
+    sp = {
+        "AZUREML_SERVICE_PRINCIPAL_ID": "id",
+        "AZUREML_SERVICE_PRINCIPAL_PASSWORD": "pw",
+        "AZUREML_SERVICE_PRINCIPAL_TENANT_ID": "tenant",
+    }
     assert isinstance(non_interactive_auth(sp), ServicePrincipalAuthentication)
     assert non_interactive_auth({}) is None
     profile = tmp_path / ".azure" / "azureProfile.json"
@@ -713,15 +878,23 @@ def test_live_aci_deploy_probe_score_delete(tmp_path):
     import secrets
 
     name = f"mnist-live-{secrets.token_hex(3)}"  # never touch a service someone else runs
-    spec = load(tmp_path, replace={"name: sklearn-mnist-aci ": f"name: {name} ", "auth: false": "auth: true",
-                                   "  ready_timeout_s: 1200": f"  ready_timeout_s: 1200\n  azureml: {{workspace_config: {config}}}"})
+    spec = load(
+        tmp_path,
+        replace={
+            "name: sklearn-mnist-aci ": f"name: {name} ",
+            "auth: false": "auth: true",
+            "  ready_timeout_s: 1200": f"  ready_timeout_s: 1200\n  azureml: {{workspace_config: {config}}}",
+        },
+    )
     target = AciTarget()
     req = request(spec, tmp_path, console=Console())
     record = target.deploy(req)
     try:
         live = target.probe(record, spec)
         assert (live.reachable, live.healthy, live.drift) == (True, True, ()), live
-        reply = target.invoke(record, json.dumps({"data": [[0.0] * 784]}).encode(), timeout=60, service_dir=req.service_dir)
+        reply = target.invoke(
+            record, json.dumps({"data": [[0.0] * 784]}).encode(), timeout=60, service_dir=req.service_dir
+        )
         assert reply.status == 200 and len(json.loads(reply.body)) == 1
         assert target.logs(record, req.service_dir, tail=20).strip()
     finally:
@@ -729,8 +902,9 @@ def test_live_aci_deploy_probe_score_delete(tmp_path):
 
 
 # -- the whole pipeline, at the wire ---------------------------------------------------------------
-def test_run_json_at_the_wire_with_the_state_home_elsewhere_prints_one_document(tmp_path, fake_azure, project,
-                                                                                run_cli, monkeypatch):
+def test_run_json_at_the_wire_with_the_state_home_elsewhere_prints_one_document(
+    tmp_path, fake_azure, project, run_cli, monkeypatch
+):
     """`run specs/mnist-aci.yaml --json`, as a user would: config.json where they run it, state kept elsewhere."""
     home = tmp_path / "state"  # outside the working directory, where Model.register would refuse the model
     monkeypatch.setenv("PIPELINE_HOME", str(home))
@@ -743,7 +917,8 @@ def test_run_json_at_the_wire_with_the_state_home_elsewhere_prints_one_document(
     assert result.code == 0, result.err
     document = json.loads(result.out)  # exactly one JSON document: nothing the SDK printed is in it
     assert [(s["stage"], s["status"]) for s in document["stages"]] == [
-        (stage, "ran") for stage in ("check", "fetch", "evaluate", "render", "deploy", "smoke", "report")]
+        (stage, "ran") for stage in ("check", "fetch", "evaluate", "render", "deploy", "smoke", "report")
+    ]
     assert document["ok"] is True and document["service"] == fake_azure.services["sklearn-mnist-aci"]["scoringUri"]
     body = created(fake_azure)
     assert body["containerResourceRequirements"] == {"cpu": 1, "memoryInGB": 1} and body["overwrite"] is True
@@ -774,7 +949,9 @@ def test_fetch_registry_model_without_credentials_never_prompts(tmp_path, monkey
     source = models.AzureMLRegistrySource("sklearn_mnist", 1, tmp_path / "config.json")
     with pytest.raises(ModelError) as caught:
         source.fetch(tmp_path)
-    assert str(caught.value) == (f"azureml registry model sklearn_mnist:1 (workspace config {tmp_path}/config.json): "
-                                 "cannot reach the Azure ML workspace: no Azure credentials: run `az login`, or set "
-                                 "AZUREML_SERVICE_PRINCIPAL_ID, AZUREML_SERVICE_PRINCIPAL_PASSWORD, "
-                                 "AZUREML_SERVICE_PRINCIPAL_TENANT_ID for a service principal")
+    assert str(caught.value) == (
+        f"azureml registry model sklearn_mnist:1 (workspace config {tmp_path}/config.json): "
+        "cannot reach the Azure ML workspace: no Azure credentials: run `az login`, or set "
+        "AZUREML_SERVICE_PRINCIPAL_ID, AZUREML_SERVICE_PRINCIPAL_PASSWORD, "
+        "AZUREML_SERVICE_PRINCIPAL_TENANT_ID for a service principal"
+    )

@@ -1,4 +1,5 @@
 """State backends without a cloud: the local backend's compare-and-swap and lock, the document, URLs, choosing."""
+
 from __future__ import annotations
 
 import json
@@ -23,22 +24,24 @@ NAME = "sklearn-mnist-svc"
 
 
 def _doc(home: Path, reports: Path | None = None, project: Path | None = None) -> StateDocument:
-    return StateDocument(LocalBackend(home), NAME, home / NAME, reports=reports, project=project,
-                         spec_arg="specs/mnist.yaml")
+    return StateDocument(
+        LocalBackend(home), NAME, home / NAME, reports=reports, project=project, spec_arg="specs/mnist.yaml"
+    )
 
 
 # -- the document: version tokens, no lost update ------------------------------------------------
+
 
 def test_a_second_writer_from_the_same_version_is_refused(tmp_path: Path) -> None:
     first, second = _doc(tmp_path), _doc(tmp_path)
     base_state = first.load()
     first.save(base_state | {"history": [{"at": 1.0, "command": "seed", "stages": [], "ok": True}]})
-    a, b = first.load(), second.load()                # both read the same version
+    a, b = first.load(), second.load()  # both read the same version
     first.save(a | {"service": {"target": "local", "scoring_uri": "http://a"}})
     with pytest.raises(StateConflict, match="changed by another writer since it was read"):
         second.save(b | {"service": {"target": "local", "scoring_uri": "http://b"}})
     assert json.loads((tmp_path / NAME / "state.json").read_text())["service"]["scoring_uri"] == "http://a"
-    again = second.load()                            # read again, then the write goes through
+    again = second.load()  # read again, then the write goes through
     second.save(again | {"service": {"target": "local", "scoring_uri": "http://b"}})
     assert first.load()["service"]["scoring_uri"] == "http://b"
 
@@ -56,20 +59,30 @@ def test_stage_outputs_are_machine_independent_and_the_service_record_is_kept_ve
     doc = _doc(home, reports, tmp_path / "a")
     data = doc.load()
     model = str(home / NAME / "models" / "m" / "1" / "model.pkl")
-    service = {"target": "local", "config": str(home / NAME / "service" / "config.json"), "pid": 7,
-               "workspace_config": str(tmp_path / "a" / "azure" / "config.json"), "uri": "http://127.0.0.1:1/"}
-    data["stages"] = {"fetch": {"digest": "d1", "outputs": {"path": model, "other": "/opt/elsewhere/x", "n": 3}},
-                      "report": {"digest": "d2", "outputs": {"dir": str(reports)}}}
+    service = {
+        "target": "local",
+        "config": str(home / NAME / "service" / "config.json"),
+        "pid": 7,
+        "workspace_config": str(tmp_path / "a" / "azure" / "config.json"),
+        "uri": "http://127.0.0.1:1/",
+    }
+    data["stages"] = {
+        "fetch": {"digest": "d1", "outputs": {"path": model, "other": "/opt/elsewhere/x", "n": 3}},
+        "report": {"digest": "d2", "outputs": {"dir": str(reports)}},
+    }
     data["service"] = service
     data["files"] = {str(tmp_path / "x"): {"sha256": "ab"}}
     doc.save(data)
     raw = json.loads((home / NAME / "state.json").read_text())
-    assert raw["stages"]["fetch"]["outputs"] == {"path": "@state/models/m/1/model.pkl", "other": "/opt/elsewhere/x",
-                                                 "n": 3}
+    assert raw["stages"]["fetch"]["outputs"] == {
+        "path": "@state/models/m/1/model.pkl",
+        "other": "/opt/elsewhere/x",
+        "n": 3,
+    }
     assert raw["stages"]["report"]["outputs"] == {"dir": "@reports"}
     # the live service's own files stay where that service has them; a file of the checkout is the checkout's
     assert raw["service"] == service | {"workspace_config": "@project/azure/config.json"}
-    assert "files" not in raw               # the digest cache is this machine's, beside the document
+    assert "files" not in raw  # the digest cache is this machine's, beside the document
     assert json.loads((home / NAME / "files.json").read_text()) == data["files"]
     # another machine (another folder) reads its own paths back
     other_home = tmp_path / "b" / ".pipeline"
@@ -86,7 +99,9 @@ def test_portable_leaves_other_strings_alone() -> None:
     roots = {"@state": Path("/h/.pipeline/x")}
     value = {"a": ["/h/.pipeline/x", "/h/.pipeline/xy/z", "@other/q", "text /h/.pipeline/x/y"], "b": 1.5}
     assert portable.relativize(value, roots) == {
-        "a": ["@state", "/h/.pipeline/xy/z", "@other/q", "text /h/.pipeline/x/y"], "b": 1.5}
+        "a": ["@state", "/h/.pipeline/xy/z", "@other/q", "text /h/.pipeline/x/y"],
+        "b": 1.5,
+    }
     assert portable.resolve(portable.relativize(value, roots), roots) == value
     assert portable.relativize(value, roots, keep=(Path("/h/.pipeline"),)) == value
 
@@ -111,18 +126,22 @@ def test_a_pushed_local_document_points_at_its_backend(tmp_path: Path) -> None:
 
 # -- the local lock ------------------------------------------------------------------------------
 
+
 def test_the_lock_names_its_holder_and_frees_on_release(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path)
     held = backend.try_lock(NAME, base.Holder.me("run specs/mnist.yaml"))
     try:
-        with pytest.raises(StateLocked, match=rf"locked by another run \(pid {os.getpid()}, `run specs/mnist.yaml`, "
-                                              r"on host .+ since") as err:
+        with pytest.raises(
+            StateLocked,
+            match=rf"locked by another run \(pid {os.getpid()}, `run specs/mnist.yaml`, "
+            r"on host .+ since",
+        ) as err:
             backend.try_lock(NAME, base.Holder.me("run again"))
         assert err.value.holder.pid == os.getpid()
         info = backend.inspect(NAME)
         assert info.locked and info.holder.command == "run specs/mnist.yaml"
         with pytest.raises(StateError, match=rf"held by .*stop that process \(kill {os.getpid()}\)|running process"):
-            backend.force_unlock(NAME)   # a local lock is the kernel's: it cannot be broken, only its holder stopped
+            backend.force_unlock(NAME)  # a local lock is the kernel's: it cannot be broken, only its holder stopped
     finally:
         held.release()
     assert backend.inspect(NAME).to_dict() == {"locked": False, "holder": None, "detail": "not locked"}
@@ -130,12 +149,15 @@ def test_the_lock_names_its_holder_and_frees_on_release(tmp_path: Path) -> None:
 
 
 def test_a_killed_holder_frees_the_local_lock_and_is_named_as_the_last_one(tmp_path: Path) -> None:
-    code = ("import sys, time; from pathlib import Path; from pipeline.backends.local import LocalBackend; "
-            "from pipeline.backends.base import Holder\n"
-            f"LocalBackend(Path({str(tmp_path)!r})).try_lock({NAME!r}, Holder.me('run specs/mnist.yaml'))\n"
-            "print('locked', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env=os.environ | {"PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys, time; from pathlib import Path; from pipeline.backends.local import LocalBackend; "
+        "from pipeline.backends.base import Holder\n"
+        f"LocalBackend(Path({str(tmp_path)!r})).try_lock({NAME!r}, Holder.me('run specs/mnist.yaml'))\n"
+        "print('locked', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
         assert LocalBackend(tmp_path).inspect(NAME).locked
@@ -152,7 +174,7 @@ def test_waiting_for_a_lock_takes_it_when_the_holder_lets_go(tmp_path: Path) -> 
     held = backend.try_lock(NAME, base.Holder.me("run specs/mnist.yaml"))
     said, naps = [], []
 
-    def nap(seconds: float) -> None:   # the holder finishes while we wait
+    def nap(seconds: float) -> None:  # the holder finishes while we wait
         naps.append(seconds)
         if len(naps) == 2:
             held.release()
@@ -160,8 +182,9 @@ def test_waiting_for_a_lock_takes_it_when_the_holder_lets_go(tmp_path: Path) -> 
     lock = base.lock(backend, NAME, base.Holder.me("run"), timeout=300, notify=said.append, sleep=nap)
     lock.release()
     assert len(naps) == 2 and len(said) == 1  # said once, not at every poll
-    assert said[0].startswith(f"waiting up to 5m for the lock held by pid {os.getpid()}, `run specs/mnist.yaml`, "
-                              f"on host")
+    assert said[0].startswith(
+        f"waiting up to 5m for the lock held by pid {os.getpid()}, `run specs/mnist.yaml`, on host"
+    )
 
 
 def test_waiting_gives_up_at_the_timeout_naming_the_holder(tmp_path: Path) -> None:
@@ -198,6 +221,7 @@ def test_a_bad_lock_timeout_is_a_usage_error(run_cli, project) -> None:
 
 # -- URLs and choosing ---------------------------------------------------------------------------
 
+
 def test_azureblob_urls() -> None:
     assert parse("azureblob://devstoreaccount1/state/ci") == ("devstoreaccount1", "state", "ci", None)
     assert parse("azureblob://acct123/my-state/a/b/?lease_seconds=15") == ("acct123", "my-state", "a/b", 15)
@@ -208,16 +232,21 @@ def test_azureblob_urls() -> None:
     assert backend.url == "azureblob://acct123/my-state/a/b?lease_seconds=20" and backend.lease_seconds == 20
 
 
-@pytest.mark.parametrize("url,message", [
-    ("azureblob://AB/state/ci", "storage account 'AB' must be 3-24 lowercase letters and digits"),
-    ("azureblob://acct/st/ci", "container 'st' must be 3-63"),
-    ("azureblob://acct/my--state/ci", "container 'my--state' must be"),
-    ("azureblob://acct/state/a//b", "the prefix must be folder names"),
-    ("azureblob://acct/state/ci?sv=2024&sig=abc", "a credential; the only parameter is lease_seconds, and credentials "
-                                                  "come from the environment"),
-    ("azureblob://acct/state/ci?lease_seconds=5", "lease_seconds must be 15-60, got '5'"),
-    ("s3://bucket/x", "is not azureblob://"),
-])
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("azureblob://AB/state/ci", "storage account 'AB' must be 3-24 lowercase letters and digits"),
+        ("azureblob://acct/st/ci", "container 'st' must be 3-63"),
+        ("azureblob://acct/my--state/ci", "container 'my--state' must be"),
+        ("azureblob://acct/state/a//b", "the prefix must be folder names"),
+        (
+            "azureblob://acct/state/ci?sv=2024&sig=abc",
+            "a credential; the only parameter is lease_seconds, and credentials come from the environment",
+        ),
+        ("azureblob://acct/state/ci?lease_seconds=5", "lease_seconds must be 15-60, got '5'"),
+        ("s3://bucket/x", "is not azureblob://"),
+    ],
+)
 def test_bad_azureblob_urls(url: str, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("?", r"\?")):
         parse(url)
@@ -227,12 +256,14 @@ def test_choosing_a_backend_flag_over_environment_over_spec() -> None:
     spec = SimpleNamespace(backend="azureblob", url="azureblob://acct/state/spec", lease_seconds=30)
     env = {"PIPELINE_STATE": "azureblob://acct/state/env"}
     assert backends.choose(spec, "azureblob://acct/state/flag", env) == backends.Choice(
-        "azureblob", "azureblob://acct/state/flag", "--state", 30)
+        "azureblob", "azureblob://acct/state/flag", "--state", 30
+    )
     assert backends.choose(spec, None, env).source == "PIPELINE_STATE"
-    assert backends.choose(spec, None, {}) == backends.Choice("azureblob", "azureblob://acct/state/spec",
-                                                              "the spec's state block", 30)
+    assert backends.choose(spec, None, {}) == backends.Choice(
+        "azureblob", "azureblob://acct/state/spec", "the spec's state block", 30
+    )
     assert backends.choose(None, None, {}) == backends.Choice("local", "local", "default")
-    assert backends.choose(spec, "local", env).backend == "local"   # a CI job can still pin the local folder
+    assert backends.choose(spec, "local", env).backend == "local"  # a CI job can still pin the local folder
     with pytest.raises(UsageError, match="--state: state URL 's3://bucket/x': expected `local` or azureblob://"):
         backends.choose(None, "s3://bucket/x", {})
     with pytest.raises(UsageError, match="PIPELINE_STATE: state URL 'azureblob:/x'"):
@@ -242,15 +273,17 @@ def test_choosing_a_backend_flag_over_environment_over_spec() -> None:
 def test_a_bad_state_url_from_the_environment_is_a_usage_error_naming_it(run_cli, project, monkeypatch) -> None:
     monkeypatch.setenv("PIPELINE_STATE", "azureblob://acct/st/ci")
     result = run_cli("plan", "specs/mnist.yaml")
-    assert result.code == 2 and result.err == ("error: PIPELINE_STATE: state URL 'azureblob://acct/st/ci': container "
-                                               "'st' must be 3-63 lowercase letters, digits and single '-' between "
-                                               "them (azureblob://<account>/<container>/<prefix>)\n")
+    assert result.code == 2 and result.err == (
+        "error: PIPELINE_STATE: state URL 'azureblob://acct/st/ci': container "
+        "'st' must be 3-63 lowercase letters, digits and single '-' between "
+        "them (azureblob://<account>/<container>/<prefix>)\n"
+    )
 
 
 def test_without_the_sdk_the_backend_names_the_extra(run_cli, project, monkeypatch) -> None:
     import sys as _sys
 
-    monkeypatch.setitem(_sys.modules, "azure.storage.blob", None)   # as if the extra were not installed
+    monkeypatch.setitem(_sys.modules, "azure.storage.blob", None)  # as if the extra were not installed
     result = run_cli("status", "specs/mnist.yaml", "--state", "azureblob://acct/state/ci")
     assert result.code == 2
     assert result.err == "error: the azureblob state backend needs azure-storage-blob: pip install '.[azureblob]'\n"
@@ -264,7 +297,7 @@ def test_credentials_come_from_the_environment_only(no_network) -> None:
         service_client("other", {"AZURE_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true"})
     with pytest.raises(StateError, match="not a storage connection string"):
         service_client("acct", {"AZURE_STORAGE_CONNECTION_STRING": "nonsense"})
-    client = service_client("acct", {})        # DefaultAzureCredential: built offline, nothing sent
+    client = service_client("acct", {})  # DefaultAzureCredential: built offline, nothing sent
     assert client.url == "https://acct.blob.core.windows.net/"
     assert type(client.credential).__name__ == "DefaultAzureCredential"
 
@@ -287,10 +320,13 @@ def test_no_credentials_fail_at_once_without_retries_fake_credential(no_network)
 
     client = service_client("acct", {}, credential=NoCredential())
     backend = AzureBlobBackend("acct", "state", "ci", client_factory=lambda: client)
-    with pytest.raises(StateError, match=r"no Azure credentials to read azureblob://acct/state/ci/sklearn-mnist-svc"
-                                         r".json: set AZURE_STORAGE_CONNECTION_STRING, or sign in"):
+    with pytest.raises(
+        StateError,
+        match=r"no Azure credentials to read azureblob://acct/state/ci/sklearn-mnist-svc"
+        r".json: set AZURE_STORAGE_CONNECTION_STRING, or sign in",
+    ):
         backend.read(NAME)
-    assert NoCredential.calls == 1   # a missing login is not retried
+    assert NoCredential.calls == 1  # a missing login is not retried
 
 
 def test_a_spec_state_block_is_validated(tmp_path: Path) -> None:
@@ -302,10 +338,14 @@ def test_a_spec_state_block_is_validated(tmp_path: Path) -> None:
         ("state: {backend: azureblob}\n", "state.url: required with backend azureblob"),
         ("state: {url: 'azureblob://acct/state/ci'}\n", "state.url: only used with backend azureblob"),
         ("state: {backend: azureblob, url: 'azureblob://acct/my--state/ci'}\n", "state.url: container 'my--state'"),
-        ("state: {backend: azureblob, url: 'azureblob://acct/state/ci?sig=x'}\n", "state.url: 'azureblob://acct/state/"
-                                                                                  "ci?sig=x' is not azureblob://"),
-        ("state: {backend: azureblob, url: 'azureblob://acct/state/ci', lease_seconds: 10}\n",
-         "state.lease_seconds: must be >= 15, got 10"),
+        (
+            "state: {backend: azureblob, url: 'azureblob://acct/state/ci?sig=x'}\n",
+            "state.url: 'azureblob://acct/state/ci?sig=x' is not azureblob://",
+        ),
+        (
+            "state: {backend: azureblob, url: 'azureblob://acct/state/ci', lease_seconds: 10}\n",
+            "state.lease_seconds: must be >= 15, got 10",
+        ),
         ("state: {backend: s3}\n", "state.backend: 's3' is not one of ['local', 'azureblob']"),
     ]:
         path = tmp_path / "spec.yaml"
@@ -316,11 +356,15 @@ def test_a_spec_state_block_is_validated(tmp_path: Path) -> None:
     path.write_text(text + "state: {backend: azureblob, url: 'azureblob://acct/state/ci'}\n")
     loaded = specs.load(path)
     assert (loaded.state.backend, loaded.state.url, loaded.state.lease_seconds) == (
-        "azureblob", "azureblob://acct/state/ci", 60)
+        "azureblob",
+        "azureblob://acct/state/ci",
+        60,
+    )
     assert specs.load(ROOT / "specs" / "mnist.yaml").state is None
 
 
 # -- the commands on the local backend -----------------------------------------------------------
+
 
 def test_state_show_says_where_who_and_what(project, run_cli) -> None:
     assert run_cli("run", "specs/mnist.yaml", "--to", "fetch").code == 0

@@ -28,8 +28,9 @@ def rendered(tmp_path: Path, output: str) -> ScoringScript:
     """score.py as `render` writes it for specs/mnist.yaml (with scoring.output set), loaded as a worker loads it."""
     project = tmp_path / output
     (project / "specs").mkdir(parents=True)
-    shutil.copytree(ROOT / "examples" / "mnist", project / "examples" / "mnist",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "examples" / "mnist", project / "examples" / "mnist", ignore=shutil.ignore_patterns("__pycache__")
+    )
     text = (ROOT / "specs" / "mnist.yaml").read_text().replace("output: labels", f"output: {output}")
     (project / "specs" / "mnist.yaml").write_text(text)
     out = project / "build"
@@ -74,7 +75,7 @@ def test_every_batch_size_from_1_to_64_answers_each_row_as_predict_alone(tmp_pat
     assert script.batch_rows
     start = 0
     for size in range(1, MAX_ROWS + 1):
-        rows = IMAGES[start:start + size]
+        rows = IMAGES[start : start + size]
         start = (start + size) % (len(IMAGES) - MAX_ROWS)
         bodies = [script.parse_rows(_body(row[None, :])) for row in rows]  # type: ignore[misc]
         answers, calls = run_batches(script, bodies)
@@ -88,14 +89,14 @@ def test_mixed_batches_with_a_bad_neighbour_fail_only_it(tmp_path: Path, model: 
     requests: list[Any] = []
     start = 0
     for size in sizes:
-        requests.append(IMAGES[start:start + size])
+        requests.append(IMAGES[start : start + size])
         start += size
     requests.insert(4, np.zeros((2, 700)))  # parsed by a script without the host's checks: the wrong width
     answers, calls = run_batches(script, requests)
     assert isinstance(answers[4], BatchFailed)
     good = [a for i, a in enumerate(answers) if i != 4]
     assert all(isinstance(a, list) for a in good)
-    assert [label for answer in good for label in answer] == per_row(model, IMAGES[:sum(sizes)], "labels")
+    assert [label for answer in good for label in answer] == per_row(model, IMAGES[: sum(sizes)], "labels")
     assert max(calls) <= MAX_ROWS and len(calls) < len(requests) + len(sizes)  # batched, then the culprit alone
 
 
@@ -106,7 +107,7 @@ def test_probabilities_are_predicted_per_request_and_equal_predict_proba(tmp_pat
     requests = []
     start = 0
     for size in sizes:
-        requests.append(IMAGES[start:start + size])
+        requests.append(IMAGES[start : start + size])
         start += size
     answers, calls = run_batches(script, requests)
     assert calls == sizes  # one call per request, in one pass

@@ -1,4 +1,5 @@
-"""The check stage: what the spec says of the model that the model itself contradicts, caught before anything else runs."""
+"""The check stage: what the spec says of the model that the model itself contradicts, caught before anything runs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,10 +37,19 @@ def test_a_model_of_another_width_fails_check_before_fetch(project, run_cli) -> 
     assert run_cli("validate", SPEC).code == 0  # only the model knows its width
     result = run_cli("run", SPEC)
     assert result.code == 1
-    assert _statuses(result.out) == {"check": "failed", "fetch": "not run", "evaluate": "not run", "render": "not run",
-                                     "deploy": "not run", "smoke": "not run", "report": "ran"}
-    assert ("scoring.features is 784, but the model was fitted on 100 features (its n_features_in_): "
-            "set scoring.features: 100") in result.out
+    assert _statuses(result.out) == {
+        "check": "failed",
+        "fetch": "not run",
+        "evaluate": "not run",
+        "render": "not run",
+        "deploy": "not run",
+        "smoke": "not run",
+        "report": "ran",
+    }
+    assert (
+        "scoring.features is 784, but the model was fitted on 100 features (its n_features_in_): "
+        "set scoring.features: 100"
+    ) in result.out
     assert not (project / ".pipeline" / "sklearn-mnist-svc" / "models").exists()
 
 
@@ -48,8 +58,10 @@ def test_probabilities_from_a_model_without_predict_proba_fail_check(project, ru
     _edit(project / SPEC, "output: labels", "output: probabilities")
     result = run_cli("run", SPEC, "--only", "check")
     assert result.code == 1
-    assert ("scoring.output is probabilities, but the model (LinearSVC) has no predict_proba: use output: labels, "
-            "or a model that estimates probabilities") in result.out
+    assert (
+        "scoring.output is probabilities, but the model (LinearSVC) has no predict_proba: use output: labels, "
+        "or a model that estimates probabilities"
+    ) in result.out
     # with labels the same model passes check
     _edit(project / SPEC, "output: probabilities", "output: labels")
     assert run_cli("run", SPEC, "--only", "check").code == 0
@@ -72,7 +84,9 @@ def test_a_fitting_model_passes_and_a_changed_one_reruns_check(project, run_cli)
     assert rerun.code == 0 and _statuses(rerun.out)["check"] == "ran"
     recorded = json.loads((project / ".pipeline" / "sklearn-mnist-svc" / "state.json").read_text())
     assert (recorded["stages"]["check"]["inputs"]["model"], recorded["stages"]["check"]["inputs"]["output"]) == (
-        digest, "probabilities")
+        digest,
+        "probabilities",
+    )
 
 
 def test_check_loads_no_model_whose_pin_does_not_match(project, run_cli) -> None:

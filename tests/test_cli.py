@@ -1,4 +1,5 @@
 """Tests for pipeline.cli: exit codes, messages on the right stream, no tracebacks for expected errors."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,20 @@ from pipeline.cli import build_parser
 from pipeline.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("validate", "schema", "render", "plan", "run", "status", "rollback", "delete", "logs", "serve", "state",
-            "force-unlock")
+COMMANDS = (
+    "validate",
+    "schema",
+    "render",
+    "plan",
+    "run",
+    "status",
+    "rollback",
+    "delete",
+    "logs",
+    "serve",
+    "state",
+    "force-unlock",
+)
 BAD_TARGET = "tests/data/specs/invalid/bad-target.yaml"
 SEVERAL = "tests/data/specs/invalid/several-problems.yaml"
 
@@ -48,6 +61,7 @@ def test_every_command_is_tested() -> None:
 
 # -- validate ------------------------------------------------------------------------------------
 
+
 def test_validate_ok(run_cli, at_root: Path) -> None:
     result = run_cli("validate", "specs/mnist.yaml")
     assert (result.code, result.err) == (0, "")
@@ -65,19 +79,24 @@ def test_validate_invalid_prints_every_message_on_stderr(run_cli, at_root: Path)
 def test_validate_several_files_one_bad(run_cli, at_root: Path) -> None:
     result = run_cli("validate", "specs/mnist.yaml", BAD_TARGET, "tests/data/specs/valid/minimal.yaml")
     assert result.code == 2
-    assert result.out.splitlines() == ["ok  specs/mnist.yaml  (sklearn-mnist-svc, target local)",
-                                       "ok  tests/data/specs/valid/minimal.yaml  (minimal-svc, target local)"]
+    assert result.out.splitlines() == [
+        "ok  specs/mnist.yaml  (sklearn-mnist-svc, target local)",
+        "ok  tests/data/specs/valid/minimal.yaml  (minimal-svc, target local)",
+    ]
     assert result.err.splitlines() == [
         "tests/data/specs/invalid/bad-target.yaml:33: deploy.target: 'azur' is not one of "
         "['local', 'aci', 'aks', 'azureml-online', 'ray', 'kubernetes']",
-        "1 of 3 spec(s) invalid"]
+        "1 of 3 spec(s) invalid",
+    ]
 
 
 def test_validate_all_invalid_files_at_once(run_cli, at_root: Path) -> None:
     paths = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests/data/specs/invalid").glob("*.yaml"))
     result = run_cli("validate", *paths)
     assert result.code == 2 and result.out == ""
-    assert result.err.splitlines() == [m for p in paths for m in messages(p)] + [f"{len(paths)} of {len(paths)} spec(s) invalid"]
+    assert result.err.splitlines() == [m for p in paths for m in messages(p)] + [
+        f"{len(paths)} of {len(paths)} spec(s) invalid"
+    ]
     no_traceback(result)
 
 
@@ -92,9 +111,14 @@ def test_validate_json(run_cli, at_root: Path) -> None:
     assert result.code == 2 and result.err == ""
     assert json.loads(result.out) == [
         {"spec": "specs/mnist.yaml", "valid": True, "errors": [], "name": "sklearn-mnist-svc", "target": "local"},
-        {"spec": BAD_TARGET, "valid": False, "errors": [
-            "tests/data/specs/invalid/bad-target.yaml:33: deploy.target: 'azur' is not one of "
-            "['local', 'aci', 'aks', 'azureml-online', 'ray', 'kubernetes']"]},
+        {
+            "spec": BAD_TARGET,
+            "valid": False,
+            "errors": [
+                "tests/data/specs/invalid/bad-target.yaml:33: deploy.target: 'azur' is not one of "
+                "['local', 'aci', 'aks', 'azureml-online', 'ray', 'kubernetes']"
+            ],
+        },
     ]
     ok = run_cli("validate", "--json", "specs/mnist.yaml")
     assert ok.code == 0 and json.loads(ok.out)[0]["valid"] is True
@@ -114,15 +138,19 @@ def test_validate_needs_a_spec(run_cli, at_root: Path) -> None:
 
 # -- usage errors and help ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, words", [
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-    (["validate", "--nope", "specs/mnist.yaml"], "unrecognized arguments: --nope"),
-    (["render"], "the following arguments are required: SPEC"),
-    (["logs", "specs/mnist.yaml", "-n", "many"], "invalid int value: 'many'"),
-    (["run", "specs/mnist.yaml", "--only", "nap"], "invalid choice: 'nap'"),
-    (["run", "specs/mnist.yaml", "--only", "fetch", "--from", "check"], "not allowed with argument"),
-    (["--frobnicate"], "unrecognized arguments"),
-])
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["validate", "--nope", "specs/mnist.yaml"], "unrecognized arguments: --nope"),
+        (["render"], "the following arguments are required: SPEC"),
+        (["logs", "specs/mnist.yaml", "-n", "many"], "invalid int value: 'many'"),
+        (["run", "specs/mnist.yaml", "--only", "nap"], "invalid choice: 'nap'"),
+        (["run", "specs/mnist.yaml", "--only", "fetch", "--from", "check"], "not allowed with argument"),
+        (["--frobnicate"], "unrecognized arguments"),
+    ],
+)
 def test_usage_errors_exit_2_with_a_usage_line(run_cli, at_root: Path, args: list[str], words: str) -> None:
     result = run_cli(*args)
     assert result.code == 2 and result.out == ""
@@ -162,6 +190,7 @@ def test_top_level_help_and_version(run_cli) -> None:
 
 
 # -- schema and render ---------------------------------------------------------------------------
+
 
 def test_schema(run_cli) -> None:
     result = run_cli("schema")
@@ -220,10 +249,12 @@ def test_every_spec_command_refuses_a_missing_spec(run_cli, project: Path, comma
 
 # -- the real entry point -------------------------------------------------------------------------
 
+
 def python_m(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1"}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_python_m_pipeline_exit_codes() -> None:
@@ -247,7 +278,7 @@ def test_plan_detailed_exitcode_reports_errors_as_1_never_2(run_cli, tmp_path, m
     monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "state"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: pipeline/v1\n")
-    assert run_cli("plan", bad, "--detailed-exitcode").code == 1          # invalid spec
+    assert run_cli("plan", bad, "--detailed-exitcode").code == 1  # invalid spec
     assert run_cli("plan", tmp_path / "none.yaml", "--detailed-exitcode").code == 1  # missing file
     assert run_cli("plan", "specs/mnist.yaml", "--detailed-exitcode", "--from", "smoke", "--to", "check").code == 1
     assert run_cli("plan", "specs/mnist.yaml", "--detailed-exitcode", "--bogus").code == 1
@@ -267,6 +298,7 @@ def test_run_json_keeps_stdout_pure_when_a_stage_fails(run_cli, project):
 
 
 # -- status for scripts ---------------------------------------------------------------------------
+
 
 def test_status_exits_0_only_for_a_live_service_that_matches_its_record(run_cli, project: Path) -> None:
     import signal
@@ -300,8 +332,9 @@ def test_status_exits_0_only_for_a_live_service_that_matches_its_record(run_cli,
     assert status() == (1, "not deployed", False)
 
 
-@pytest.mark.parametrize("args", [("status",), ("status", "specs/mnist.yaml", "--bogus"),
-                                  ("status", "specs/mnist.yaml", "extra.yaml")])
+@pytest.mark.parametrize(
+    "args", [("status",), ("status", "specs/mnist.yaml", "--bogus"), ("status", "specs/mnist.yaml", "extra.yaml")]
+)
 def test_status_usage_errors_exit_2(run_cli, project: Path, args: tuple[str, ...]) -> None:
     result = run_cli(*args)
     assert result.code == 2 and "usage: pipeline" in result.err and "error:" in result.err
@@ -311,5 +344,7 @@ def test_status_usage_errors_exit_2(run_cli, project: Path, args: tuple[str, ...
 def test_status_help_states_its_exit_codes(run_cli) -> None:
     result = run_cli("status", "--help")
     assert result.code == 0
-    assert "0 the service is live and matches its record; 1 it is down, drifted, unreachable or not deployed" in " ".join(
-        result.out.split())
+    assert (
+        "0 the service is live and matches its record; 1 it is down, drifted, unreachable or not deployed"
+        in " ".join(result.out.split())
+    )

@@ -1,4 +1,5 @@
 """Tests for pipeline.data: IDX parsing and its error messages, npz and CSV, Dataset chunks."""
+
 from __future__ import annotations
 
 import gzip
@@ -15,8 +16,14 @@ from pipeline.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "examples" / "mnist" / "data"
-CODES = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype("i2"): 0x0B,
-         np.dtype("i4"): 0x0C, np.dtype("f4"): 0x0D, np.dtype("f8"): 0x0E}
+CODES = {
+    np.dtype("u1"): 0x08,
+    np.dtype("i1"): 0x09,
+    np.dtype("i2"): 0x0B,
+    np.dtype("i4"): 0x0C,
+    np.dtype("f4"): 0x0D,
+    np.dtype("f8"): 0x0E,
+}
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -25,8 +32,7 @@ def idx_bytes(arr: np.ndarray) -> bytes:
     return header + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
 
 
-def write_idx(path: Path, arr: np.ndarray, *, compress: bool = True, extra: bytes = b"",
-              cut: int = 0) -> Path:
+def write_idx(path: Path, arr: np.ndarray, *, compress: bool = True, extra: bytes = b"", cut: int = 0) -> Path:
     raw = idx_bytes(arr) + extra
     raw = raw[: len(raw) - cut]
     path.write_bytes(gzip.compress(raw, mtime=0) if compress else raw)
@@ -72,8 +78,7 @@ def test_trailing_bytes_are_an_error(tmp_path: Path, images: np.ndarray) -> None
     path = write_idx(tmp_path / "x.gz", images, extra=b"\x00\x01")
     with pytest.raises(DataError) as err:
         read_idx(path)
-    assert str(err.value) == (f"{path}: IDX file has trailing bytes after its 60 bytes "
-                              "of data (shape 5x4x3)")
+    assert str(err.value) == (f"{path}: IDX file has trailing bytes after its 60 bytes of data (shape 5x4x3)")
 
 
 @pytest.mark.parametrize("content", [b"PK\x03\x04rest", b"\x00\x00\x07\x01abcd", b"\x00"])
@@ -113,10 +118,13 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_idx_count_reads_only_the_header_without_numpy(tmp_path: Path, images: np.ndarray) -> None:
     path = write_idx(tmp_path / "x.gz", images, cut=50)  # payload damage is not its business
     assert idx_count(path) == 5
-    code = ("import sys; from pathlib import Path; from pipeline.data import idx_count; "
-            f"print(idx_count(Path({str(MNIST / 'test-images.gz')!r})), 'numpy' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "import sys; from pathlib import Path; from pipeline.data import idx_count; "
+        f"print(idx_count(Path({str(MNIST / 'test-images.gz')!r})), 'numpy' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["1000", "False"]
 
 
@@ -146,7 +154,7 @@ def test_real_mnist_example_data() -> None:
     ds = load_dataset(MNIST / "test-images.gz", MNIST / "test-labels.gz", scale=255)
     assert (ds.n, ds.features) == (1000, 784)
     assert set(ds.y.tolist()) == set(range(10))
-    assert 0.0 <= ds.rows(0, 1000).min() and ds.rows(0, 1000).max() == 1.0
+    assert ds.rows(0, 1000).min() >= 0.0 and ds.rows(0, 1000).max() == 1.0
     assert count_rows(MNIST / "train-images.gz") == 4000
 
 
@@ -184,14 +192,17 @@ def test_csv_loading(tmp_path: Path) -> None:
     assert count_rows(path) == 2
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("a,label\n1,2\nx,3\n", r"test.csv:3: column 'a': 'x' is not a number"),
-    ("a,label\n1,2\n3,2.5\n", r"test.csv:3: column 'label': label 2.5 is not an integer"),
-    ("a,label\n1,2\n3\n", r"test.csv:3: 1 cells, the header has 2"),
-    ("a,label\nnan,2\n", r"test.csv:2: not a finite number in this row"),
-    ("a,b\n1,2\n", r"test.csv:1: no column 'label' in the header \(found \['a', 'b'\]\)"),
-    ("", r"test.csv: CSV file is empty"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a,label\n1,2\nx,3\n", r"test.csv:3: column 'a': 'x' is not a number"),
+        ("a,label\n1,2\n3,2.5\n", r"test.csv:3: column 'label': label 2.5 is not an integer"),
+        ("a,label\n1,2\n3\n", r"test.csv:3: 1 cells, the header has 2"),
+        ("a,label\nnan,2\n", r"test.csv:2: not a finite number in this row"),
+        ("a,b\n1,2\n", r"test.csv:1: no column 'label' in the header \(found \['a', 'b'\]\)"),
+        ("", r"test.csv: CSV file is empty"),
+    ],
+)
 def test_csv_errors_name_the_line(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "test.csv"
     path.write_text(text)
@@ -202,7 +213,7 @@ def test_csv_errors_name_the_line(tmp_path: Path, text: str, message: str) -> No
 def test_csv_needs_label_column(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text("a,label\n1,2\n")
-    with pytest.raises(DataError, match="needs test.label_column"):
+    with pytest.raises(DataError, match=r"needs test\.label_column"):
         load_dataset(path, None)
 
 

@@ -1,4 +1,5 @@
 """Tests for pipeline.evaluate: metrics against sklearn, chunking, the gate, the tutorial's plot."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def test_example_model_on_example_data_and_the_gate(mnist: Dataset, model: Any) 
     check_gate(ev, 0.85)
     with pytest.raises(StageFailed) as err:
         check_gate(ev, 0.99)
-    assert str(err.value) == (f"accuracy {ev.accuracy:.4f} is below test.min_accuracy 0.99 "
-                              f"({ev.correct} of 1000 test examples correct)")
+    assert str(err.value) == (
+        f"accuracy {ev.accuracy:.4f} is below test.min_accuracy 0.99 ({ev.correct} of 1000 test examples correct)"
+    )
 
 
 def test_metrics_match_sklearn(mnist: Dataset, model: Any) -> None:

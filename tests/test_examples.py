@@ -1,4 +1,5 @@
 """The CI example: every pipeline command it runs is one the CLI accepts, and its state URL is one the backend takes."""
+
 from __future__ import annotations
 
 import re
@@ -35,14 +36,17 @@ def test_every_pipeline_command_in_the_workflow_parses() -> None:
     assert {c[0] for c in commands} >= {"validate", "plan", "run"}
     parser = build_parser()
     for words in commands:
-        parsed = parser.parse_args(words)   # raises on an unknown flag or a bad value
+        parsed = parser.parse_args(words)  # raises on an unknown flag or a bad value
         assert parsed.command == words[0]
 
 
 def test_the_workflow_shares_state_through_azureblob() -> None:
     doc = yaml.safe_load(WORKFLOW.read_text())
-    url = doc["env"]["PIPELINE_STATE"].replace("${{ vars.PIPELINE_STATE_ACCOUNT }}", "acct1") \
-                                      .replace("${{ github.repository }}", "owner/repo")
+    url = (
+        doc["env"]["PIPELINE_STATE"]
+        .replace("${{ vars.PIPELINE_STATE_ACCOUNT }}", "acct1")
+        .replace("${{ github.repository }}", "owner/repo")
+    )
     assert parse(url) == ("acct1", "pipeline-state", "owner/repo", None)
     assert doc["permissions"]["id-token"] == "write"
     deploy_runs = " ".join(str(s.get("run", "")) for s in doc["jobs"]["deploy"]["steps"])
@@ -64,10 +68,22 @@ def test_the_review_job_compares_with_the_base_revisions_evaluation(project, run
     base = tmp_path / "base"
     shutil.copytree(project, base)  # the base revision, checked out beside the pull request's
     (base / ".git").mkdir()  # a checkout: its root is where the spec's path (its owner) is read from
-    assert run_cli("run", str(base / "specs" / "mnist.yaml"), "--to", "evaluate", "--state", "local",
-                   "--quiet").code == 0
-    trained = subprocess.run([sys.executable, "examples/mnist/train.py", "--reg", "0.01", "--output",
-                              "examples/mnist/sklearn_mnist_model.pkl"], capture_output=True, text=True, timeout=300)
+    assert (
+        run_cli("run", str(base / "specs" / "mnist.yaml"), "--to", "evaluate", "--state", "local", "--quiet").code == 0
+    )
+    trained = subprocess.run(
+        [
+            sys.executable,
+            "examples/mnist/train.py",
+            "--reg",
+            "0.01",
+            "--output",
+            "examples/mnist/sklearn_mnist_model.pkl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     digest = re.search(r"sha256 ([0-9a-f]{64})", trained.stdout).group(1)
     spec = project / "specs" / "mnist.yaml"
     pinned = "f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4"

@@ -91,8 +91,10 @@ def test_a_full_disk_while_saving_state_keeps_the_old_state(project, run_cli, mo
     result = run_cli("run", SPEC, "--to", "fetch")
     _clean(result)
     assert result.code == 1
-    assert f"cannot save the state to {_state_file(project)}: No space left on device; the previous state is kept" \
+    assert (
+        f"cannot save the state to {_state_file(project)}: No space left on device; the previous state is kept"
         in result.err
+    )
     assert _state_file(project).read_text() == before
 
 
@@ -132,6 +134,7 @@ def _moments(project: Path) -> dict[str, Callable[[], bool]]:
                 return name in json.loads(_state_file(project).read_text())["stages"]
             except (OSError, ValueError, KeyError):
                 return False
+
         return check
 
     def ready(live: bool) -> Callable[[], bool]:
@@ -143,6 +146,7 @@ def _moments(project: Path) -> dict[str, Callable[[], bool]]:
                 except (OSError, ValueError):
                     pass
             return False
+
         return check
 
     return {
@@ -163,8 +167,13 @@ def _moments(project: Path) -> dict[str, Callable[[], bool]]:
 def test_a_run_killed_at_any_moment_leaves_nothing_delete_does_not_stop(project, run_cli, moment):
     (project / ".pipeline").mkdir(exist_ok=True)
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", SPEC], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", SPEC],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     reached = _moments(project)[moment]
     deadline = time.monotonic() + 120
     while not reached() and proc.poll() is None and time.monotonic() < deadline:

@@ -29,11 +29,10 @@ def test_a_held_block_finishes_before_the_interrupt_is_raised() -> None:
 def test_a_signal_another_thread_receives_is_held_too() -> None:
     # BLAS threads may be the ones the kernel hands SIGTERM to; the handler runs on the main thread anyway
     done = []
-    with interrupts.installed(), pytest.raises(KeyboardInterrupt):
-        with interrupts.held():
-            thread = threading.Thread(target=signal.raise_signal, args=(signal.SIGTERM,))
-            thread.start()
-            thread.join()
-            sum(range(1000))  # bytecode runs, so the pending handler has run by now
-            done.append("whole")
+    with interrupts.installed(), pytest.raises(KeyboardInterrupt), interrupts.held():
+        thread = threading.Thread(target=signal.raise_signal, args=(signal.SIGTERM,))
+        thread.start()
+        thread.join()
+        sum(range(1000))  # bytecode runs, so the pending handler has run by now
+        done.append("whole")
     assert done == ["whole"]

@@ -1,4 +1,5 @@
 """Target kubernetes offline: golden manifests, Kubernetes' own schemas, the rules of validate, names and labels."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,8 @@ SCALED = {
     "  memory_gb: 1\n": "  memory_gb: 1.5\n",
     "  auth: false\n": "  auth: true\n",
     "  kubernetes: {}": "  kubernetes: {namespace: ml, image: registry.example.com/team/mnist, replicas: 2,\n"
-                     "               max_replicas: 6, target_cpu_utilization: 60, service_type: LoadBalancer,\n"
-                     "               url: 'https://mnist.example.com/'}",
+    "               max_replicas: 6, target_cpu_utilization: 60, service_type: LoadBalancer,\n"
+    "               url: 'https://mnist.example.com/'}",
 }
 
 
@@ -56,8 +57,11 @@ def normalized(files: dict[str, str]) -> dict[str, str]:
     deployment = yaml.safe_load(files["k8s/deployment.yaml"])
     tag = deployment["spec"]["template"]["spec"]["containers"][0]["image"].rpartition(":")[2]
     digest = deployment["metadata"]["annotations"][km.DIGEST_KEY]
-    return {name: text.replace(digest, "<inputs-digest>").replace(tag, "<context-digest>")
-            for name, text in files.items() if name.startswith("k8s/") or name == "image/Dockerfile"}
+    return {
+        name: text.replace(digest, "<inputs-digest>").replace(tag, "<context-digest>")
+        for name, text in files.items()
+        if name.startswith("k8s/") or name == "image/Dockerfile"
+    }
 
 
 @pytest.mark.parametrize("case, replace", [("mnist", None), ("scaled", SCALED)])
@@ -70,8 +74,10 @@ def test_rendered_manifests_match_the_golden_files(tmp_path, case, replace):
     golden = {p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8") for p in folder.rglob("*") if p.is_file()}
     assert sorted(files) == sorted(golden)
     for name in files:
-        assert files[name] == golden[name], f"{name} differs from tests/data/kubernetes/{case}/{name} " \
-                                            "(PIPELINE_UPDATE_GOLDEN=1 rewrites the golden files after review)"
+        assert files[name] == golden[name], (
+            f"{name} differs from tests/data/kubernetes/{case}/{name} "
+            "(PIPELINE_UPDATE_GOLDEN=1 rewrites the golden files after review)"
+        )
 
 
 @pytest.mark.parametrize("replace", [None, SCALED], ids=["mnist", "scaled"])
@@ -95,14 +101,28 @@ def test_the_done_when_render_command_writes_the_folder_kubectl_apply_k_takes(tm
     assert sorted(p.name for p in (out / "k8s").iterdir()) == sorted(listed + ["kustomization.yaml"])
     for name in listed:
         for version in km.VALIDATE_VERSIONS:
-            assert subprocess.run(["python", "-m", "kubernetes_validate", "--strict", "-k", f"{version}.0", "--quiet",
-                                   str(out / "k8s" / name)], capture_output=True).returncode == 0, name
+            assert (
+                subprocess.run(
+                    [
+                        "python",
+                        "-m",
+                        "kubernetes_validate",
+                        "--strict",
+                        "-k",
+                        f"{version}.0",
+                        "--quiet",
+                        str(out / "k8s" / name),
+                    ],
+                    capture_output=True,
+                ).returncode
+                == 0
+            ), name
     # the image folder is a complete build context: the Dockerfile's COPY sources all exist
     model = ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl"
     assert (out / "image" / model.name).read_bytes() == model.read_bytes()
     for line in (out / "image" / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):
-            *sources, _ = json.loads(line[line.index("["):])
+            *sources, _ = json.loads(line[line.index("[") :])
             assert all((out / "image" / s).exists() for s in sources), line
 
 
@@ -125,8 +145,10 @@ def test_render_is_deterministic_and_the_deployment_carries_what_the_issue_asks(
     assert container["resources"]["requests"] == container["resources"]["limits"] == {"cpu": "500m", "memory": "1536Mi"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/", "port": "http"}
-    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
-                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert "replicas" not in deployment["spec"]  # the autoscaler owns the count
@@ -136,7 +158,9 @@ def test_render_is_deterministic_and_the_deployment_carries_what_the_issue_asks(
     assert len(meta["annotations"][km.DIGEST_KEY]) == 64
     # labels carry the tags Kubernetes accepts, cleaned up; '-' has nothing left and is only in the annotation
     assert {k: v for k, v in meta["labels"].items() if k.startswith(km.TAG_LABEL_PREFIX)} == {
-        f"{km.TAG_LABEL_PREFIX}data": "MNIST", f"{km.TAG_LABEL_PREFIX}cost-center": "R-D-42"}
+        f"{km.TAG_LABEL_PREFIX}data": "MNIST",
+        f"{km.TAG_LABEL_PREFIX}cost-center": "R-D-42",
+    }
     hpa = yaml.safe_load(first["k8s/hpa.yaml"])
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
@@ -155,19 +179,21 @@ def test_image_tag_is_the_digest_of_the_build_context(tmp_path):
     assert {n for n in files if files[n] != bigger[n]} == {"k8s/configmap.yaml", "k8s/deployment.yaml"}
     # a given tag is used as is
     tagged = rendered(tmp_path / "tagged", {"  kubernetes: {}": "  kubernetes: {image: 'ghcr.io/team/mnist:v3'}"})
-    assert "image: \"ghcr.io/team/mnist:v3\"" in tagged["k8s/deployment.yaml"]
+    assert 'image: "ghcr.io/team/mnist:v3"' in tagged["k8s/deployment.yaml"]
 
 
 def test_a_template_that_renders_an_invalid_manifest_is_a_render_error_naming_file_and_field(tmp_path):
     templates = tmp_path / "specs" / "tpl" / "kubernetes"
     templates.mkdir(parents=True)
     text = (ROOT / "templates" / "kubernetes" / "service.yaml.j2").read_text()
-    (templates / "service.yaml.j2").write_text(text.replace("port: {{ k8s.service_port }}", "port: \"eighty\""))
+    (templates / "service.yaml.j2").write_text(text.replace("port: {{ k8s.service_port }}", 'port: "eighty"'))
     spec = specs.load(k8s_spec(tmp_path / "specs", {"description:": "templates: tpl\ndescription:"}))
     with pytest.raises(RenderError) as info:
         render.render_all(spec)
-    assert str(info.value).startswith("rendered k8s/service.yaml (Service sklearn-mnist-svc) is not valid for "
-                                      "Kubernetes 1.30: spec.ports.0.port: 'eighty' is not of type 'integer'")
+    assert str(info.value).startswith(
+        "rendered k8s/service.yaml (Service sklearn-mnist-svc) is not valid for "
+        "Kubernetes 1.30: spec.ports.0.port: 'eighty' is not of type 'integer'"
+    )
 
 
 def test_metadata_the_schemas_do_not_check_is_checked_too():
@@ -178,14 +204,17 @@ def test_metadata_the_schemas_do_not_check_is_checked_too():
     assert km.metadata_problem({"metadata": {"name": "ok", "labels": {"example.com/a": "b"}}}) is None
 
 
-@pytest.mark.parametrize("tags, labels", [
-    ({"team": "ml"}, {"team": "ml"}),
-    ({"Cost Center": "R&D"}, {"Cost-Center": "R-D"}),
-    ({"x" * 80: "y" * 80}, {"x" * 63: "y" * 63}),
-    ({"a b": "1", "a-b": "2"}, {"a-b": "1"}),          # the second collides once cleaned up: the first wins
-    ({"!!!": "value"}, {}),
-    ({"empty": "!!"}, {"empty": ""}),
-])
+@pytest.mark.parametrize(
+    "tags, labels",
+    [
+        ({"team": "ml"}, {"team": "ml"}),
+        ({"Cost Center": "R&D"}, {"Cost-Center": "R-D"}),
+        ({"x" * 80: "y" * 80}, {"x" * 63: "y" * 63}),
+        ({"a b": "1", "a-b": "2"}, {"a-b": "1"}),  # the second collides once cleaned up: the first wins
+        ({"!!!": "value"}, {}),
+        ({"empty": "!!"}, {"empty": ""}),
+    ],
+)
 def test_tags_become_valid_labels(tags, labels):
     got = km.tag_labels(tags)
     assert got == {km.TAG_LABEL_PREFIX + k: v for k, v in labels.items()}
@@ -197,23 +226,38 @@ def test_cpu_quantities(cores, quantity):
     assert km.cpu_quantity(cores) == quantity
 
 
-@pytest.mark.parametrize("replace, message", [
-    ({"  kubernetes: {}": "  kubernetes: {replicas: 4, max_replicas: 2}"},
-     "deploy.kubernetes.max_replicas: must be >= replicas (4): the autoscaler's maximum cannot be below its minimum"),
-    ({"  kubernetes: {}": "  kubernetes: {image: 'Registry.example.com/Team/mnist'}"},
-     "deploy.kubernetes.image: 'Registry.example.com/Team/mnist' is not an image reference such as "
-     "registry.example.com/team/mnist[:tag]"),
-    ({"  kubernetes: {}": "  kubernetes: {namespace: ML_Team}"},
-     "deploy.kubernetes.namespace: 'ML_Team' must be a DNS-1123 label (at most 63 lowercase letters, digits and '-', "
-     "alphanumeric at both ends)"),
-    ({"  auth: false\n": "  auth: true\n"},
-     "deploy.auth: key auth on kubernetes needs deploy.kubernetes.url (an Ingress or load balancer): through the API "
-     "server's proxy the key cannot reach the service"),
-    ({"  cpu_cores: 1\n": "  cpu_cores: 0.0001\n"},
-     "deploy.cpu_cores: Kubernetes counts CPU in millicores: at least 0.001"),
-    ({"  kubernetes: {}": "  kubernetes: {service_type: ExternalName}"},
-     "deploy.kubernetes.service_type: 'ExternalName' is not one of ['ClusterIP', 'NodePort', 'LoadBalancer']"),
-])
+@pytest.mark.parametrize(
+    "replace, message",
+    [
+        (
+            {"  kubernetes: {}": "  kubernetes: {replicas: 4, max_replicas: 2}"},
+            "deploy.kubernetes.max_replicas: must be >= replicas (4): the autoscaler's maximum cannot be below its minimum",
+        ),
+        (
+            {"  kubernetes: {}": "  kubernetes: {image: 'Registry.example.com/Team/mnist'}"},
+            "deploy.kubernetes.image: 'Registry.example.com/Team/mnist' is not an image reference such as "
+            "registry.example.com/team/mnist[:tag]",
+        ),
+        (
+            {"  kubernetes: {}": "  kubernetes: {namespace: ML_Team}"},
+            "deploy.kubernetes.namespace: 'ML_Team' must be a DNS-1123 label (at most 63 lowercase letters, digits and '-', "
+            "alphanumeric at both ends)",
+        ),
+        (
+            {"  auth: false\n": "  auth: true\n"},
+            "deploy.auth: key auth on kubernetes needs deploy.kubernetes.url (an Ingress or load balancer): through the API "
+            "server's proxy the key cannot reach the service",
+        ),
+        (
+            {"  cpu_cores: 1\n": "  cpu_cores: 0.0001\n"},
+            "deploy.cpu_cores: Kubernetes counts CPU in millicores: at least 0.001",
+        ),
+        (
+            {"  kubernetes: {}": "  kubernetes: {service_type: ExternalName}"},
+            "deploy.kubernetes.service_type: 'ExternalName' is not one of ['ClusterIP', 'NodePort', 'LoadBalancer']",
+        ),
+    ],
+)
 def test_validate_catches_what_kubernetes_would_refuse(tmp_path, run_cli, replace, message):
     spec = k8s_spec(tmp_path / "specs", replace)
     result = run_cli("validate", spec)
@@ -235,20 +279,35 @@ def test_rollout_state_follows_kubectl_rollout_status():
     from pipeline.targets.kubernetes_api import pod_failure, rollout_state
 
     def deployment(generation=2, observed=2, wanted=2, **status):
-        return {"metadata": {"generation": generation}, "spec": {"replicas": wanted},
-                "status": {"observedGeneration": observed, **status}}
+        return {
+            "metadata": {"generation": generation},
+            "spec": {"replicas": wanted},
+            "status": {"observedGeneration": observed, **status},
+        }
 
     assert rollout_state(deployment(observed=1)) == (False, "waiting for the deployment controller to see the new spec")
     assert rollout_state(deployment(updatedReplicas=1)) == (False, "1 of 2 updated replicas are running")
-    assert rollout_state(deployment(updatedReplicas=2, replicas=3, availableReplicas=2))[1] == \
-        "1 old replicas are pending termination"
-    assert rollout_state(deployment(updatedReplicas=2, availableReplicas=1)) == \
-        (False, "1 of 2 updated replicas are available")
+    assert (
+        rollout_state(deployment(updatedReplicas=2, replicas=3, availableReplicas=2))[1]
+        == "1 old replicas are pending termination"
+    )
+    assert rollout_state(deployment(updatedReplicas=2, availableReplicas=1)) == (
+        False,
+        "1 of 2 updated replicas are available",
+    )
     assert rollout_state(deployment(updatedReplicas=2, availableReplicas=2)) == (True, "2 of 2 replicas available")
     stuck = deployment(conditions=[{"type": "Progressing", "reason": "ProgressDeadlineExceeded", "message": "slow"}])
     assert rollout_state(stuck) == (False, "progress deadline exceeded: slow")
-    crashing = {"metadata": {"name": "p-1"}, "status": {"containerStatuses": [
-        {"image": "repo:tag", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}}}]}}
-    assert pod_failure([crashing], "repo:tag") == ("p-1",
-                                                   "the container keeps crashing (CrashLoopBackOff: back-off 10s)")
+    crashing = {
+        "metadata": {"name": "p-1"},
+        "status": {
+            "containerStatuses": [
+                {"image": "repo:tag", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}}}
+            ]
+        },
+    }
+    assert pod_failure([crashing], "repo:tag") == (
+        "p-1",
+        "the container keeps crashing (CrashLoopBackOff: back-off 10s)",
+    )
     assert pod_failure([crashing], "repo:other") is None  # an old version's pod is not the new rollout's failure

@@ -5,6 +5,7 @@ Debian's etcd-server. Without nodes and a controller manager no pod runs, so the
 controller (it writes the Deployment's status) and selects `--to deploy`. Kubernetes 1.20 serves neither
 autoscaling/v2 nor policy/v1, so the autoscaler and the disruption budget are covered by the fake API server only.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,27 +59,63 @@ def api_server(tmp_path_factory):
     etcd_port, peer_port, port = _free_port(), _free_port(), _free_port()
     # the processes' output files stay open for as long as they run; closed in the finally below
     logs = {"etcd": open(root / "etcd.log", "wb"), "apiserver": open(root / "apiserver.log", "wb")}  # noqa: SIM115
-    etcd = subprocess.Popen(["etcd", "--data-dir", str(root / "etcd"),
-                             "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-                             "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-                             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}"],
-                            stdout=logs["etcd"], stderr=subprocess.STDOUT)
-    apiserver = subprocess.Popen([
-        str(APISERVER), f"--etcd-servers=http://127.0.0.1:{etcd_port}", "--bind-address=127.0.0.1",
-        f"--secure-port={port}", "--insecure-port=0", f"--cert-dir={root / 'certs'}",
-        f"--token-auth-file={root / 'tokens.csv'}", "--authorization-mode=RBAC",
-        "--service-cluster-ip-range=10.0.0.0/24", "--service-account-issuer=https://kubernetes.default.svc",
-        f"--service-account-key-file={root / 'sa.key'}", f"--service-account-signing-key-file={root / 'sa.key'}",
-        "--disable-admission-plugins=ServiceAccount"], stdout=logs["apiserver"], stderr=subprocess.STDOUT)
+    etcd = subprocess.Popen(
+        [
+            "etcd",
+            "--data-dir",
+            str(root / "etcd"),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+        ],
+        stdout=logs["etcd"],
+        stderr=subprocess.STDOUT,
+    )
+    apiserver = subprocess.Popen(
+        [
+            str(APISERVER),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            "--insecure-port=0",
+            f"--cert-dir={root / 'certs'}",
+            f"--token-auth-file={root / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={root / 'sa.key'}",
+            f"--service-account-signing-key-file={root / 'sa.key'}",
+            "--disable-admission-plugins=ServiceAccount",
+        ],
+        stdout=logs["apiserver"],
+        stderr=subprocess.STDOUT,
+    )
     previous = os.environ.get("KUBECONFIG")
     try:
         kubeconfig = root / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "real",
-            "clusters": [{"name": "real", "cluster": {"server": f"https://127.0.0.1:{port}",
-                                                      "certificate-authority": str(root / "certs" / "apiserver.crt")}}],
-            "users": [{"name": "admin", "user": {"token": TOKEN}}],
-            "contexts": [{"name": "real", "context": {"cluster": "real", "user": "admin"}}]}))
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "real",
+                    "clusters": [
+                        {
+                            "name": "real",
+                            "cluster": {
+                                "server": f"https://127.0.0.1:{port}",
+                                "certificate-authority": str(root / "certs" / "apiserver.crt"),
+                            },
+                        }
+                    ],
+                    "users": [{"name": "admin", "user": {"token": TOKEN}}],
+                    "contexts": [{"name": "real", "context": {"cluster": "real", "user": "admin"}}],
+                }
+            )
+        )
         deadline = time.monotonic() + 60
         while True:
             if apiserver.poll() is not None or time.monotonic() > deadline:
@@ -124,10 +161,20 @@ class ControllerStandIn:
             if not live or (live.get("status") or {}).get("observedGeneration") == live["metadata"]["generation"]:
                 continue
             replicas = live["spec"].get("replicas", 1)
-            apps.patch_namespaced_deployment_status(NAME, self.namespace, {"status": {
-                "observedGeneration": live["metadata"]["generation"], "replicas": replicas, "updatedReplicas": replicas,
-                "readyReplicas": replicas, "availableReplicas": replicas,
-                "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}})
+            apps.patch_namespaced_deployment_status(
+                NAME,
+                self.namespace,
+                {
+                    "status": {
+                        "observedGeneration": live["metadata"]["generation"],
+                        "replicas": replicas,
+                        "updatedReplicas": replicas,
+                        "readyReplicas": replicas,
+                        "availableReplicas": replicas,
+                        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
+                    }
+                },
+            )
 
     def close(self) -> None:
         self.stop.set()
@@ -144,26 +191,37 @@ def cluster(api_server, monkeypatch):
     from pipeline.targets.kubernetes_rollout import delete_owned
 
     delete_owned(live, NAME, "default")
-    for extra in ("not-ours", ):
+    for extra in ("not-ours",):
         live.delete("ConfigMap", extra, "default")
 
 
 def to_kubernetes(project: Path, settings: str = "{}") -> Path:
     path = project / "specs" / "mnist.yaml"
-    path.write_text(path.read_text().replace("  target: local\n", "  target: kubernetes\n")
-                    .replace("  local: {port: 0}\n", f"  kubernetes: {settings}\n"))
+    path.write_text(
+        path.read_text()
+        .replace("  target: local\n", "  target: kubernetes\n")
+        .replace("  local: {port: 0}\n", f"  kubernetes: {settings}\n")
+    )
     return path
 
 
 def versions(cluster: kapi.Cluster) -> dict[str, str]:
-    return {kind: cluster.read(kind, name, "default")["metadata"]["resourceVersion"]
-            for kind, name in (("ConfigMap", f"{NAME}-serve"), ("Deployment", NAME), ("Service", NAME))}
+    return {
+        kind: cluster.read(kind, name, "default")["metadata"]["resourceVersion"]
+        for kind, name in (("ConfigMap", f"{NAME}-serve"), ("Deployment", NAME), ("Service", NAME))
+    }
 
 
 @pytest.mark.k8s_api
 def test_create_no_op_update_delete_with_server_side_apply_on_a_real_api_server(project, run_cli, cluster):
-    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "not-ours", "namespace": "default",
-                   "labels": {km.INSTANCE_LABEL: NAME}}, "data": {"a": "b"}})
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "not-ours", "namespace": "default", "labels": {km.INSTANCE_LABEL: NAME}},
+            "data": {"a": "b"},
+        }
+    )
     spec = to_kubernetes(project)
     plan = run_cli("plan", spec, "--to", "deploy", "--detailed-exitcode")
     assert plan.code == 2 and "deploy    create" in plan.out, plan.out + plan.err
@@ -172,8 +230,9 @@ def test_create_no_op_update_delete_with_server_side_apply_on_a_real_api_server(
     run = run_cli("run", spec, "--to", "deploy")
     assert run.code == 0, run.out + run.err
     deployment = cluster.read("Deployment", NAME, "default")
-    assert [(f["manager"], f["operation"]) for f in deployment["metadata"]["managedFields"]
-            if f["manager"] == "pipeline"] == [("pipeline", "Apply")]
+    assert [
+        (f["manager"], f["operation"]) for f in deployment["metadata"]["managedFields"] if f["manager"] == "pipeline"
+    ] == [("pipeline", "Apply")]
     limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["memory"] == "1Gi"  # stored canonically
     status = json.loads(run_cli("status", spec, "--json").out)
@@ -217,10 +276,20 @@ def test_create_no_op_update_delete_with_server_side_apply_on_a_real_api_server(
 def test_a_real_api_servers_refusal_is_the_plans_error(project, run_cli, cluster):
     spec = to_kubernetes(project)
     # someone else's Deployment of the same name with another selector: an apply would change an immutable field
-    cluster.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": NAME, "namespace": "default"},
-                   "spec": {"selector": {"matchLabels": {"app": "other"}},
-                            "template": {"metadata": {"labels": {"app": "other"}},
-                                         "spec": {"containers": [{"name": "c", "image": "other:1"}]}}}})
+    cluster.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": NAME, "namespace": "default"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "other"}},
+                "template": {
+                    "metadata": {"labels": {"app": "other"}},
+                    "spec": {"containers": [{"name": "c", "image": "other:1"}]},
+                },
+            },
+        }
+    )
     try:
         plan = run_cli("plan", spec, "--to", "deploy", "--detailed-exitcode")
         assert plan.code == 1

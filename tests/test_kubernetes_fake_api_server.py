@@ -3,6 +3,7 @@
 The fake cluster's "pods" are the real scoring host, started from the image folder `render` wrote, so the smoke
 test goes through the API server's service proxy to a real service.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,12 +66,17 @@ def kubectl_apply(fake: FakeCluster, obj: dict) -> None:
     """A server-side apply by another field manager, over HTTP, as `kubectl apply --server-side` sends it."""
     import urllib.request
 
-    plural = {"ConfigMap": "api/v1/namespaces/default/configmaps", "Service": "api/v1/namespaces/default/services",
-              "Deployment": "apis/apps/v1/namespaces/default/deployments"}[obj["kind"]]
-    request = urllib.request.Request(f"{fake.url}/{plural}/{obj['metadata']['name']}?fieldManager=kubectl",
-                                     json.dumps(obj).encode(), method="PATCH",
-                                     headers={"Content-Type": "application/apply-patch+yaml",
-                                              "Authorization": f"Bearer {TOKEN}"})
+    plural = {
+        "ConfigMap": "api/v1/namespaces/default/configmaps",
+        "Service": "api/v1/namespaces/default/services",
+        "Deployment": "apis/apps/v1/namespaces/default/deployments",
+    }[obj["kind"]]
+    request = urllib.request.Request(
+        f"{fake.url}/{plural}/{obj['metadata']['name']}?fieldManager=kubectl",
+        json.dumps(obj).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/apply-patch+yaml", "Authorization": f"Bearer {TOKEN}"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status in (200, 201)
 
@@ -81,8 +87,10 @@ def applies(fake: FakeCluster, since: int = 0) -> list[str]:
 
 def test_plan_and_run_create_then_no_op_then_update_only_the_changed_fields_then_delete(project, run_cli, fake):
     spec = to_kubernetes(project)
-    fake.store[("ConfigMap", "default", "not-ours")] = {"kind": "ConfigMap", "metadata": {"name": "not-ours",
-                                                        "namespace": "default", "labels": {km.INSTANCE_LABEL: NAME}}}
+    fake.store[("ConfigMap", "default", "not-ours")] = {
+        "kind": "ConfigMap",
+        "metadata": {"name": "not-ours", "namespace": "default", "labels": {km.INSTANCE_LABEL: NAME}},
+    }
     build_and_push(run_cli, fake, spec, project / "out")
 
     plan = run_cli("plan", spec, "--detailed-exitcode")
@@ -119,11 +127,13 @@ def test_plan_and_run_create_then_no_op_then_update_only_the_changed_fields_then
     deployment = ("Deployment", "default", NAME)
     assert after[deployment]["metadata"]["generation"] == 2
     changed = [d.split(":")[0] for d in applied_diff(_spec_part(after[deployment]), before[deployment])]
-    assert sorted(changed) == ["metadata.annotations.ml-deploy-pipeline/inputs-digest",
-                               "metadata.annotations.ml-deploy-pipeline/pipeline-digest",  # the deploy's stamp
-                               "spec.template.metadata.annotations.ml-deploy-pipeline/config-digest",
-                               "spec.template.spec.containers[score].resources.limits.memory",
-                               "spec.template.spec.containers[score].resources.requests.memory"]
+    assert sorted(changed) == [
+        "metadata.annotations.ml-deploy-pipeline/inputs-digest",
+        "metadata.annotations.ml-deploy-pipeline/pipeline-digest",  # the deploy's stamp
+        "spec.template.metadata.annotations.ml-deploy-pipeline/config-digest",
+        "spec.template.spec.containers[score].resources.limits.memory",
+        "spec.template.spec.containers[score].resources.requests.memory",
+    ]
     assert after[deployment]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "2Gi"
     assert sorted(applies(fake, mark)) == ["configmaps", "deployments", "services"]  # apply sends all; the server
     # changed only what differed (the Service kept its resourceVersion)
@@ -166,8 +176,9 @@ def test_a_failed_update_applies_the_previous_version_again(project, run_cli, fa
 
 
 def test_a_rollout_that_never_becomes_ready_times_out_with_the_pods_state(project, run_cli, fake):
-    spec = to_kubernetes(project, replace={"  request_timeout_ms: 5000\n":
-                                           "  request_timeout_ms: 5000\n  ready_timeout_s: 2\n"})
+    spec = to_kubernetes(
+        project, replace={"  request_timeout_ms: 5000\n": "  request_timeout_ms: 5000\n  ready_timeout_s: 2\n"}
+    )
     build_and_push(run_cli, fake, spec, project / "out")
     fake.run_pods = False  # scheduled, never started: no node has room
     result = run_cli("run", spec, "--to", "deploy")
@@ -180,13 +191,16 @@ def test_plan_shows_the_clusters_refusal_of_a_dry_run_as_an_error(project, run_c
     spec = to_kubernetes(project, "{namespace: missing}")
     plan = run_cli("plan", spec, "--detailed-exitcode")
     assert plan.code == 1
-    assert ('will fail: server-side dry run: the API server refused configmap/sklearn-mnist-svc-serve: '
-            '404 namespaces "missing" not found') in plan.out
+    assert (
+        "will fail: server-side dry run: the API server refused configmap/sklearn-mnist-svc-serve: "
+        '404 namespaces "missing" not found'
+    ) in plan.out
     assert "run would fail" in plan.err
 
 
-def test_a_fresh_runner_finds_the_stamped_service_and_plans_no_op_then_an_update_of_what_changed(project, run_cli,
-                                                                                                  fake):
+def test_a_fresh_runner_finds_the_stamped_service_and_plans_no_op_then_an_update_of_what_changed(
+    project, run_cli, fake
+):
     spec = to_kubernetes(project)
     build_and_push(run_cli, fake, spec, project / "out")
     assert run_cli("run", spec, "--to", "deploy").code == 0
@@ -211,7 +225,9 @@ def test_a_fresh_runner_finds_the_stamped_service_and_plans_no_op_then_an_update
     update = run_cli("run", spec, "--to", "deploy")
     assert update.code == 0, update.out + update.err
     assert fake.get("Deployment", NAME)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
-        "cpu": "1", "memory": "2Gi"}
+        "cpu": "1",
+        "memory": "2Gi",
+    }
 
 
 def test_a_deployment_of_that_name_made_by_hand_is_adopted_not_created(project, run_cli, fake):
@@ -237,8 +253,10 @@ def test_status_reports_drift_from_the_applied_objects_and_logs_come_from_the_po
         fake.store[("Deployment", "default", NAME)]["spec"]["template"]["spec"]["containers"][0]["image"] = "other:1"
     status = json.loads(run_cli("status", spec, "--json").out)
     assert status["state"] in ("drifted", "down")
-    assert any(d.startswith("deployment/sklearn-mnist-svc: spec.template.spec.containers[score].image: live 'other:1'")
-               for d in status["drift"])
+    assert any(
+        d.startswith("deployment/sklearn-mnist-svc: spec.template.spec.containers[score].image: live 'other:1'")
+        for d in status["drift"]
+    )
 
 
 def test_the_autoscaler_and_disruption_budget_come_and_go_with_the_settings(project, run_cli, fake):
@@ -275,16 +293,27 @@ def test_key_auth_keys_go_into_a_secret_the_record_never_holds(tmp_path, fake):
     from pipeline import render
     from tests.test_kubernetes import ROOT, k8s_spec
 
-    spec = specs.load(k8s_spec(tmp_path / "specs", {"  auth: false\n": "  auth: true\n",
-                                                    "  kubernetes: {}": "  kubernetes: {url: 'http://127.0.0.1:9'}"}))
+    spec = specs.load(
+        k8s_spec(
+            tmp_path / "specs",
+            {"  auth: false\n": "  auth: true\n", "  kubernetes: {}": "  kubernetes: {url: 'http://127.0.0.1:9'}"},
+        )
+    )
     build = tmp_path / "build"
     render.write_files(build, render.render_all(spec))
     model = ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl"
     shutil.copy(model, build / "image" / model.name)
     deployment = yaml.safe_load((build / "k8s" / "deployment.yaml").read_text())
     fake.push(deployment["spec"]["template"]["spec"]["containers"][0]["image"], build / "image")
-    request = DeployRequest(spec=spec, build_dir=build, model_path=model, model_dir=model.parent,
-                            service_dir=tmp_path / "service", previous=None, console=Console(quiet=True))
+    request = DeployRequest(
+        spec=spec,
+        build_dir=build,
+        model_path=model,
+        model_dir=model.parent,
+        service_dir=tmp_path / "service",
+        previous=None,
+        console=Console(quiet=True),
+    )
     record = KubernetesTarget().deploy(request)
     keys = json.loads((tmp_path / "service" / "keys.json").read_text())
     secret_applies = [r for r in fake.requests if r.method == "PATCH" and "/secrets/" in r.path]
@@ -308,8 +337,10 @@ def test_rollback_applies_the_kept_release_again(project, run_cli, fake):
     first = fake.get("Deployment", NAME)["metadata"]["annotations"]["ml-deploy-pipeline/pipeline-digest"]
     spec.write_text(spec.read_text().replace("  memory_gb: 1\n", "  memory_gb: 2\n"))
     assert run_cli("run", spec, "--to", "deploy").code == 0
-    assert fake.get("Deployment", NAME)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
-        "memory"] == "2Gi"
+    assert (
+        fake.get("Deployment", NAME)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+        == "2Gi"
+    )
     result = run_cli("rollback", spec)
     assert result.code == 0, result.out + result.err
     live = fake.get("Deployment", NAME)

@@ -1,4 +1,5 @@
 """The local target through the CLI: auth keys, logs, a failing init(), a user's own score.py, a lying service."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,9 @@ def _post(uri: str, body: bytes, headers: dict[str, str] | None = None) -> tuple
 def _one_image() -> bytes:
     from pipeline import data
 
-    ds = data.load_dataset(ROOT / "examples/mnist/data/test-images.gz", ROOT / "examples/mnist/data/test-labels.gz", scale=255)
+    ds = data.load_dataset(
+        ROOT / "examples/mnist/data/test-images.gz", ROOT / "examples/mnist/data/test-labels.gz", scale=255
+    )
     return json.dumps({"data": ds.rows(0, 1).tolist()}).encode()
 
 
@@ -56,15 +59,21 @@ def test_auth_keys_are_0600_masked_and_required(project, run_cli):
     assert keys["primary"] not in masked.out and keys["primary"][:4] + "…" in masked.out
     shown = run_cli("status", SPEC, "--show-keys")
     assert keys["primary"] in shown.out and keys["secondary"] in shown.out
-    everything = run_cli("logs", SPEC, "-n", "1000").out + (project / "reports/sklearn-mnist-svc/report.json").read_text() \
-        + (project / "reports/sklearn-mnist-svc/report.md").read_text() + json.dumps(_state(project))
+    everything = (
+        run_cli("logs", SPEC, "-n", "1000").out
+        + (project / "reports/sklearn-mnist-svc/report.json").read_text()
+        + (project / "reports/sklearn-mnist-svc/report.md").read_text()
+        + json.dumps(_state(project))
+    )
     assert keys["primary"] not in everything and keys["secondary"] not in everything
 
 
 def test_failing_init_shows_the_service_log_tail(project, run_cli):
     broken = project / "broken_score.py"
-    broken.write_text("def init():\n    raise RuntimeError('cannot find the model: it is on holiday')\n\n"
-                      "def run(raw_data):\n    return []\n")
+    broken.write_text(
+        "def init():\n    raise RuntimeError('cannot find the model: it is on holiday')\n\n"
+        "def run(raw_data):\n    return []\n"
+    )
     _edit(project / SPEC, "  output: labels", "  output: labels\n  entry_script: ../broken_score.py")
     result = run_cli("run", SPEC)
     assert result.code == 1
@@ -88,13 +97,16 @@ def test_users_own_tutorial_score_py_is_hosted_unchanged(project, run_cli):
 
 def test_a_service_that_answers_wrong_digits_never_takes_traffic(project, run_cli):
     liar = project / "liar_score.py"
-    liar.write_text((ROOT / "tests" / "data" / "score_tutorial.py").read_text().replace(
-        "return json.dumps(y_hat.tolist())", "return json.dumps(((y_hat + 1) % 10).tolist())"))
+    liar.write_text(
+        (ROOT / "tests" / "data" / "score_tutorial.py")
+        .read_text()
+        .replace("return json.dumps(y_hat.tolist())", "return json.dumps(((y_hat + 1) % 10).tolist())")
+    )
     _edit(project / SPEC, "  output: labels", "  output: labels\n  entry_script: ../liar_score.py")
     result = run_cli("run", SPEC)
     assert result.code == 1
     # the new version is smoke-tested alone before the cutover: it fails there, and is never recorded
-    line = next(l for l in result.out.splitlines() if l.startswith("deploy"))
+    line = next(row for row in result.out.splitlines() if row.startswith("deploy"))
     assert "failed" in line and "the new version failed before it took any traffic" in line
     assert "30 of 30 answers differ" in line  # every digit shifted
     assert _state(project)["service"] is None and not _state(project).get("candidate")
@@ -163,8 +175,13 @@ def test_serve_runs_the_service_in_the_foreground_until_interrupted(project):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", SPEC, "--port", "0"], cwd=project,
-                            env=os.environ | {"PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", SPEC, "--port", "0"],
+        cwd=project,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         uri = None
         for line in proc.stderr:
@@ -188,6 +205,6 @@ def test_a_memory_limit_too_small_fails_the_deploy_as_a_container_would(project,
     _edit(project / SPEC, "memory_gb: 1", "memory_gb: 0.05")
     result = run_cli("run", SPEC)
     assert result.code == 1
-    failure = result.out[result.out.index("deploy    failed"):result.out.index("smoke ")]
+    failure = result.out[result.out.index("deploy    failed") : result.out.index("smoke ")]
     assert "out of memory: worker" in failure and "limit 51 MB" in failure
     assert failure.count("starting 1 worker(s)") == 1  # only this deploy's lines, not the earlier one's

@@ -1,4 +1,5 @@
 """Tests for pipeline.models: digests before unpickling, skops type audit, fetch into the store."""
+
 from __future__ import annotations
 
 import collections
@@ -15,7 +16,12 @@ import pytest
 
 from pipeline.errors import ModelError
 from pipeline.models import (
-    AZURE_EXTRA, AzureMLRegistrySource, LocalSource, fetch_model, load_model, sha256_file,
+    AZURE_EXTRA,
+    AzureMLRegistrySource,
+    LocalSource,
+    fetch_model,
+    load_model,
+    sha256_file,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +60,9 @@ def test_one_changed_byte_stops_before_unpickling(tmp_path: Path, fmt: str) -> N
     path.write_bytes(bytes(tampered))
     with pytest.raises(ModelError) as err:
         load_model(path, fmt, sha(reviewed))
-    assert str(err.value) == (f"{path}: sha256 mismatch: expected {sha(reviewed)}, "
-                              f"got {sha(bytes(tampered))}; the file was not loaded")
+    assert str(err.value) == (
+        f"{path}: sha256 mismatch: expected {sha(reviewed)}, got {sha(bytes(tampered))}; the file was not loaded"
+    )
     assert not list(tmp_path.glob("*npickled"))  # neither payload ran
     # The payload is live: with the matching pin it does run, so the check above is meaningful.
     load_model(path, fmt, sha(bytes(tampered)))
@@ -71,8 +78,10 @@ def test_unpinned_pickle_is_refused_with_the_line_to_pin(tmp_path: Path, fmt: st
         load_model(path, fmt, None)
     message = str(err.value)
     # the words validate and fetch use too (models.pin_problem), ending with the line to paste under model:
-    assert message == (f"{path}: refusing to load: model.sha256: not pinned: loading a {fmt} file runs code stored in it, "
-                       f"so review the file and pin its digest in the spec: sha256: {sha256_file(path)}")
+    assert message == (
+        f"{path}: refusing to load: model.sha256: not pinned: loading a {fmt} file runs code stored in it, "
+        f"so review the file and pin its digest in the spec: sha256: {sha256_file(path)}"
+    )
     assert "\n" not in message and not marker.exists()
 
 
@@ -81,12 +90,17 @@ def test_pinned_example_model_loads_and_predicts() -> None:
     assert list(model.classes_) == list(range(10)) and model.coef_.shape == (10, 784)
 
 
-@pytest.mark.parametrize(("payload", "needle"), [
-    (b"not a pickle at all", "cannot load as joblib: "),
-    (pickle.dumps(Plant(Path("x")))[:-5], "cannot load as joblib: "),
-    (b"cno_such_module_x\nModel\n.",  # protocol 0: GLOBAL no_such_module_x.Model, STOP
-     "ModuleNotFoundError: No module named 'no_such_module_x'"),
-])
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (b"not a pickle at all", "cannot load as joblib: "),
+        (pickle.dumps(Plant(Path("x")))[:-5], "cannot load as joblib: "),
+        (
+            b"cno_such_module_x\nModel\n.",  # protocol 0: GLOBAL no_such_module_x.Model, STOP
+            "ModuleNotFoundError: No module named 'no_such_module_x'",
+        ),
+    ],
+)
 def test_load_failures_become_model_errors(tmp_path: Path, payload: bytes, needle: str) -> None:
     path = tmp_path / "model.pkl"
     path.write_bytes(payload)
@@ -117,8 +131,10 @@ def skops_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_skops_untrusted_type_is_refused_and_named(skops_file: Path) -> None:
     with pytest.raises(ModelError) as err:
         load_model(skops_file, "skops", None)
-    assert str(err.value) == (f"{skops_file}: untrusted types in model: ['collections.Counter']; "
-                              "review them and list them in model.trusted_types")
+    assert str(err.value) == (
+        f"{skops_file}: untrusted types in model: ['collections.Counter']; "
+        "review them and list them in model.trusted_types"
+    )
 
 
 def test_skops_trusted_type_is_accepted(skops_file: Path) -> None:
@@ -154,8 +170,9 @@ def test_fetch_mismatch_leaves_nothing_behind(tmp_path: Path) -> None:
     pinned = sha(b"model bytez")
     with pytest.raises(ModelError) as err:
         fetch_model(LocalSource(source), store, "m", 3, pinned)
-    assert str(err.value) == (f"local file {source}: sha256 mismatch: expected {pinned}, "
-                              f"got {sha(b'model bytes')}; the model was not stored")
+    assert str(err.value) == (
+        f"local file {source}: sha256 mismatch: expected {pinned}, got {sha(b'model bytes')}; the model was not stored"
+    )
     assert os.listdir(store) == []
     # A version folder that already held a good file keeps it, and gains no temp files.
     fetch_model(LocalSource(source), store, "m", 3, sha(b"model bytes"))
@@ -186,10 +203,12 @@ def test_fetch_says_what_a_source_that_is_not_a_file_is(tmp_path: Path) -> None:
     (tmp_path / "folder.pkl").mkdir()
     os.symlink("/dev/zero", tmp_path / "zero.pkl")
     os.mkfifo(tmp_path / "pipe.pkl")
-    cases = {tmp_path / "folder.pkl": "is a directory, not a regular file",
-             tmp_path / "zero.pkl": "is a symlink to /dev/zero, which is a character device, not a regular file",
-             Path("/dev/null"): "is a character device, not a regular file",
-             tmp_path / "pipe.pkl": "is a named pipe (FIFO), not a regular file"}
+    cases = {
+        tmp_path / "folder.pkl": "is a directory, not a regular file",
+        tmp_path / "zero.pkl": "is a symlink to /dev/zero, which is a character device, not a regular file",
+        Path("/dev/null"): "is a character device, not a regular file",
+        tmp_path / "pipe.pkl": "is a named pipe (FIFO), not a regular file",
+    }
     for path, words in cases.items():
         with pytest.raises(ModelError) as err:  # none of them is read: /dev/zero would never end, the FIFO would block
             fetch_model(LocalSource(path), tmp_path / "store", "m", 1, None)
@@ -205,16 +224,17 @@ def test_fetch_refuses_a_path_outside_the_download_folder(tmp_path: Path) -> Non
         def fetch(self, dest_dir: Path) -> Path:
             return EXAMPLE_MODEL  # a buggy source must not get its own file moved into the store
 
-    with pytest.raises(ModelError, match="stray source: the model source returned .* outside"):
+    with pytest.raises(ModelError, match=r"stray source: the model source returned .* outside"):
         fetch_model(Stray(), tmp_path / "store", "m", 1, None)
     assert EXAMPLE_MODEL.is_file() and not (tmp_path / "store" / "m").exists()
 
 
 def test_importing_the_modules_loads_no_heavy_libraries() -> None:
-    code = ("import sys, pipeline.data, pipeline.models, pipeline.evaluate; print(sorted(m for m in "
-            "('numpy', 'sklearn', 'matplotlib', 'azureml', 'joblib', 'skops') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys, pipeline.data, pipeline.models, pipeline.evaluate; print(sorted(m for m in "
+        "('numpy', 'sklearn', 'matplotlib', 'azureml', 'joblib', 'skops') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # `validate` stays fast
 
 
@@ -245,8 +265,9 @@ def test_azureml_source_fake_workspace_download(tmp_path: Path) -> None:
         return FakeModel(content, calls)
 
     config = tmp_path / "config.json"
-    source = AzureMLRegistrySource("sklearn_mnist", 1, config, workspace_factory=workspace_factory,
-                                   model_factory=model_factory)
+    source = AzureMLRegistrySource(
+        "sklearn_mnist", 1, config, workspace_factory=workspace_factory, model_factory=model_factory
+    )
     assert source.describe() == f"azureml registry model sklearn_mnist:1 (workspace config {config})"
     got = fetch_model(source, tmp_path / "store", "sklearn_mnist", 1, sha(content))
     assert got == tmp_path / "store" / "sklearn_mnist" / "1" / "sklearn_mnist_model.pkl"
@@ -262,12 +283,12 @@ def test_azureml_source_fake_workspace_errors_are_model_errors(tmp_path: Path) -
     def failing_model(ws: object, name: str, version: int) -> FakeModel:
         raise RuntimeError("ModelNotFound: sklearn_mnist:7")
 
-    source = AzureMLRegistrySource("sklearn_mnist", 7, None, workspace_factory=lambda cfg: object(),
-                                   model_factory=failing_model)
+    source = AzureMLRegistrySource(
+        "sklearn_mnist", 7, None, workspace_factory=lambda cfg: object(), model_factory=failing_model
+    )
     with pytest.raises(ModelError) as err:
         fetch_model(source, tmp_path / "store", "sklearn_mnist", 7, None)
-    assert str(err.value) == ("azureml registry model sklearn_mnist:7: download failed: "
-                              "ModelNotFound: sklearn_mnist:7")
+    assert str(err.value) == ("azureml registry model sklearn_mnist:7: download failed: ModelNotFound: sklearn_mnist:7")
     assert not (tmp_path / "store" / "sklearn_mnist").exists()
 
 

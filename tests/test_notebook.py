@@ -3,6 +3,7 @@
 The run executes every cell headless (nbclient, a real ipykernel) in a copy of the project, against the real
 local target: a scoring service started on 127.0.0.1, scored through svc.run and a raw requests.post, deleted.
 """
+
 from __future__ import annotations
 
 import base64
@@ -62,8 +63,9 @@ def _project_copy(tmp_path: Path) -> Path:
 
 
 def _local_files() -> list[str]:
-    return sorted(str(p) for folder in (ROOT / ".pipeline", ROOT / "reports") if folder.exists()
-                  for p in folder.rglob("*"))
+    return sorted(
+        str(p) for folder in (ROOT / ".pipeline", ROOT / "reports") if folder.exists() for p in folder.rglob("*")
+    )
 
 
 @pytest.mark.slow
@@ -75,8 +77,9 @@ def test_the_notebook_runs_end_to_end_against_the_local_target(tmp_path: Path, m
     monkeypatch.setenv("NO_COLOR", "1")
     before = _local_files()
     nb = nbformat.read(root / "examples" / "mnist" / "deploy.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(root / "examples" / "mnist")}})
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(root / "examples" / "mnist")}}
+    )
     try:
         client.execute()  # raises CellExecutionError, with the cell and its traceback, when a cell fails
     finally:

@@ -1,4 +1,5 @@
 """Packaging: a built wheel ships the templates and the schema, and an installed copy finds and renders them."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,11 +14,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ["pipeline/__main__.py", "pipeline/templates/score.py.j2", "pipeline/templates/myenv.yml.j2",
-           "pipeline/schema/spec.schema.json"]
+SHIPPED = [
+    "pipeline/__main__.py",
+    "pipeline/templates/score.py.j2",
+    "pipeline/templates/myenv.yml.j2",
+    "pipeline/schema/spec.schema.json",
+]
 # the target configs live in a subfolder, which package_data globs do not reach on their own
-AZUREML_TEMPLATES = ["pipeline/templates/azureml/aciconfig.json.j2", "pipeline/templates/azureml/aksconfig.json.j2",
-                     "pipeline/templates/azureml/deployment.yml.j2", "pipeline/templates/azureml/endpoint.yml.j2"]
+AZUREML_TEMPLATES = [
+    "pipeline/templates/azureml/aciconfig.json.j2",
+    "pipeline/templates/azureml/aksconfig.json.j2",
+    "pipeline/templates/azureml/deployment.yml.j2",
+    "pipeline/templates/azureml/endpoint.yml.j2",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +58,25 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         shutil.copy(ROOT / name, source / name)
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
     wheel_dir = tmp / "dist"
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                           "-w", str(wheel_dir), str(source)], cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(wheel_dir),
+            str(source),
+        ],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     installed = tmp / "installed"
     if proc.returncode == 0:
         (wheel,) = wheel_dir.glob("*.whl")
@@ -59,8 +85,22 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         return installed, "wheel"
     if "bdist_wheel" not in proc.stdout + proc.stderr:
         pytest.fail(f"pip wheel failed:\n{proc.stdout}\n{proc.stderr}")
-    proc = subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_py",
-                           "--build-lib", str(installed)], cwd=source, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from setuptools import setup; setup()",
+            "-q",
+            "build_py",
+            "--build-lib",
+            str(installed),
+        ],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return installed, "build_py"
 
@@ -81,14 +121,16 @@ def test_build_ships_the_azureml_templates(built: tuple[Path, str]) -> None:
 
 def probe(folder: Path, spec: Path, cwd: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(folder)}
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(spec)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(spec)], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
 def test_installed_copy_finds_its_templates_and_renders(built: tuple[Path, str], tmp_path: Path) -> None:
-    from pipeline import render, spec as specs
+    from pipeline import render
+    from pipeline import spec as specs
 
     folder, _how = built
     out = probe(folder, ROOT / "specs" / "mnist.yaml", cwd=tmp_path)
@@ -101,7 +143,8 @@ def test_installed_copy_finds_its_templates_and_renders(built: tuple[Path, str],
 
 @pytest.mark.parametrize("name", ["mnist-aci.yaml", "mnist-aks.yaml"])
 def test_installed_copy_renders_the_azure_configs(name: str, built: tuple[Path, str], tmp_path: Path) -> None:
-    from pipeline import render, spec as specs
+    from pipeline import render
+    from pipeline import spec as specs
 
     folder, _how = built
     out = probe(folder, ROOT / "specs" / name, cwd=tmp_path)

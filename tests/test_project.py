@@ -1,4 +1,5 @@
 """Project-root discovery: state and reports live at the spec's project root, wherever the command runs from."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ def _tree(tmp_path: Path, *markers: str) -> Path:
     (repo / "specs" / "team").mkdir(parents=True)
     for marker in markers:
         target = repo / marker
-        if marker == ".git-file":   # a worktree's or submodule's .git is a file
+        if marker == ".git-file":  # a worktree's or submodule's .git is a file
             (repo / ".git").write_text("gitdir: /elsewhere/.git/worktrees/x\n")
         else:
             target.mkdir()
@@ -86,12 +87,24 @@ def test_status_from_another_folder_sees_the_running_service(project, run_cli, t
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PIPELINE_HOME", "PIPELINE_REPORTS")}
-    status = subprocess.run([sys.executable, "-m", "pipeline", "status", str(spec)], cwd=elsewhere, capture_output=True,
-                            text=True, timeout=60, env=env | {"PYTHONPATH": str(ROOT)})
+    status = subprocess.run(
+        [sys.executable, "-m", "pipeline", "status", str(spec)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env | {"PYTHONPATH": str(ROOT)},
+    )
     assert status.returncode == 0, status.stderr
     assert status.stdout.startswith("sklearn-mnist-svc: live") and record["scoring_uri"] in status.stdout
-    again = subprocess.run([sys.executable, "-m", "pipeline", "run", str(spec)], cwd=elsewhere, capture_output=True,
-                           text=True, timeout=120, env=env | {"PYTHONPATH": str(ROOT)})
+    again = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(spec)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env | {"PYTHONPATH": str(ROOT)},
+    )
     assert again.returncode == 0, again.stderr
     assert "deploy    skipped" in again.stdout  # no second service
     assert not (elsewhere / ".pipeline").exists() and not (elsewhere / "reports").exists()

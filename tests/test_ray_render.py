@@ -44,9 +44,9 @@ def _golden(name: str, text: str) -> None:
     if UPDATE:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    assert text == path.read_text(
-        encoding="utf-8"
-    ), f"{name} differs from its golden file (PIPELINE_UPDATE_GOLDEN=1 rewrites it)"
+    assert text == path.read_text(encoding="utf-8"), (
+        f"{name} differs from its golden file (PIPELINE_UPDATE_GOLDEN=1 rewrites it)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -406,9 +406,14 @@ def dashboard():
 
 def _record(port: int, config: dict) -> ServiceRecord:
     base = f"http://127.0.0.1:{port}/svc"
-    extra = {"cluster": {"owned": False, "dashboard": f"http://127.0.0.1:{port}"}, "app": "svc",
-             "health_uri": f"{base}/", "config": {"applications": [config]}, "replicas": ["r1", "r2"],
-             "fixed_replicas": True}
+    extra = {
+        "cluster": {"owned": False, "dashboard": f"http://127.0.0.1:{port}"},
+        "app": "svc",
+        "health_uri": f"{base}/",
+        "config": {"applications": [config]},
+        "replicas": ["r1", "r2"],
+        "fixed_replicas": True,
+    }
     return ServiceRecord("ray", f"{base}/score", False, f"{base}/swagger.json", extra)
 
 
@@ -457,10 +462,12 @@ def test_the_record_reads_back_equal_and_a_damaged_one_is_a_state_error(dashboar
     record = _record(dashboard.port, {"name": "svc", "route_prefix": "/svc"})
     again = ServiceRecord.from_dict(json.loads(json.dumps(record.to_dict())))
     assert again == record and RayService.of(again).cluster == Cluster(f"http://127.0.0.1:{dashboard.port}")
-    for broken, words in (({"cluster": None}, "ray cluster record is damaged"),
-                          ({"replicas": "r1"}, "replicas is 'r1'"),
-                          ({"config": {"applications": []}}, "has no application"),
-                          ({"cluster": {"dashboard": "http://h:1", "head_pid": "12"}}, "head_pid is '12'")):
+    for broken, words in (
+        ({"cluster": None}, "ray cluster record is damaged"),
+        ({"replicas": "r1"}, "replicas is 'r1'"),
+        ({"config": {"applications": []}}, "has no application"),
+        ({"cluster": {"dashboard": "http://h:1", "head_pid": "12"}}, "head_pid is '12'"),
+    ):
         damaged = ServiceRecord("ray", record.scoring_uri, extra={**record.extra, **broken})
         with pytest.raises(StateError, match=words):
             RayService.of(damaged)
@@ -480,11 +487,19 @@ def test_serve_ignores_new_http_options_while_it_runs_so_they_are_compared():
 def test_plan_says_how_an_update_reaches_the_service(tmp_path):
     target = ray_target.RayTarget()
     spec = _ray_spec(tmp_path)
-    owned = {"owned": True, "dashboard": "http://127.0.0.1:1", "head_pid": 1, "temp_dir": "/t",
-             "ports": {"serve_http": 2}}
+    owned = {
+        "owned": True,
+        "dashboard": "http://127.0.0.1:1",
+        "head_pid": 1,
+        "temp_dir": "/t",
+        "ports": {"serve_http": 2},
+    }
     config = {"http_options": {"request_timeout_s": 6.0}, "applications": [{"name": spec.name}]}
-    record = ServiceRecord("ray", "http://127.0.0.1:2/x/score", extra={
-        "cluster": owned, "app": spec.name, "health_uri": "http://127.0.0.1:2/x/", "config": config})
+    record = ServiceRecord(
+        "ray",
+        "http://127.0.0.1:2/x/score",
+        extra={"cluster": owned, "app": spec.name, "health_uri": "http://127.0.0.1:2/x/", "config": config},
+    )
     assert target.describe_update(None, spec).startswith("rolling: Ray Serve replaces replicas one at a time")
     assert target.describe_update(record, spec).startswith("rolling:")  # 5000 ms + 1 s, as recorded
     longer = _ray_spec(tmp_path / "b", request_timeout_ms=9000)

@@ -359,11 +359,13 @@ def test_on_a_cluster_elsewhere_a_runner_without_state_plans_from_the_stamp(tmp_
         for name in ("a", "b"):  # the same spec in two checkouts, each with its own (empty) state
             root = tmp_path / name
             (root / "specs").mkdir(parents=True)
-            shutil.copytree(ROOT / "examples" / "mnist", root / "examples" / "mnist",
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                ROOT / "examples" / "mnist", root / "examples" / "mnist", ignore=shutil.ignore_patterns("__pycache__")
+            )
             text = (ROOT / "specs" / "mnist.yaml").read_text().replace("target: local", "target: ray")
             (root / "specs" / "mnist-ray.yaml").write_text(
-                text.replace("  local: {port: 0}", f"  ray: {{address: '{cluster.dashboard}'}}"))
+                text.replace("  local: {port: 0}", f"  ray: {{address: '{cluster.dashboard}'}}")
+            )
             runners.append(Project(root))
         a, b = runners
 

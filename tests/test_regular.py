@@ -1,4 +1,5 @@
 """Tests for pipeline.regular: what a path is, regular files only, bounded reads, no hang on a FIFO swapped in."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,10 @@ def test_problem_names_what_the_path_is(tmp_path: Path) -> None:
     assert regular.problem(tmp_path / "folder") == "is a directory, not a regular file"
     assert regular.problem(tmp_path / "fifo") == "is a named pipe (FIFO), not a regular file"
     assert regular.problem(Path("/dev/null")) == "is a character device, not a regular file"
-    assert regular.problem(tmp_path / "null") == "is a symlink to /dev/null, which is a character device, not a regular file"
+    assert (
+        regular.problem(tmp_path / "null")
+        == "is a symlink to /dev/null, which is a character device, not a regular file"
+    )
     assert regular.problem(tmp_path / "dangling") == f"is a symlink to {tmp_path / 'gone'}, which does not exist"
     assert regular.problem(tmp_path / "missing") == "not found"
     assert regular.problem(tmp_path / "file" / "below") == "not found"
@@ -68,8 +72,11 @@ def test_a_fifo_swapped_in_after_the_check_does_not_hang(tmp_path: Path, monkeyp
     os.mkfifo(fifo)
     (tmp_path / "decoy").write_text("x")
     real_stat = os.stat
-    monkeypatch.setattr(regular.os, "stat", lambda p, *a, **k: real_stat(tmp_path / "decoy") if Path(p) == fifo
-                        else real_stat(p, *a, **k))
+    monkeypatch.setattr(
+        regular.os,
+        "stat",
+        lambda p, *a, **k: real_stat(tmp_path / "decoy") if Path(p) == fifo else real_stat(p, *a, **k),
+    )
     outcome: list[BaseException | bytes] = []
     worker = threading.Thread(target=lambda: outcome.append(_try(lambda: regular.read_bounded(fifo, 10))), daemon=True)
     worker.start()

@@ -1,4 +1,5 @@
 """Tests for pipeline.render: deterministic output, inert spec strings, template overrides, a working score.py."""
+
 from __future__ import annotations
 
 import ast
@@ -28,14 +29,41 @@ pytestmark = pytest.mark.filterwarnings("ignore:::azure.*", "ignore:::marshmallo
 
 # Strings a spec may carry into rendered Python, YAML and JSON; each must come out as the same string.
 CORPUS = [
-    'double " quote', "single ' quote", "back\\slash \\n \\x41 \\u0041", "new\nline", "carriage\rreturn", "tab\tend",
-    "{{ 7*7 }}", "{% raw %}", "{% raw %}x{% endraw %}", "{# comment", "{%- if true %}y{% endif -%}",
-    "# hash", "key: value", "- item", "&anchor *alias !tag %percent @at `tick`", "[a, {b: c}]",
-    '"""', "'''", "\"\"\"\nimport os\n'''", "__import__('os').system('x')", "');import os;os.system('x');('",
-    "line\u2028separator\u2029paragraph", "\x85next line", "\x00nul", "\u00e9\u00e8 \u4e2d\u6587 \u2713",
-    "emoji \U0001F680", "  lead and trail  ", "${HOME} $(id) `id`", "</script><!--", "yes", "null", "1e3", "0x1F",
+    'double " quote',
+    "single ' quote",
+    "back\\slash \\n \\x41 \\u0041",
+    "new\nline",
+    "carriage\rreturn",
+    "tab\tend",
+    "{{ 7*7 }}",
+    "{% raw %}",
+    "{% raw %}x{% endraw %}",
+    "{# comment",
+    "{%- if true %}y{% endif -%}",
+    "# hash",
+    "key: value",
+    "- item",
+    "&anchor *alias !tag %percent @at `tick`",
+    "[a, {b: c}]",
+    '"""',
+    "'''",
+    "\"\"\"\nimport os\n'''",
+    "__import__('os').system('x')",
+    "');import os;os.system('x');('",
+    "line\u2028separator\u2029paragraph",
+    "\x85next line",
+    "\x00nul",
+    "\u00e9\u00e8 \u4e2d\u6587 \u2713",
+    "emoji \U0001f680",
+    "  lead and trail  ",
+    "${HOME} $(id) `id`",
+    "</script><!--",
+    "yes",
+    "null",
+    "1e3",
+    "0x1F",
 ]
-ASTRAL = "emoji \U0001F680"
+ASTRAL = "emoji \U0001f680"
 CASES = [pytest.param(text, id=str(i)) for i, text in enumerate(CORPUS)]
 
 
@@ -43,7 +71,9 @@ def _data(**sections: Any) -> dict[str, Any]:
     """specs/mnist.yaml as data with absolute paths (so it may live anywhere), sections updated."""
     data = yaml.safe_load(MNIST.read_text(encoding="utf-8"))
     data["model"]["source"] = str(MODEL)
-    data["test"].update(images=str(EXAMPLE / "data" / "test-images.gz"), labels=str(EXAMPLE / "data" / "test-labels.gz"))
+    data["test"].update(
+        images=str(EXAMPLE / "data" / "test-images.gz"), labels=str(EXAMPLE / "data" / "test-labels.gz")
+    )
     for key, value in sections.items():
         if key in ("model", "environment", "scoring", "test", "deploy"):  # sections merge, other keys replace
             data[key].update(value)
@@ -63,9 +93,9 @@ def constants(source: str) -> dict[str, Any]:
     """The module-level UPPER_CASE = literal assignments of a Python file, evaluated without running it."""
     out = {}
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id.isupper():
-                out[node.targets[0].id] = ast.literal_eval(node.value)
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Name) and target.id.isupper():
+            out[target.id] = ast.literal_eval(node.value)  # type: ignore[attr-defined]
     return out
 
 
@@ -86,14 +116,16 @@ def mnist_files() -> dict[str, str]:
 
 # -- determinism ---------------------------------------------------------------------------------
 
+
 def test_render_is_deterministic(mnist_files: dict[str, str]) -> None:
     assert sorted(mnist_files) == ["local.json", "myenv.yml", "score.py", "swagger.json"]
     again = render.render_all(specs.load(MNIST))
     assert {k: v.encode() for k, v in again.items()} == {k: v.encode() for k, v in mnist_files.items()}
 
 
-def test_render_does_not_depend_on_cwd_or_the_spec_folder(mnist_files: dict[str, str], tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_render_does_not_depend_on_cwd_or_the_spec_folder(
+    mnist_files: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert render.render_all(specs.load(MNIST)) == mnist_files
     # a copy of the spec with its examples in another folder, loaded through a relative path
@@ -122,27 +154,39 @@ def test_every_valid_spec_renders(path: Path) -> None:
 
 # -- the rendered files --------------------------------------------------------------------------
 
+
 def test_score_py_parses_and_defines_the_contract(mnist_files: dict[str, str]) -> None:
     tree = ast.parse(mnist_files["score.py"])
     functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
     assert {"init", "run", "parse_rows", "predict_rows"} <= functions
     assert constants(mnist_files["score.py"]) == {
-        "SERVICE": "sklearn-mnist-svc", "MODEL_NAME": "sklearn_mnist", "MODEL_VERSION": 1,
+        "SERVICE": "sklearn-mnist-svc",
+        "MODEL_NAME": "sklearn_mnist",
+        "MODEL_VERSION": 1,
         "MODEL_FILE": "sklearn_mnist_model.pkl",
         "MODEL_SHA256": "f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4",
-        "FEATURES": 784, "OUTPUT": "labels", "BATCH_ROWS": True}
+        "FEATURES": 784,
+        "OUTPUT": "labels",
+        "BATCH_ROWS": True,
+    }
 
 
 def test_myenv_yml_is_a_conda_environment(mnist_files: dict[str, str]) -> None:
     env = yaml.safe_load(mnist_files["myenv.yml"])
-    assert env == {"name": "sklearn-mnist-svc-env", "channels": ["conda-forge"],
-                   "dependencies": ["python=3.11", "scikit-learn", "numpy", "pip", {"pip": ["orjson"]}]}
+    assert env == {
+        "name": "sklearn-mnist-svc-env",
+        "channels": ["conda-forge"],
+        "dependencies": ["python=3.11", "scikit-learn", "numpy", "pip", {"pip": ["orjson"]}],
+    }
 
 
 def test_myenv_yml_has_no_pip_section_without_pip_packages() -> None:
     env = yaml.safe_load(render.render(specs.load(VALID / "minimal.yaml"))["myenv.yml"])
-    assert env == {"name": "minimal-svc-env", "channels": ["conda-forge"],
-                   "dependencies": ["python=3.11", "scikit-learn", "numpy"]}
+    assert env == {
+        "name": "minimal-svc-env",
+        "channels": ["conda-forge"],
+        "dependencies": ["python=3.11", "scikit-learn", "numpy"],
+    }
 
 
 def test_extra_pip_packages_of_a_target_are_added_once() -> None:
@@ -161,6 +205,7 @@ def test_skops_and_probabilities_render_their_branches() -> None:
 
 # -- injection corpus ----------------------------------------------------------------------------
 
+
 def test_corpus_survives_a_yaml_round_trip() -> None:
     for text in CORPUS:  # the precondition for writing the corpus into spec files
         assert yamlsource.parse(yaml.safe_dump({"a": text})).data == {"a": text}, repr(text)
@@ -169,8 +214,12 @@ def test_corpus_survives_a_yaml_round_trip() -> None:
 @pytest.mark.parametrize("text", CASES)
 def test_free_text_fields_render_as_inert_data(text: str, tmp_path: Path, mnist_files: dict[str, str]) -> None:
     """description, tags, a registry file name and trusted types hold anything; they come out unchanged."""
-    path = write_spec(tmp_path, description=text, tags={text: text, "plain": text},
-                      model={"source": {"registry": "azureml", "file": text}})
+    path = write_spec(
+        tmp_path,
+        description=text,
+        tags={text: text, "plain": text},
+        model={"source": {"registry": "azureml", "file": text}},
+    )
     files = render.render_all(specs.load(path))
     score = files["score.py"]
     assert len(score.splitlines()) == len(mnist_files["score.py"].splitlines())  # no line was injected
@@ -186,20 +235,27 @@ def test_free_text_fields_render_as_inert_data(text: str, tmp_path: Path, mnist_
     score = render.render(specs.load(skops))["score.py"]
     assert trusted_argument(score) == [text, "x.Y"]
 
-    aci = write_spec(tmp_path, "aci.yaml", description=text, tags={text: text},
-                     deploy={"target": "aci", "local": {}})  # the ACI config is JSON built from the same values
+    aci = write_spec(
+        tmp_path, "aci.yaml", description=text, tags={text: text}, deploy={"target": "aci", "local": {}}
+    )  # the ACI config is JSON built from the same values
     config = json.loads(render.render_all(specs.load(aci))["aciconfig.json"])
     assert config["description"] == text and config["tags"] == {text: text}
 
-    online = write_spec(tmp_path, "online.yaml", description=text, tags={"k": text},  # ARM limits tag names
-                        deploy={"target": "azureml-online", "auth": True, "local": {}})
+    online = write_spec(
+        tmp_path,
+        "online.yaml",
+        description=text,
+        tags={"k": text},  # ARM limits tag names
+        deploy={"target": "azureml-online", "auth": True, "local": {}},
+    )
     endpoint = yaml.safe_load(render.render_all(specs.load(online))["endpoint.yml"])
     assert endpoint["description"] == text and endpoint["tags"] == {"k": text}
 
 
 @pytest.mark.parametrize("text", CASES)
-def test_pattern_checked_fields_render_safely_even_unchecked(text: str, tmp_path: Path,
-                                                            mnist_files: dict[str, str]) -> None:
+def test_pattern_checked_fields_render_safely_even_unchecked(
+    text: str, tmp_path: Path, mnist_files: dict[str, str]
+) -> None:
     """The schema refuses such names and packages; render must be safe without relying on that."""
     data = specs.apply_defaults(_data(), specs.schema())
     data["name"] = text
@@ -207,8 +263,11 @@ def test_pattern_checked_fields_render_safely_even_unchecked(text: str, tmp_path
     data["environment"].update(python=text, channels=[text], conda_packages=[text, "numpy"], pip_packages=[text])
     files = render.render(specs.build(tmp_path / "spec.yaml", data))
     env = yaml.safe_load(files["myenv.yml"])
-    assert env == {"name": f"{text}-env", "channels": [text],
-                   "dependencies": [f"python={text}", text, "numpy", "pip", {"pip": [text]}]}
+    assert env == {
+        "name": f"{text}-env",
+        "channels": [text],
+        "dependencies": [f"python={text}", text, "numpy", "pip", {"pip": [text]}],
+    }
     assert len(files["myenv.yml"].splitlines()) == len(mnist_files["myenv.yml"].splitlines())
     values = constants(files["score.py"])
     assert (values["SERVICE"], values["MODEL_NAME"]) == (text, text)
@@ -247,9 +306,11 @@ def override(tmp_path: Path, text: str, name: str = "score.py.j2") -> Path:
 
 def test_templates_folder_overrides_score_py(tmp_path: Path, mnist_files: dict[str, str]) -> None:
     files = render.render(specs.load(override(tmp_path, OVERRIDE)))
-    assert files["score.py"] == ("# custom scoring script for 'sklearn-mnist-svc'\nNAME = 'sklearn-mnist-svc'\n"
-                                 "TAGS = {'data': 'MNIST', 'method': 'sklearn'}\n\n\ndef init():\n    pass\n\n\n"
-                                 "def run(raw_data):\n    return NAME\n")
+    assert files["score.py"] == (
+        "# custom scoring script for 'sklearn-mnist-svc'\nNAME = 'sklearn-mnist-svc'\n"
+        "TAGS = {'data': 'MNIST', 'method': 'sklearn'}\n\n\ndef init():\n    pass\n\n\n"
+        "def run(raw_data):\n    return NAME\n"
+    )
     assert files["myenv.yml"] == mnist_files["myenv.yml"]  # not overridden: the built-in one
 
 
@@ -261,7 +322,10 @@ def test_templates_folder_overrides_myenv_only(tmp_path: Path, mnist_files: dict
 
 def test_override_printing_a_raw_string_is_refused(tmp_path: Path) -> None:
     path = override(tmp_path, OVERRIDE.replace("NAME = {{ name|py }}", "NAME = '{{ name }}'"))
-    with pytest.raises(RenderError, match=r"^template score.py.j2: template printed the raw string 'sklearn-mnist-svc'; pass it through \|py, \|yaml or \|json"):
+    with pytest.raises(
+        RenderError,
+        match=r"^template score.py.j2: template printed the raw string 'sklearn-mnist-svc'; pass it through \|py, \|yaml or \|json",
+    ):
         render.render(specs.load(path))
 
 
@@ -276,18 +340,21 @@ def test_override_using_an_undefined_name_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("expression", ["tagz|py", "tagz|yaml"])
 def test_undefined_name_through_a_filter_is_refused(expression: str, tmp_path: Path) -> None:
-    path = override(tmp_path, OVERRIDE.replace("{{ tags|py }}", "{{ %s }}" % expression))
+    path = override(tmp_path, OVERRIDE.replace("{{ tags|py }}", "{{ " + expression + " }}"))
     with pytest.raises(RenderError, match="tagz"):
         render.render(specs.load(path))
 
 
-@pytest.mark.parametrize("body, message", [
-    ("X = {{ ''.__class__.__mro__|py }}\n", "unsafe"),
-    ("{% include '../../../../etc/passwd' %}\n", "etc/passwd"),
-    ("def init():\n    pass\ndef run(raw_data:\n", "not valid Python"),
-    ("def init():\n    pass\n", r"must define run\(\)"),
-    ("{% for %}\n", "score.py.j2 line 1"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("X = {{ ''.__class__.__mro__|py }}\n", "unsafe"),
+        ("{% include '../../../../etc/passwd' %}\n", "etc/passwd"),
+        ("def init():\n    pass\ndef run(raw_data:\n", "not valid Python"),
+        ("def init():\n    pass\n", r"must define run\(\)"),
+        ("{% for %}\n", "score.py.j2 line 1"),
+    ],
+)
 def test_bad_override_templates_fail_with_render_error(body: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(RenderError, match=message):
         render.render(specs.load(override(tmp_path, body)))
@@ -347,7 +414,8 @@ bad = {
 out["bad"] = {}
 for name, body in bad.items():
     reply = score.run(body)
-    out["bad"][name] = [getattr(reply, "status_code", None), json.loads(reply.get_data()) if hasattr(reply, "get_data") else repr(reply)]
+    answer = json.loads(reply.get_data()) if hasattr(reply, "get_data") else repr(reply)
+    out["bad"][name] = [getattr(reply, "status_code", None), answer]
 out["after"] = score.run(json.dumps({"data": X[:2].tolist()}))  # still serving
 print(json.dumps(out))
 """
@@ -361,8 +429,14 @@ def run_score(tmp_path: Path, spec_path: Path, mode: str = "orjson", model: byte
     model_dir.mkdir(parents=True)
     (model_dir / MODEL.name).write_bytes(MODEL.read_bytes() if model is None else model)
     env = {**os.environ, "AZUREML_MODEL_DIR": str(model_dir), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", HARNESS, str(build / "score.py"), mode, str(EXAMPLE / "data" / "test-images.gz")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", HARNESS, str(build / "score.py"), mode, str(EXAMPLE / "data" / "test-images.gz")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -412,4 +486,7 @@ def test_rendered_score_py_refuses_a_tampered_model(tmp_path: Path) -> None:
     out = run_score(tmp_path, MNIST, model=MODEL.read_bytes() + b"\n")
     kind, message = out["init_error"]
     assert kind == "RuntimeError"
-    assert "refusing to load it" in message and "expected f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4" in message
+    assert (
+        "refusing to load it" in message
+        and "expected f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4" in message
+    )

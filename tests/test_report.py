@@ -4,6 +4,7 @@ The golden files in tests/data/golden-reports/ are the reports of real runs (a t
 gate), with what differs from run to run (durations, latencies, the time, versions, the retrained model's
 digest) set to fixed values. PIPELINE_UPDATE_GOLDEN=1 writes them again.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def _no_machine(project: Path, text: str) -> None:
     """Nothing of this machine: not the temporary folder, no absolute path at all, no loopback address."""
     for where in {str(project), str(project.resolve()), str(Path.home())}:
         assert where not in text, f"{where} in the report"
-    assert not re.search(r"(?<![\w.~:/-])/(?:tmp|home|root|usr|var|proc|etc|opt|work)/", text), \
-        re.search(r".{40}(?<![\w.~:/-])/(?:tmp|home|root|usr|var|proc|etc|opt|work)/.{40}", text)
+    assert not re.search(r"(?<![\w.~:/-])/(?:tmp|home|root|usr|var|proc|etc|opt|work)/", text), re.search(
+        r".{40}(?<![\w.~:/-])/(?:tmp|home|root|usr|var|proc|etc|opt|work)/.{40}", text
+    )
     assert "127.0.0.1" not in text and "localhost:" not in text
     assert not re.search(r"\bpid \d", text)
 
@@ -85,14 +87,26 @@ def test_reports_of_a_tag_change_a_retrained_model_and_a_failed_gate(project, ru
     assert run_cli("run", SPEC).code == 0
     report, md = _report(project)
     _no_machine(project, md + json.dumps(report))
-    assert report["changes"] == [{"field": "tags.method", "before": "sklearn", "after": "sgd", "kind": "value",
-                                  "stages": ["render", "deploy"]}]
+    assert report["changes"] == [
+        {"field": "tags.method", "before": "sklearn", "after": "sgd", "kind": "value", "stages": ["render", "deploy"]}
+    ]
     assert "inputs changed" not in md and md.count("`sklearn`") == 1
     _golden("tag-change", report, {})
 
     # a retrained model (another C): accuracy before -> after, the pin that changed, the cells that moved
-    trained = subprocess.run([sys.executable, "examples/mnist/train.py", "--reg", "0.01", "--output",
-                              "examples/mnist/sklearn_mnist_model.pkl"], capture_output=True, text=True, timeout=300)
+    trained = subprocess.run(
+        [
+            sys.executable,
+            "examples/mnist/train.py",
+            "--reg",
+            "0.01",
+            "--output",
+            "examples/mnist/sklearn_mnist_model.pkl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert trained.returncode == 0, trained.stderr
     digest = re.search(r"sha256 ([0-9a-f]{64})", trained.stdout).group(1)
     _edit(project / SPEC, PINNED, digest)
@@ -137,17 +151,40 @@ def test_summary_appends_the_same_markdown_for_a_ci_job_summary(project, run_cli
 
 
 def _big_report() -> dict:
-    ev = {"n": 1000, "accuracy": 0.9, "labels": list(range(10)), "min_accuracy": 0.5,
-          "confusion": [[90 if i == j else 1 for j in range(10)] for i in range(10)],
-          "precision": [0.9] * 10, "recall": [0.9] * 10, "f1": [0.9] * 10}
+    ev = {
+        "n": 1000,
+        "accuracy": 0.9,
+        "labels": list(range(10)),
+        "min_accuracy": 0.5,
+        "confusion": [[90 if i == j else 1 for j in range(10)] for i in range(10)],
+        "precision": [0.9] * 10,
+        "recall": [0.9] * 10,
+        "f1": [0.9] * 10,
+    }
     diff = "--- deployed/score.py\n+++ rendered/score.py\n" + "".join(f"+line {i} {'x' * 60}\n" for i in range(3000))
-    return {"spec": "big", "spec_file": "specs/big.yaml", "generated_at": 0, "target": "local",
-            "description": "d", "outcome": {"ok": True, "summary": "Updated the service", "failed": None},
-            "changes": [{"field": "tags.a", "before": "1", "after": "2", "kind": "value", "stages": ["deploy"]}],
-            "stages": [], "evaluation": ev, "evaluated": True, "comparison": None, "smoke": None,
-            "plan": {"steps": [{"stage": "deploy", "action": "run",
-                                "deploy": {"action": "update",
-                                           "files": {"score.py": diff, "myenv.yml": diff[:9000]}}}]}}
+    return {
+        "spec": "big",
+        "spec_file": "specs/big.yaml",
+        "generated_at": 0,
+        "target": "local",
+        "description": "d",
+        "outcome": {"ok": True, "summary": "Updated the service", "failed": None},
+        "changes": [{"field": "tags.a", "before": "1", "after": "2", "kind": "value", "stages": ["deploy"]}],
+        "stages": [],
+        "evaluation": ev,
+        "evaluated": True,
+        "comparison": None,
+        "smoke": None,
+        "plan": {
+            "steps": [
+                {
+                    "stage": "deploy",
+                    "action": "run",
+                    "deploy": {"action": "update", "files": {"score.py": diff, "myenv.yml": diff[:9000]}},
+                }
+            ]
+        },
+    }
 
 
 def _balanced(md: str) -> None:
@@ -168,8 +205,10 @@ def test_a_long_report_is_cut_to_githubs_limit_with_a_note() -> None:
 
 def test_a_report_too_long_even_without_its_folds_is_cut_hard() -> None:
     report = _big_report()
-    report["changes"] = [{"field": f"tags.t{i}", "before": "x" * 200, "after": "y" * 200, "kind": "value",
-                          "stages": []} for i in range(400)]
+    report["changes"] = [
+        {"field": f"tags.t{i}", "before": "x" * 200, "after": "y" * 200, "kind": "value", "stages": []}
+        for i in range(400)
+    ]
     md = reportmd.markdown(report)
     assert len(md) <= reportmd.LIMIT and md.endswith("report.json beside it has everything._\n")
 
@@ -186,6 +225,7 @@ def test_text_from_the_spec_cannot_break_the_markdown() -> None:
 
 # -- the parts, on their own ------------------------------------------------------------------------
 
+
 def _step(stage: str, recorded_inputs, inputs, *, outputs=None, change=None) -> Step:
     recorded = {"inputs": recorded_inputs, "outputs": outputs or {}} if recorded_inputs is not None else None
     return Step(stage, StepAction.RUN, "inputs changed", "d", inputs, change, recorded=recorded)
@@ -194,24 +234,40 @@ def _step(stage: str, recorded_inputs, inputs, *, outputs=None, change=None) -> 
 def test_changes_are_named_by_spec_field_and_said_once() -> None:
     old_pin, new_pin = "a" * 64, "c" * 64
     steps = (
-        _step("check", {"model": old_pin, "packages": {"numpy": "2.4.5"}, "output": "labels"},
-              {"model": new_pin, "packages": {"numpy": "2.4.6"}, "output": "labels"}),
-        _step("fetch", {"pin": old_pin, "source": {"sha256": old_pin}},
-              {"pin": new_pin, "source": {"sha256": new_pin}}),
-        _step("evaluate", {"model": old_pin, "min_accuracy": 0.85, "runtime": {"numpy": "2.4.5"}},
-              {"model": new_pin, "min_accuracy": 0.9, "runtime": {"numpy": "2.4.6"}}),
-        _step("render", {"files": {"local.json": "1"}}, {"files": {"local.json": "2"}},
-              outputs={"values": {"tags": {"method": "sklearn"}, "environment": {"name": "a-env"}}}),
-        _step("deploy", None, None, change=Change(DeployAction.UPDATE, "ok", (("tags.method", "sklearn", "sgd"),
-                                                                               ("target", "aci", "local")))),
+        _step(
+            "check",
+            {"model": old_pin, "packages": {"numpy": "2.4.5"}, "output": "labels"},
+            {"model": new_pin, "packages": {"numpy": "2.4.6"}, "output": "labels"},
+        ),
+        _step(
+            "fetch", {"pin": old_pin, "source": {"sha256": old_pin}}, {"pin": new_pin, "source": {"sha256": new_pin}}
+        ),
+        _step(
+            "evaluate",
+            {"model": old_pin, "min_accuracy": 0.85, "runtime": {"numpy": "2.4.5"}},
+            {"model": new_pin, "min_accuracy": 0.9, "runtime": {"numpy": "2.4.6"}},
+        ),
+        _step(
+            "render",
+            {"files": {"local.json": "1"}},
+            {"files": {"local.json": "2"}},
+            outputs={"values": {"tags": {"method": "sklearn"}, "environment": {"name": "a-env"}}},
+        ),
+        _step(
+            "deploy",
+            None,
+            None,
+            change=Change(DeployAction.UPDATE, "ok", (("tags.method", "sklearn", "sgd"), ("target", "aci", "local"))),
+        ),
         _step("smoke", {"service": {"uri": "u1"}, "seed": 1}, {"service": {"uri": "u2"}, "seed": 2}),
         _step("report", {"stages": {}}, {"stages": {"x": 1}}),
         _step("audit", {"rules": 1}, {"rules": 2}),  # a stage this module does not know: named by its input
     )
     # deploy compares with the live service's record, which it has even without a stage record of its own
     steps = steps[:4] + (Step("deploy", StepAction.RUN, "", "d", None, steps[4].change, recorded={}),) + steps[5:]
-    explained = changes.explain(Plan("s", steps), pinned=True,
-                                values={"tags": {"method": "sgd"}, "environment": {"name": "b-env"}})
+    explained = changes.explain(
+        Plan("s", steps), pinned=True, values={"tags": {"method": "sgd"}, "environment": {"name": "b-env"}}
+    )
     rows = {(c.field, c.old, c.new): c.stages for c in explained.changes}
     assert rows == {
         ("model.sha256", old_pin, new_pin): ("check", "fetch", "evaluate"),  # the pin and its file: one change
@@ -226,12 +282,20 @@ def test_changes_are_named_by_spec_field_and_said_once() -> None:
 
 
 def test_a_rendered_file_that_changed_without_a_spec_field_is_named_as_such() -> None:
-    step = _step("render", {"files": {"score.py": "1", "myenv.yml": "1"}},
-                 {"files": {"score.py": "2", "myenv.yml": "1"}}, outputs={"values": {"name": "x"}})
+    step = _step(
+        "render",
+        {"files": {"score.py": "1", "myenv.yml": "1"}},
+        {"files": {"score.py": "2", "myenv.yml": "1"}},
+        outputs={"values": {"name": "x"}},
+    )
     found = changes.step_changes(step, pinned=True, values={"name": "x"})
     assert [(c.field, c.kind) for c in found] == [("score.py", "rendered")]
-    moved = _step("render", {"files": {"score.py": "1"}}, {"files": {"score.py": "2"}},
-                  outputs={"values": {"model": {"source": "../m/a.pkl", "file": "a.pkl"}}})
+    moved = _step(
+        "render",
+        {"files": {"score.py": "1"}},
+        {"files": {"score.py": "2"}},
+        outputs={"values": {"model": {"source": "../m/a.pkl", "file": "a.pkl"}}},
+    )
     found = changes.step_changes(moved, pinned=True, values={"model": {"source": "../m/b.pkl", "file": "b.pkl"}})
     assert [(c.field, c.old, c.new) for c in found] == [("model.source", "../m/a.pkl", "../m/b.pkl")]  # said once
     unpinned = changes.step_changes(_step("evaluate", {"model": "a"}, {"model": "b"}), pinned=False)
@@ -239,10 +303,26 @@ def test_a_rendered_file_that_changed_without_a_spec_field_is_named_as_such() ->
 
 
 def test_comparison_aligns_by_label_and_ranks_the_cells_that_moved() -> None:
-    before = {"n": 4, "accuracy": 0.5, "labels": [0, 1], "confusion": [[1, 1], [1, 1]], "precision": [0.5, 0.5],
-              "recall": [0.5, 0.5], "f1": [0.5, 0.5], "model_sha256": "a"}
-    after = {"n": 4, "accuracy": 0.5, "labels": [0, 1, 2], "confusion": [[2, 0, 0], [0, 0, 1], [0, 0, 0]],
-             "precision": [1.0, 0.0, 0.0], "recall": [1.0, 0.0, 0.0], "f1": [1.0, 0.0, 0.0], "model_sha256": "b"}
+    before = {
+        "n": 4,
+        "accuracy": 0.5,
+        "labels": [0, 1],
+        "confusion": [[1, 1], [1, 1]],
+        "precision": [0.5, 0.5],
+        "recall": [0.5, 0.5],
+        "f1": [0.5, 0.5],
+        "model_sha256": "a",
+    }
+    after = {
+        "n": 4,
+        "accuracy": 0.5,
+        "labels": [0, 1, 2],
+        "confusion": [[2, 0, 0], [0, 0, 1], [0, 0, 0]],
+        "precision": [1.0, 0.0, 0.0],
+        "recall": [1.0, 0.0, 0.0],
+        "f1": [1.0, 0.0, 0.0],
+        "model_sha256": "b",
+    }
     cmp = comparison.compare(before, after)
     assert cmp["correct"] == {"before": 2, "after": 2, "change": 0} and not cmp["same_model"]
     # the largest moves first; of equal ones, the errors that are more frequent now
@@ -260,6 +340,8 @@ def test_the_scrubber_keeps_nothing_of_this_machine(tmp_path: Path) -> None:
     assert s.text("healthy at http://localhost:8/score (pid 4711)") == "healthy at the local service (/score)"
     assert s.text("service process 4711 is not running") == "service process is not running"
     assert s.text("in /usr/lib/python3/x.py, line 3") == "in …/x.py, line 3"
-    assert s.text("https://x.azurecontainer.io/score and application/json") == \
-        "https://x.azurecontainer.io/score and application/json"
+    assert (
+        s.text("https://x.azurecontainer.io/score and application/json")
+        == "https://x.azurecontainer.io/score and application/json"
+    )
     assert s.data({"a": [f"{root}/b"], "n": 1}) == {"a": ["b"], "n": 1}

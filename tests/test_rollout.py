@@ -32,8 +32,12 @@ pytestmark = pytest.mark.slow
 def retrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The example model retrained with another C (the tutorial's --reg 0.01): a real new model."""
     out = tmp_path_factory.mktemp("model") / "sklearn_mnist_model.pkl"
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "mnist" / "train.py"), "--reg", "0.01",
-                           "--output", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "mnist" / "train.py"), "--reg", "0.01", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return out, proc.stdout.split("sha256 ")[1].split()[0]
 
@@ -51,8 +55,11 @@ def _disagreeing_body(old: Path, new: Path) -> tuple[bytes, bytes, bytes]:
     rows = np.flatnonzero(a != b)[:3]
     assert len(rows) == 3
     body = json.dumps({"data": X[rows].tolist()}).encode()
-    return body, json.dumps(a[rows].tolist()).replace(" ", "").encode(), json.dumps(b[rows].tolist()).replace(
-        " ", "").encode()
+    return (
+        body,
+        json.dumps(a[rows].tolist()).replace(" ", "").encode(),
+        json.dumps(b[rows].tolist()).replace(" ", "").encode(),
+    )
 
 
 def _edit(path: Path, old: str, new: str) -> None:
@@ -84,8 +91,11 @@ def test_updates_never_drop_a_request_nor_move_the_address_and_a_bad_one_keeps_t
         steps.append(("memory_gb", run_cli("run", SPEC)))
         (project / "examples/retrained").mkdir()  # a new model, under the file name the tutorial's score.py loads
         shutil.copy(new_model, project / "examples/retrained/sklearn_mnist_model.pkl")
-        _edit(spec, "source: ../examples/mnist/sklearn_mnist_model.pkl",
-              "source: ../examples/retrained/sklearn_mnist_model.pkl")
+        _edit(
+            spec,
+            "source: ../examples/mnist/sklearn_mnist_model.pkl",
+            "source: ../examples/retrained/sklearn_mnist_model.pkl",
+        )
         _edit(spec, "sha256: f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4", f"sha256: {new_sha}")
         before_cutover = time.monotonic()
         steps.append(("model", run_cli("run", SPEC)))
@@ -101,8 +111,11 @@ def test_updates_never_drop_a_request_nor_move_the_address_and_a_bad_one_keeps_t
         assert starved.code == 1 and "previous version is still serving" in starved.out, starved.out
         _edit(spec, "memory_gb: 0.1", "memory_gb: 2")
         liar = project / "liar_score.py"
-        liar.write_text((ROOT / "tests/data/score_tutorial.py").read_text().replace(
-            "return json.dumps(y_hat.tolist())", "return json.dumps(((y_hat + 1) % 10).tolist())"))
+        liar.write_text(
+            (ROOT / "tests/data/score_tutorial.py")
+            .read_text()
+            .replace("return json.dumps(y_hat.tolist())", "return json.dumps(((y_hat + 1) % 10).tolist())")
+        )
         _edit(spec, "  output: labels", "  output: labels\n  entry_script: ../liar_score.py")
         lying = run_cli("run", SPEC)
         assert lying.code == 1 and "answers differ from the local model's" in lying.out, lying.out
@@ -122,8 +135,13 @@ def test_updates_never_drop_a_request_nor_move_the_address_and_a_bad_one_keeps_t
 
 def _run_detached(project: Path) -> subprocess.Popen[bytes]:
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", SPEC], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", SPEC],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @pytest.mark.parametrize("moment", ["staged", "both live"])
@@ -135,12 +153,19 @@ def test_a_run_killed_during_the_overlap_leaves_nothing_delete_cannot_stop(proje
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         new = [pid for pid in _hosts(project) if pid not in first]
-        ready = [json.loads(p.read_text()) for p in (project / SERVICE).glob("releases/*/ready.json")
-                 if p.read_text().strip()]
+        ready = [
+            json.loads(p.read_text())
+            for p in (project / SERVICE).glob("releases/*/ready.json")
+            if p.read_text().strip()
+        ]
         if new and moment == "staged" and any(r["pid"] in new and not r["live"] for r in ready):
             break
-        if new and moment == "both live" and any(r["pid"] in new and r["live"] for r in ready) and \
-                all(pid in _hosts(project) for pid in first):
+        if (
+            new
+            and moment == "both live"
+            and any(r["pid"] in new and r["live"] for r in ready)
+            and all(pid in _hosts(project) for pid in first)
+        ):
             break
         time.sleep(0.01)
     else:

@@ -1,4 +1,5 @@
 """The runner end to end on a real project folder: plan, run, skip, force, selection, drift, state, lock."""
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,9 @@ def _edit(path: Path, old: str, new: str) -> None:
 def test_full_run_then_noop_then_tag_change(project, run_cli):
     first = run_cli("run", SPEC)
     assert first.code == 0, first.err + first.out
-    assert _statuses(first.out) == dict.fromkeys(("check", "fetch", "evaluate", "render", "deploy", "smoke", "report"), "ran")
+    assert _statuses(first.out) == dict.fromkeys(
+        ("check", "fetch", "evaluate", "render", "deploy", "smoke", "report"), "ran"
+    )
     assert "accuracy 0.8870" in first.out and "Overall accuracy: 0.8870" in first.out
     service = _state(project)["service"]
     assert service["scoring_uri"].startswith("http://127.0.0.1:")
@@ -61,11 +64,18 @@ def test_full_run_then_noop_then_tag_change(project, run_cli):
     assert "~ tags.method: 'sklearn' -> 'sklearn-v2'" in plan.out
     assert "+ tags.owner: 'ml-team'" in plan.out
     assert "deploy    update" in plan.out
-    changed = [l for l in plan.out.splitlines() if re.match(r"\s+[~+-] [\w.]+: ", l)]
+    changed = [row for row in plan.out.splitlines() if re.match(r"\s+[~+-] [\w.]+: ", row)]
     assert len(changed) == 2, changed  # exactly the two tag fields, nothing else
     steps = {s["stage"]: s["action"] for s in json.loads(run_cli("plan", SPEC, "--json").out)["steps"]}
-    assert steps == {"check": "skip", "fetch": "skip", "evaluate": "skip", "render": "run", "deploy": "run",
-                     "smoke": "run", "report": "run"}
+    assert steps == {
+        "check": "skip",
+        "fetch": "skip",
+        "evaluate": "skip",
+        "render": "run",
+        "deploy": "run",
+        "smoke": "run",
+        "report": "run",
+    }
 
     third = run_cli("run", SPEC)
     assert third.code == 0, third.out + third.err
@@ -183,8 +193,10 @@ def test_changed_model_byte_stops_before_loading(project, run_cli):
 def test_unpinned_model_is_refused_before_anything_runs_with_the_digest_to_paste(project, run_cli):
     _edit(project / SPEC, "  sha256: f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4\n", "")
     # validate, plan and run say it in one line at model (where sha256 belongs), in the fetch stage's own words
-    words = ("model.sha256: not pinned: loading a joblib file runs code stored in it, so review the file and pin its "
-             "digest in the spec: sha256: f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4")
+    words = (
+        "model.sha256: not pinned: loading a joblib file runs code stored in it, so review the file and pin its "
+        "digest in the spec: sha256: f2ff0eb82e268bed56f626ba0d3a7862e0c9e0653ffab40c46fe8b75454592e4"
+    )
     for command in ("validate", "plan", "run"):
         result = run_cli(command, SPEC)
         assert result.code == 2 and f"{SPEC}:7: {words}\n" in result.err, (command, result.err)
@@ -212,10 +224,18 @@ def test_damaged_state_file_is_a_clear_error(project, run_cli):
 
 def test_second_concurrent_run_fails_at_once_naming_the_holder(project, run_cli):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pipeline import state; "
-         "p = state.Paths.for_name('sklearn-mnist-svc')\n"
-         "with state.locked(p, 'run specs/mnist.yaml'):\n    print('locked', flush=True); time.sleep(30)"],
-        cwd=project, env=os.environ | {"PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pipeline import state; "
+            "p = state.Paths.for_name('sklearn-mnist-svc')\n"
+            "with state.locked(p, 'run specs/mnist.yaml'):\n    print('locked', flush=True); time.sleep(30)",
+        ],
+        cwd=project,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         start = time.monotonic()
@@ -231,8 +251,14 @@ def test_second_concurrent_run_fails_at_once_naming_the_holder(project, run_cli)
 
 def test_interrupted_run_leaves_consistent_state_and_redoes_the_stage(project, run_cli):
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", SPEC], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", SPEC],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     state_file = project / ".pipeline" / "sklearn-mnist-svc" / "state.json"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -243,7 +269,7 @@ def test_interrupted_run_leaves_consistent_state_and_redoes_the_stage(project, r
             pass
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     recorded = set(_state(project)["stages"])
     assert {"check", "fetch"} <= recorded
     if proc.returncode == 130:  # interrupted mid-stage: that stage has no record and runs next time
@@ -268,8 +294,14 @@ def test_cleanup_deletes_after_a_passing_smoke_test(project, run_cli):
 def test_sigterm_during_deploy_leaves_no_unrecorded_service(project, run_cli):
     assert run_cli("run", SPEC, "--to", "render").code == 0
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", SPEC], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", SPEC],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     service = project / ".pipeline" / "sklearn-mnist-svc" / "service"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not list(service.glob("releases/*/config.json")):  # the host is starting

@@ -1,4 +1,5 @@
 """pipeline.serve: real services on 127.0.0.1 hosting real score.py files, stopped by PID after each use."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,9 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import psutil
@@ -75,8 +77,13 @@ class Service:
         self.config_file.write_text(ServeConfig(**config).to_json())
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with open(self.log_file, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "pipeline.serve", str(self.config_file)],
-                                            cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.serve", str(self.config_file)],
+                cwd=folder,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.pids: set[int] = {self.process.pid}
 
     def wait_ready(self, timeout: float = 30) -> dict[str, Any]:
@@ -140,9 +147,14 @@ def start(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
 
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Service]:
-    service = Service(tmp_path_factory.mktemp("fast"), entry_script=str(DATA / "score_fast.py"),
-                      model_dir=str(model_dir), workers=2, max_body_bytes=2_000_000,
-                      swagger={"swagger": "2.0", "info": {"title": "mnist"}})
+    service = Service(
+        tmp_path_factory.mktemp("fast"),
+        entry_script=str(DATA / "score_fast.py"),
+        model_dir=str(model_dir),
+        workers=2,
+        max_body_bytes=2_000_000,
+        swagger={"swagger": "2.0", "info": {"title": "mnist"}},
+    )
     service.wait_ready()
     yield service
     service.stop()
@@ -152,8 +164,14 @@ def fast(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[
 def tutorial(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Service]:
     folder = tmp_path_factory.mktemp("tutorial")
     (folder / "keys.json").write_text(json.dumps(KEYS))
-    service = Service(folder, entry_script=str(DATA / "score_tutorial.py"), model_dir=str(model_dir),
-                      workers=2, keys_file=str(folder / "keys.json"), features=784)
+    service = Service(
+        folder,
+        entry_script=str(DATA / "score_tutorial.py"),
+        model_dir=str(model_dir),
+        workers=2,
+        keys_file=str(folder / "keys.json"),
+        features=784,
+    )
     service.wait_ready()
     yield service
     service.stop()
@@ -188,7 +206,7 @@ def test_config_round_trip_and_every_problem_at_once(tmp_path: Path) -> None:
         ServeConfig(entry_script="s", model_dir="m", workers=0, port=70000, memory_limit_mb=True)
     assert all(word in str(error.value) for word in ("workers", "port", "memory_limit_mb"))
     path.write_text(json.dumps({"entry_script": "s", "model_dir": "m", "wokers": 2}))
-    with pytest.raises(UsageError, match="unknown keys.*wokers"):
+    with pytest.raises(UsageError, match=r"unknown keys.*wokers"):
         ServeConfig.from_json(str(path))
 
 
@@ -259,11 +277,12 @@ def test_auth_on_score_and_swagger_but_not_health(tutorial: Service) -> None:
     assert all(key not in tutorial.log() for key in KEYS.values())
 
 
-def test_tutorial_script_unchanged_matches_local_predict(tutorial: Service, test_images: np.ndarray,
-                                                         expected: list[int]) -> None:
+def test_tutorial_script_unchanged_matches_local_predict(
+    tutorial: Service, test_images: np.ndarray, expected: list[int]
+) -> None:
     answers: list[int] = []
     for start_row in range(0, len(test_images), 100):
-        response = tutorial.post({"data": test_images[start_row:start_row + 100].tolist()}, headers=BEARER)
+        response = tutorial.post({"data": test_images[start_row : start_row + 100].tolist()}, headers=BEARER)
         assert response.status_code == 200
         # run() returns a str; the host JSON-encodes it, as Azure's server does.
         assert isinstance(response.json(), str)
@@ -271,11 +290,12 @@ def test_tutorial_script_unchanged_matches_local_predict(tutorial: Service, test
     assert answers == expected
 
 
-def test_fast_script_batched_and_concurrent_singles_match_local_predict(fast: Service, test_images: np.ndarray,
-                                                                       expected: list[int]) -> None:
+def test_fast_script_batched_and_concurrent_singles_match_local_predict(
+    fast: Service, test_images: np.ndarray, expected: list[int]
+) -> None:
     batched: list[int] = []
     for start_row in range(0, len(test_images), 125):
-        batched += fast.post({"data": test_images[start_row:start_row + 125].tolist()}).json()
+        batched += fast.post({"data": test_images[start_row : start_row + 125].tolist()}).json()
     assert batched == expected
     local = threading.local()
 
@@ -295,7 +315,9 @@ def test_run_failures_timeouts_and_odd_answers(start: Any) -> None:
     service = start("score_misbehave.py", request_timeout_ms=500)
     failed = service.post({"raise": True}, headers={"x-request-id": "boom-1"})
     assert failed.status_code == 500 and failed.json() == {
-        "error": "internal error in run(); see the service log", "request_id": "boom-1"}
+        "error": "internal error in run(); see the service log",
+        "request_id": "boom-1",
+    }
     assert "Traceback" not in failed.text and "RuntimeError: the score script failed on purpose" in service.log()
     started = time.monotonic()
     slow = service.post({"sleep_ms": 3000})
@@ -376,10 +398,16 @@ def test_load_32_connections_has_no_failures(fast: Service, test_images: np.ndar
         return
     (tmp_path / "body.json").write_text(body)
     lua = tmp_path / "post.lua"
-    lua.write_text(f'wrk.method = "POST"\nlocal f = io.open("{tmp_path / "body.json"}", "rb")\n'
-                   'wrk.body = f:read("*all")\nf:close()\nwrk.headers["Content-Type"] = "application/json"\n')
-    out = subprocess.run(["wrk", "-t2", "-c32", "-d5s", "--timeout", "5s", "-s", str(lua), fast.url + "/score"],
-                         capture_output=True, text=True, timeout=60).stdout
+    lua.write_text(
+        f'wrk.method = "POST"\nlocal f = io.open("{tmp_path / "body.json"}", "rb")\n'
+        'wrk.body = f:read("*all")\nf:close()\nwrk.headers["Content-Type"] = "application/json"\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t2", "-c32", "-d5s", "--timeout", "5s", "-s", str(lua), fast.url + "/score"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert "requests in" in out, out
     assert "Non-2xx" not in out and "Socket errors" not in out, out
     assert int(out.split(" requests in")[0].split()[-1]) > 1000
@@ -423,8 +451,11 @@ def test_workers_exit_when_the_supervisor_is_killed(start: Any) -> None:
     workers = service.ready()["workers"]
     service.process.kill()  # SIGKILL: no chance to stop its workers itself
     service.process.wait()
-    wait_for(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                             for pid in workers))
+    wait_for(
+        lambda: (
+            not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers)
+        )
+    )
 
 
 def test_a_taken_port_is_an_error_not_a_shared_one(fast: Service, tmp_path: Path, model_dir: Path) -> None:

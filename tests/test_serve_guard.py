@@ -75,7 +75,7 @@ def test_silent_slow_and_stalled_clients_are_cut_off_and_counted(serve: Any) -> 
     partial = _connect(service)
     partial.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\n")
     stalled = _connect(service)
-    stalled.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 10000\r\n\r\n{\"data\": [[0")
+    stalled.sendall(b'POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 10000\r\n\r\n{"data": [[0')
     slowloris = _connect(service)
     for byte in b"POST /score HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 12:  # a byte each 0.1 s: never done in 1 s
         try:
@@ -85,17 +85,23 @@ def test_silent_slow_and_stalled_clients_are_cut_off_and_counted(serve: Any) -> 
         time.sleep(0.1)
     _good(service)  # the service answers while all of them hang
     assert _read_until_closed(silent) == b""  # never sent a byte: closed without a word
-    for sock, words in ((partial, b"request headers not received within 1 s"),
-                        (slowloris, b"request headers not received within 1 s"),
-                        (stalled, b"request body not received within 1 s")):
+    for sock, words in (
+        (partial, b"request headers not received within 1 s"),
+        (slowloris, b"request headers not received within 1 s"),
+        (stalled, b"request body not received within 1 s"),
+    ):
         answer = _read_until_closed(sock)
         assert answer.startswith(b"HTTP/1.1 408 ") and words in answer, answer
     keep_alive = _connect(service)
     body = json.dumps({"data": [ROW]}).encode()
     keep_alive.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     assert _read_until_closed(keep_alive).startswith(b"HTTP/1.1 200 OK")  # then idle past keep_alive_s: closed
-    wait_for(lambda: service.events()["counts"].get("header_timeouts", 0) >= 3
-             and service.events()["counts"].get("body_timeouts", 0) >= 1)
+    wait_for(
+        lambda: (
+            service.events()["counts"].get("header_timeouts", 0) >= 3
+            and service.events()["counts"].get("body_timeouts", 0) >= 1
+        )
+    )
     assert "connection(s) closed: no complete request headers within 1 s" in service.log()
     _good(service)
 
@@ -143,7 +149,7 @@ def test_at_the_cap_the_longest_sending_body_makes_room_for_a_newcomer(serve: An
     try:
         for _ in range(5):  # each is sending a body, slowly: none is idle
             sock = _connect(service)
-            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"data\": [[")
+            sock.sendall(b'POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"data": [[')
             busy.append(sock)
             time.sleep(0.1)  # in this order
         _good(service)  # the newcomer is served
@@ -182,19 +188,22 @@ def test_every_request_lands_in_the_access_log_which_rotates(serve: Any, tmp_pat
     service = serve(access_log=str(access), access_log_max_bytes=4096)
     with requests.Session() as session:
         for i in range(400):
-            session.post(service.url + "/score", data=json.dumps({"data": [ROW]}), headers={"x-request-id": f"r-{i}"},
-                         timeout=5)
+            session.post(
+                service.url + "/score", data=json.dumps({"data": [ROW]}), headers={"x-request-id": f"r-{i}"}, timeout=5
+            )
             if i % 50 == 49:
                 time.sleep(0.6)  # past a flush: the next batch finds the file over its size
     session_bad = requests.post(service.url + "/score", data=b"{", timeout=5)
     assert session_bad.status_code == 400
-    wait_for(lambda: "POST /score\" 400" in access.read_text())
+    wait_for(lambda: 'POST /score" 400' in access.read_text())
     files = [access, *(tmp_path / f"access.log.{n}" for n in (1, 2, 3))]
     assert all(f.exists() for f in files) and not (tmp_path / "access.log.4").exists()
     assert all(f.stat().st_size < 4096 + 2000 * 200 for f in files)
     lines = [line for f in files for line in f.read_text().splitlines()]
-    pattern = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z 127\.0\.0\.1:\d+ "POST /score" (200|400) \d+ '
-                         r"\d+\.\d{3}ms \S+ \d+$")
+    pattern = re.compile(
+        r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z 127\.0\.0\.1:\d+ "POST /score" (200|400) \d+ '
+        r"\d+\.\d{3}ms \S+ \d+$"
+    )
     assert all(pattern.match(line) for line in lines), [line for line in lines if not pattern.match(line)][:3]
     assert any(" r-399 " in line for line in lines)  # the newest are kept; the oldest rotated away
 
@@ -202,8 +211,9 @@ def test_every_request_lands_in_the_access_log_which_rotates(serve: Any, tmp_pat
 def test_the_spec_settings_reach_the_host(tmp_path: Path) -> None:
     spec = specs.load(ROOT / "specs" / "mnist.yaml")
     folder = tmp_path / "service"
-    config = local.service_config(spec, folder / "releases/1/app", folder / "m", None,
-                                  folder / "releases/1/ready.json", 0)
+    config = local.service_config(
+        spec, folder / "releases/1/app", folder / "m", None, folder / "releases/1/ready.json", 0
+    )
     assert (config["header_timeout_s"], config["body_timeout_s"], config["keep_alive_s"]) == (10, 30, 5)
     assert config["max_connections"] == 1024 and config["access_log"] == str(folder / "access.log")
     ServeConfig(**config)  # a valid host config

@@ -1,4 +1,5 @@
 """GitOps from CI: two fresh clones of one repository sharing state in Azurite, as two CI runners would."""
+
 from __future__ import annotations
 
 import json
@@ -34,14 +35,26 @@ class Clones:
         return AzureBlobBackend.from_url(self.url, environ=self.env)
 
     def run(self, clone: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=clone, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", *args],
+            cwd=clone,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start(self, clone: Path, *args: str, lease: int | None = None) -> subprocess.Popen[str]:
         """`lease`: the seconds this run leases the lock for (the fixture's URL says 15)."""
         env = self.env if lease is None else self.env | {"PIPELINE_STATE": self.url.replace("=15", f"={lease}")}
-        return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=clone, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *args],
+            cwd=clone,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def document(self) -> dict | None:
         """The shared state as it is now; it must parse whenever it is read: old or new, never half."""
@@ -55,8 +68,9 @@ def clones(tmp_path: Path, shared_state: str, azurite) -> Clones:
     origin = tmp_path / "origin"
     (origin / "specs").mkdir(parents=True)
 
-    shutil.copytree(ROOT / "examples" / "mnist", origin / "examples" / "mnist",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "examples" / "mnist", origin / "examples" / "mnist", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(ROOT / "specs" / "mnist.yaml", origin / "specs" / "mnist.yaml")
     (origin / ".gitignore").write_text(".pipeline/\nreports/\n")
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "-c", "init.defaultBranch=main"]
@@ -66,10 +80,14 @@ def clones(tmp_path: Path, shared_state: str, azurite) -> Clones:
     for name in ("a", "b"):
         subprocess.run(["git", "clone", "-q", str(origin), str(tmp_path / name)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PIPELINE_HOME", "PIPELINE_REPORTS")}
-    env |= {"PIPELINE_STATE": shared_state, "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
-            "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
+    env |= {
+        "PIPELINE_STATE": shared_state,
+        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "NO_COLOR": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     yield Clones(tmp_path / "a", tmp_path / "b", shared_state, env)
-    _stop_strays(tmp_path)   # every service either clone started, by PID
+    _stop_strays(tmp_path)  # every service either clone started, by PID
 
 
 def _stage_lines(out: str) -> dict[str, str]:
@@ -127,33 +145,40 @@ def test_a_fresh_clone_plans_no_op_and_a_tag_change_as_exactly_that_field(clones
 def test_two_runs_at_once_deploy_once(clones: Clones) -> None:
     runs = [clones.start(clone, "run", SPEC, "--lock-timeout", "5m") for clone in (clones.a, clones.b)]
     results = [(p.pid, *p.communicate(timeout=300), p.returncode) for p in runs]
-    for pid, out, err, code in results:
+    for _pid, out, err, code in results:
         assert code == 0, out + err
     deploys = sorted(_stage_lines(out)["deploy"] for _, out, _, _ in results)
     assert deploys == ["ran", "skipped"], results
     (first, waited) = sorted(results, key=lambda r: _stage_lines(r[1])["deploy"] != "ran")
     assert f"waiting up to 5m for the lock held by pid {first[0]}, `run {SPEC}`" in waited[2]
-    assert "healthy at" in waited[1]                        # it found A's service live: no second deploy
+    assert "healthy at" in waited[1]  # it found A's service live: no second deploy
     state = clones.document()
     assert [h["ok"] for h in state["history"]] == [True, True]
-    configs = {m for p in Path("/proc").iterdir() if p.name.isdigit()
-               for m in re.findall(rb"\S+/service/releases/[0-9]+/config\.json", _cmdline(p)) if str(clones.a.parent).encode() in m}
-    assert len(configs) == 1, configs                       # one service, not two
+    configs = {
+        m
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit()
+        for m in re.findall(rb"\S+/service/releases/[0-9]+/config\.json", _cmdline(p))
+        if str(clones.a.parent).encode() in m
+    }
+    assert len(configs) == 1, configs  # one service, not two
 
 
 def test_a_second_runner_fails_at_once_naming_the_holder(clones: Clones) -> None:
     holder = clones.start(clones.a, "run", SPEC, lease=60)
     try:
         _wait_for(lambda: clones.backend().inspect(NAME).locked, what="the first run to take the lease")
-        os.kill(holder.pid, signal.SIGSTOP)   # held still, so it cannot finish before B asks, on a busy machine too
+        os.kill(holder.pid, signal.SIGSTOP)  # held still, so it cannot finish before B asks, on a busy machine too
         start = time.monotonic()
         refused = clones.run(clones.b, "run", SPEC)
         assert time.monotonic() - start < 15
         assert refused.returncode == 1
-        assert re.search(rf"error: {NAME} is locked by another run \(pid {holder.pid}, `run {SPEC}`, on host \S+ since "
-                         rf"[^)]+\) in {re.escape(clones.url)}; wait for it to finish, or wait for it with "
-                         rf"--lock-timeout",
-                         refused.stderr), refused.stderr
+        assert re.search(
+            rf"error: {NAME} is locked by another run \(pid {holder.pid}, `run {SPEC}`, on host \S+ since "
+            rf"[^)]+\) in {re.escape(clones.url)}; wait for it to finish, or wait for it with "
+            rf"--lock-timeout",
+            refused.stderr,
+        ), refused.stderr
         assert "force-unlock specs/mnist.yaml" in refused.stderr
     finally:
         os.kill(holder.pid, signal.SIGCONT)
@@ -167,25 +192,25 @@ def test_a_killed_runner_frees_its_lock_when_the_lease_expires_and_the_state_sta
     seen: list[set[str]] = []
 
     def evaluated() -> bool:
-        doc = clones.document()                             # json.loads: a half-written blob would fail here
+        doc = clones.document()  # json.loads: a half-written blob would fail here
         seen.append(set(doc["stages"]) if doc else set())
         return "evaluate" in seen[-1]
 
     try:
         _wait_for(evaluated, what="the first run to record evaluate")
     finally:
-        victim.send_signal(signal.SIGKILL)                  # no finally, no release: a runner lost mid-run
+        victim.send_signal(signal.SIGKILL)  # no finally, no release: a runner lost mid-run
         victim.communicate(timeout=30)
     assert seen[-1] >= {"check", "fetch", "evaluate"}
     info = clones.backend().inspect(NAME)
-    assert info.locked and info.holder.pid == victim.pid    # the lease outlives its holder, for at most 30 s
+    assert info.locked and info.holder.pid == victim.pid  # the lease outlives its holder, for at most 30 s
 
     refused = clones.run(clones.b, "run", SPEC)
     assert refused.returncode == 1 and f"pid {victim.pid}, `run {SPEC}`" in refused.stderr
     start = time.monotonic()
     healed = clones.start(clones.b, "run", SPEC, "--lock-timeout", "1m")
     while healed.poll() is None:
-        clones.document()                                   # whole at every read while B writes
+        clones.document()  # whole at every read while B writes
         time.sleep(0.05)
     out, err = healed.communicate()
     assert healed.returncode == 0, out + err
@@ -199,10 +224,10 @@ def test_a_killed_runner_frees_its_lock_when_the_lease_expires_and_the_state_sta
 
 
 def test_force_unlock_names_the_holder_and_the_holder_then_cannot_write(clones: Clones) -> None:
-    holder = clones.start(clones.a, "run", SPEC, "--to", "evaluate", lease=60)   # it must not expire by itself
+    holder = clones.start(clones.a, "run", SPEC, "--to", "evaluate", lease=60)  # it must not expire by itself
     try:
         _wait_for(lambda: "check" in ((clones.document() or {}).get("stages") or {}), what="a recorded stage")
-        os.kill(holder.pid, signal.SIGSTOP)                 # a runner that hangs, lease and all
+        os.kill(holder.pid, signal.SIGSTOP)  # a runner that hangs, lease and all
         before = clones.document()
         locked = json.loads(clones.run(clones.b, "state", "show", SPEC, "--json").stdout)["lock"]
         assert locked["locked"] is True and locked["holder"]["pid"] == holder.pid
@@ -220,20 +245,21 @@ def test_force_unlock_names_the_holder_and_the_holder_then_cannot_write(clones: 
         os.kill(holder.pid, signal.SIGCONT)
         out, err = holder.communicate(timeout=120)
     assert holder.returncode == 1 and "was lost" in err and "nothing more is written" in err, out + err
-    assert clones.document() == after_b != before            # the old holder wrote nothing after the break
+    assert clones.document() == after_b != before  # the old holder wrote nothing after the break
 
 
 def test_state_push_moves_local_state_and_the_clones_share_it(clones: Clones) -> None:
     local = clones.run(clones.a, "run", SPEC, "--state", "local")
     assert local.returncode == 0, local.stderr
-    assert (clones.a / ".pipeline" / NAME / "state.json").is_file()   # found at the clone's root, by its .git
+    assert (clones.a / ".pipeline" / NAME / "state.json").is_file()  # found at the clone's root, by its .git
     assert clones.document() is None
 
     pushed = clones.run(clones.a, "state", "push", SPEC, "--to", clones.url, "--json")
     assert pushed.returncode == 0, pushed.stderr
     out = json.loads(pushed.stdout)
     assert out["to"] == clones.backend().where(NAME) and out["stages"] == sorted(
-        ["check", "fetch", "evaluate", "render", "deploy", "smoke", "report"])
+        ["check", "fetch", "evaluate", "render", "deploy", "smoke", "report"]
+    )
     assert clones.document()["service"]["scoring_uri"] == out["service"]
 
     stale = clones.run(clones.a, "plan", SPEC, "--state", "local")
@@ -241,9 +267,10 @@ def test_state_push_moves_local_state_and_the_clones_share_it(clones: Clones) ->
     twice = clones.run(clones.a, "state", "push", SPEC, "--to", clones.url)
     assert twice.returncode == 1 and "moved to" in twice.stderr
 
-    here = json.loads(clones.run(clones.a, "plan", SPEC, "--json").stdout)   # A's own files are still there
+    here = json.loads(clones.run(clones.a, "plan", SPEC, "--json").stdout)  # A's own files are still there
     assert {s["stage"]: s["action"] for s in here["steps"]} == dict.fromkeys(
-        ("check", "fetch", "evaluate", "render", "deploy", "smoke", "report"), "skip")
+        ("check", "fetch", "evaluate", "render", "deploy", "smoke", "report"), "skip"
+    )
     fresh = clones.run(clones.b, "plan", SPEC, "--detailed-exitcode")
     assert fresh.returncode == 0 and "deploy    no-op" in fresh.stdout, fresh.stdout + fresh.stderr
 

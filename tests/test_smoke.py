@@ -1,4 +1,5 @@
 """The smoke stage's pieces on their own: seeded samples, the retry policy, answer comparison."""
+
 from __future__ import annotations
 
 import json
@@ -64,10 +65,13 @@ def test_a_timeout_is_not_retried(monkeypatch):
     assert target.calls == 1
 
 
-@pytest.mark.parametrize("body, expected", [
-    (b"[7, 2, 1]", [7, 2, 1]),
-    (json.dumps("[7, 2, 1]").encode(), [7, 2, 1]),  # the tutorial's run() returns a JSON string
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (b"[7, 2, 1]", [7, 2, 1]),
+        (json.dumps("[7, 2, 1]").encode(), [7, 2, 1]),  # the tutorial's run() returns a JSON string
+    ],
+)
 def test_answers_accept_both_shapes(body, expected):
     assert smoke._answers(Reply(200, body, 0.0), "uri") == expected
 

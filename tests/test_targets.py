@@ -29,8 +29,11 @@ from tests.conftest import EXAMPLE_MODEL, ROOT
 
 THREADED = "tests.targets.threaded:ThreadedTarget"
 # the cloud SDKs' own deprecation notices (their vendored ruamel.yaml, marshmallow 4 to come): not ours to fix
-pytestmark = [pytest.mark.filterwarnings("ignore:::azureml"), pytest.mark.filterwarnings("ignore:::marshmallow"),
-              pytest.mark.filterwarnings("ignore:::azure.ai.ml")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:::azureml"),
+    pytest.mark.filterwarnings("ignore:::marshmallow"),
+    pytest.mark.filterwarnings("ignore:::azure.ai.ml"),
+]
 
 
 @pytest.fixture
@@ -126,11 +129,18 @@ HARNESSES = [
     Harness("threaded", lambda: targets.get("threaded"), registered=False),
     Harness("aci", lambda: targets.get("aci"), needs=AZURE, settings=_azureml()),
     Harness("aks", lambda: targets.get("aks"), needs=AZURE, settings=_azureml(", compute_target: aks-mnist")),
-    Harness("azureml-online", lambda: targets.get("azureml-online"), needs=AZURE,
-            settings=_azureml(token_without_key=True)),
+    Harness(
+        "azureml-online", lambda: targets.get("azureml-online"), needs=AZURE, settings=_azureml(token_without_key=True)
+    ),
     Harness("ray", lambda: targets.get("ray"), requires="ray.serve", netns=True),
-    Harness("kubernetes", lambda: targets.get("kubernetes"), needs=("k8s_at_the_wire",), settings=_kubernetes,
-            requires="kubernetes_validate", before_deploy=lambda f, r: f["k8s_at_the_wire"].push_build(r)),
+    Harness(
+        "kubernetes",
+        lambda: targets.get("kubernetes"),
+        needs=("k8s_at_the_wire",),
+        settings=_kubernetes,
+        requires="kubernetes_validate",
+        before_deploy=lambda f, r: f["k8s_at_the_wire"].push_build(r),
+    ),
 ]
 
 
@@ -159,8 +169,10 @@ def deployed(harness: Bound, tmp_path: Path) -> Iterator[Callable[..., Deployed]
     """Deploy the example model to the harness's target; every service made is deleted at the end."""
     made: list[Deployed] = []
     if harness.netns and not netns.INSIDE:
-        pytest.skip(f"{harness.name} deploys run in a loopback-only network namespace, started by "
-                    f"test_{harness.name}_deploys_in_a_loopback_only_network_namespace")
+        pytest.skip(
+            f"{harness.name} deploys run in a loopback-only network namespace, started by "
+            f"test_{harness.name}_deploys_in_a_loopback_only_network_namespace"
+        )
 
     def deploy(*, auth: bool = False) -> Deployed:
         folder = tmp_path / f"d{len(made)}"
@@ -171,9 +183,15 @@ def deployed(harness: Bound, tmp_path: Path) -> Iterator[Callable[..., Deployed]
         model_dir = folder / "models" / spec.model.name / str(spec.model.version)
         model_dir.mkdir(parents=True)
         shutil.copy(EXAMPLE_MODEL, model_dir / EXAMPLE_MODEL.name)
-        request = DeployRequest(spec=spec, build_dir=build, model_path=model_dir / EXAMPLE_MODEL.name,
-                                model_dir=model_dir, service_dir=folder / "service", previous=None,
-                                console=Console())
+        request = DeployRequest(
+            spec=spec,
+            build_dir=build,
+            model_path=model_dir / EXAMPLE_MODEL.name,
+            model_dir=model_dir,
+            service_dir=folder / "service",
+            previous=None,
+            console=Console(),
+        )
         request.service_dir.mkdir()
         if harness.harness.before_deploy:
             harness.harness.before_deploy(harness.fixtures, request)
@@ -211,8 +229,9 @@ def test_render_is_deterministic(harness: Bound, tmp_path: Path) -> None:
     assert all(text.endswith("\n") for text in first.values())
 
 
-def test_deploy_returns_a_valid_record_that_survives_the_state_file(deployed: Callable[..., Deployed],
-                                                                    harness: Bound) -> None:
+def test_deploy_returns_a_valid_record_that_survives_the_state_file(
+    deployed: Callable[..., Deployed], harness: Bound
+) -> None:
     done = deployed()
     assert isinstance(done.record, ServiceRecord) and done.record.target == harness.name
     assert done.record.scoring_uri and done.record.scoring_uri.startswith("http")
@@ -258,8 +277,9 @@ def test_key_auth_when_the_target_supports_it(deployed: Callable[..., Deployed],
     assert http.post(done.record.scoring_uri, one_image(), {}, 10).status == 401
 
 
-def test_a_side_by_side_update_is_tested_alone_then_discarded_or_promoted(deployed: Callable[..., Deployed],
-                                                                          harness: Bound) -> None:
+def test_a_side_by_side_update_is_tested_alone_then_discarded_or_promoted(
+    deployed: Callable[..., Deployed], harness: Bound
+) -> None:
     rollout = targets.target_class(harness.name).capabilities.rollout
     if rollout is not Rollout.SIDE_BY_SIDE:
         pytest.skip(f"{harness.name} updates {rollout}: there is no new version beside the old to test alone")

@@ -4,6 +4,7 @@ Two processes, each with its own SO_REUSEPORT socket on one port, as the project
 what Python's fastest HTTP stack does with no parsing and no model at all.
     python ceiling.py PORT
 """
+
 import os
 import signal
 import socket
@@ -31,8 +32,16 @@ def serve(port: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(2048)
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", ws="none", lifespan="off", access_log=False,
-                            log_level="warning", server_header=False)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+    )
     uvicorn.Server(config).run(sockets=[sock])
 
 

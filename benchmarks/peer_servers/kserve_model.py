@@ -1,4 +1,5 @@
 """The model behind KServe's ModelServer, as its sklearn server does it: joblib.load, then predict(instances)."""
+
 import sys
 
 import joblib

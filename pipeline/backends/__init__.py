@@ -1,4 +1,5 @@
 """State backends, one module each, chosen by --state URL, else PIPELINE_STATE, else the spec's `state:` block."""
+
 from __future__ import annotations
 
 import importlib
@@ -23,9 +24,9 @@ ENV = "PIPELINE_STATE"
 class Choice:
     """Which backend holds a spec's state, and who said so (for `state show`)."""
 
-    backend: str                  # local | azureblob
-    url: str                      # `local`, or the backend's URL
-    source: str                   # --state | PIPELINE_STATE | the spec's state block | default
+    backend: str  # local | azureblob
+    url: str  # `local`, or the backend's URL
+    source: str  # --state | PIPELINE_STATE | the spec's state block | default
     lease_seconds: int | None = None
 
 
@@ -57,5 +58,5 @@ def open_backend(choice: Choice, home: Path, environ: Mapping[str, str] | None =
     module = importlib.import_module(BACKENDS[choice.backend])
     try:
         return module.open_backend(choice.url, choice.lease_seconds, home, os.environ if environ is None else environ)
-    except UsageError as exc:   # name where the URL came from: the flag, the variable, or the spec
+    except UsageError as exc:  # name where the URL came from: the flag, the variable, or the spec
         raise UsageError(f"{choice.source}: {exc}") from None

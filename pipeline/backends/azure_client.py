@@ -1,4 +1,5 @@
 """The Azure Storage client of the azureblob backend: credentials from the environment only, errors as StateError."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +10,10 @@ from typing import Any
 from pipeline.errors import StateConflict, StateError, UsageError
 
 EXTRA_HINT = "pip install '.[azureblob]'"
-NO_CREDENTIALS = ("set AZURE_STORAGE_CONNECTION_STRING, or sign in for DefaultAzureCredential (az login; "
-                  "AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and AZURE_TENANT_ID; or a managed identity)")
+NO_CREDENTIALS = (
+    "set AZURE_STORAGE_CONNECTION_STRING, or sign in for DefaultAzureCredential (az login; "
+    "AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and AZURE_TENANT_ID; or a managed identity)"
+)
 
 
 def service_client(account: str, environ: Mapping[str, str], credential: Any = None) -> Any:
@@ -30,15 +33,19 @@ def service_client(account: str, environ: Mapping[str, str], credential: Any = N
         except ValueError as exc:
             raise StateError(f"AZURE_STORAGE_CONNECTION_STRING is not a storage connection string ({exc})") from None
         if client.account_name != account:
-            raise StateError(f"AZURE_STORAGE_CONNECTION_STRING is for storage account {client.account_name!r}, "
-                             f"but the state URL names {account!r}")
+            raise StateError(
+                f"AZURE_STORAGE_CONNECTION_STRING is for storage account {client.account_name!r}, "
+                f"but the state URL names {account!r}"
+            )
         return client
     if credential is None:
         try:
             from azure.identity import DefaultAzureCredential
         except ImportError:
-            raise UsageError(f"the azureblob state backend needs azure-identity without "
-                             f"AZURE_STORAGE_CONNECTION_STRING: {EXTRA_HINT}") from None
+            raise UsageError(
+                f"the azureblob state backend needs azure-identity without "
+                f"AZURE_STORAGE_CONNECTION_STRING: {EXTRA_HINT}"
+            ) from None
         credential = DefaultAzureCredential()
     return BlobServiceClient(f"https://{account}.blob.core.windows.net", credential=credential, **options)
 
@@ -78,17 +85,22 @@ def errors(what: str, where: str) -> Iterator[None]:
     try:
         yield
     except ResourceModifiedError:
-        raise StateConflict(f"{where} was changed by another writer since it was read (its ETag moved); "
-                            f"nothing was saved") from None
+        raise StateConflict(
+            f"{where} was changed by another writer since it was read (its ETag moved); nothing was saved"
+        ) from None
     except ClientAuthenticationError as exc:
         if isinstance(exc, HttpResponseError) and exc.status_code:
-            raise StateError(f"not allowed to {what} {where}: HTTP {exc.status_code} {code_of(exc)}".rstrip()
-                             + " (the identity needs the Storage Blob Data Contributor role)") from None
+            raise StateError(
+                f"not allowed to {what} {where}: HTTP {exc.status_code} {code_of(exc)}".rstrip()
+                + " (the identity needs the Storage Blob Data Contributor role)"
+            ) from None
         raise StateError(f"no Azure credentials to {what} {where}: {NO_CREDENTIALS} ({_first_line(exc)})") from None
     except HttpResponseError as exc:
         if exc.status_code == 403:
-            raise StateError(f"not allowed to {what} {where}: HTTP 403 {code_of(exc)} (the identity needs the "
-                             f"Storage Blob Data Contributor role on the container)") from None
+            raise StateError(
+                f"not allowed to {what} {where}: HTTP 403 {code_of(exc)} (the identity needs the "
+                f"Storage Blob Data Contributor role on the container)"
+            ) from None
         raise StateError(f"cannot {what} {where}: HTTP {exc.status_code} {code_of(exc) or _first_line(exc)}") from None
     except ServiceRequestError as exc:
         raise StateError(f"cannot reach the state backend to {what} {where}: {_reason(exc)}") from None

@@ -1,4 +1,5 @@
 """The azureblob backend: <prefix>/<name>.json per spec in a container, locked by a lease on <prefix>/<name>.lock."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ from pipeline.errors import StateConflict, StateError, StateLocked, UsageError
 
 SCHEME = "azureblob"
 LEASE_DEFAULT = 60
-LEASE_MIN, LEASE_MAX = 15, 60   # what Azure allows for a finite lease
+LEASE_MIN, LEASE_MAX = 15, 60  # what Azure allows for a finite lease
 ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
 CONTAINER = re.compile(r"(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*")
 FORMAT = "azureblob://<account>/<container>/<prefix>"
@@ -32,17 +33,21 @@ def parse(url: str) -> tuple[str, str, str, int | None]:
     if not ACCOUNT.fullmatch(account):
         raise UsageError(f"state URL {url!r}: storage account {account!r} must be 3-24 lowercase letters and digits")
     if not CONTAINER.fullmatch(container):
-        raise UsageError(f"state URL {url!r}: container {container!r} must be 3-63 lowercase letters, digits and "
-                         f"single '-' between them ({FORMAT})")
+        raise UsageError(
+            f"state URL {url!r}: container {container!r} must be 3-63 lowercase letters, digits and "
+            f"single '-' between them ({FORMAT})"
+        )
     prefix = prefix.strip("/")
     if "//" in prefix or "\\" in prefix or any(p in (".", "..") for p in prefix.split("/")) or parts.fragment:
         raise UsageError(f"state URL {url!r}: the prefix must be folder names separated by single '/'")
     lease: int | None = None
     for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
         if key != "lease_seconds":
-            what = ("a credential" if key in ("sig", "sv", "se", "sp", "skoid") else f"unknown parameter {key!r}")
-            raise UsageError(f"state URL {url!r}: {what}; the only parameter is lease_seconds, and credentials come "
-                             f"from the environment (AZURE_STORAGE_CONNECTION_STRING, else DefaultAzureCredential)")
+            what = "a credential" if key in ("sig", "sv", "se", "sp", "skoid") else f"unknown parameter {key!r}"
+            raise UsageError(
+                f"state URL {url!r}: {what}; the only parameter is lease_seconds, and credentials come "
+                f"from the environment (AZURE_STORAGE_CONNECTION_STRING, else DefaultAzureCredential)"
+            )
         if not value.isdigit() or not LEASE_MIN <= int(value) <= LEASE_MAX:
             raise UsageError(f"state URL {url!r}: lease_seconds must be {LEASE_MIN}-{LEASE_MAX}, got {value!r}")
         lease = int(value)
@@ -52,8 +57,16 @@ def parse(url: str) -> tuple[str, str, str, int | None]:
 class AzureBlobBackend:
     scheme = SCHEME
 
-    def __init__(self, account: str, container: str, prefix: str = "", *, lease_seconds: int = LEASE_DEFAULT,
-                 environ: Mapping[str, str] | None = None, client_factory: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        account: str,
+        container: str,
+        prefix: str = "",
+        *,
+        lease_seconds: int = LEASE_DEFAULT,
+        environ: Mapping[str, str] | None = None,
+        client_factory: Callable[[], Any] | None = None,
+    ) -> None:
         self.account, self.container, self.prefix = account, container, prefix
         self.lease_seconds = lease_seconds
         env = dict(os.environ if environ is None else environ)
@@ -63,8 +76,9 @@ class AzureBlobBackend:
         self.url = f"{SCHEME}://{account}/{container}" + (f"/{prefix}" if prefix else "") + query
 
     @classmethod
-    def from_url(cls, url: str, *, lease_seconds: int | None = None,
-                 environ: Mapping[str, str] | None = None) -> AzureBlobBackend:
+    def from_url(
+        cls, url: str, *, lease_seconds: int | None = None, environ: Mapping[str, str] | None = None
+    ) -> AzureBlobBackend:
         account, container, prefix, in_url = parse(url)
         return cls(account, container, prefix, lease_seconds=in_url or lease_seconds or LEASE_DEFAULT, environ=environ)
 
@@ -95,7 +109,7 @@ class AzureBlobBackend:
         with errors("create the container for", self.url):
             try:
                 self._service().create_container(self.container)
-            except ResourceExistsError:   # another runner created it meanwhile
+            except ResourceExistsError:  # another runner created it meanwhile
                 pass
         return action()
 
@@ -106,7 +120,7 @@ class AzureBlobBackend:
         with errors("read", self.where(name)):
             try:
                 download = self._blob(name, ".json").download_blob()
-            except ResourceNotFoundError:   # no blob yet, or not even the container
+            except ResourceNotFoundError:  # no blob yet, or not even the container
                 return None, None
             return download.readall(), download.properties.etag
 
@@ -120,19 +134,24 @@ class AzureBlobBackend:
             raise StateError(f"{self.where(name)} is written only under its lock (a bug: a write without it)")
         lock.check()
         blob = self._blob(name, ".json")
-        condition: dict[str, Any] = ({"match_condition": MatchConditions.IfMissing} if etag is None else
-                                     {"etag": etag, "match_condition": MatchConditions.IfNotModified})
+        condition: dict[str, Any] = (
+            {"match_condition": MatchConditions.IfMissing}
+            if etag is None
+            else {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        )
 
         def upload() -> Any:
-            return blob.upload_blob(data, overwrite=True, **condition,
-                                    content_settings=ContentSettings(content_type="application/json"))
+            return blob.upload_blob(
+                data, overwrite=True, **condition, content_settings=ContentSettings(content_type="application/json")
+            )
 
         with errors("write", self.where(name)):
             try:
                 return str(self._with_container(upload)["etag"])
             except ResourceExistsError:
-                raise StateConflict(f"{self.where(name)} was created by another writer since it was read; "
-                                    f"nothing was saved") from None
+                raise StateConflict(
+                    f"{self.where(name)} was created by another writer since it was read; nothing was saved"
+                ) from None
 
     # -- the lock --------------------------------------------------------------------------------
     def try_lock(self, name: str, holder: Holder) -> BlobLock:
@@ -141,7 +160,7 @@ class AzureBlobBackend:
         from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
         where = self.where(name, ".lock")
-        client = self._factory()   # the renewal thread gets a connection pool of its own
+        client = self._factory()  # the renewal thread gets a connection pool of its own
         blob = self._blob(name, ".lock", client)
         me = json.dumps(holder.to_dict()).encode()
 
@@ -156,14 +175,17 @@ class AzureBlobBackend:
             if other is not None and other.to_dict() == holder.to_dict():
                 other = None
             who = other.describe() if other else "unknown holder"
-            return StateLocked(f"{name} is locked by another run ({who}) in {self.url}; wait for it to finish, "
-                               f"or wait for it with --lock-timeout 5m", other)
+            return StateLocked(
+                f"{name} is locked by another run ({who}) in {self.url}; wait for it to finish, "
+                f"or wait for it with --lock-timeout 5m",
+                other,
+            )
 
         def claim() -> bool:
             try:
                 blob.upload_blob(me, overwrite=True)
             except HttpResponseError as exc:
-                if code_of(exc) == "LeaseIdMissing":   # leased: someone holds it
+                if code_of(exc) == "LeaseIdMissing":  # leased: someone holds it
                     return False
                 raise
             return True
@@ -173,7 +195,7 @@ class AzureBlobBackend:
                 raise refused()
             try:
                 lease = blob.acquire_lease(lease_duration=self.lease_seconds)
-            except ResourceExistsError:                # taken between our claim and our lease
+            except ResourceExistsError:  # taken between our claim and our lease
                 raise refused() from None
             try:
                 blob.upload_blob(me, overwrite=True, lease=lease)
@@ -181,7 +203,7 @@ class AzureBlobBackend:
                 lease.release()
                 raise
 
-        def clear(lease: Any) -> None:   # a released lock names nobody
+        def clear(lease: Any) -> None:  # a released lock names nobody
             blob.upload_blob(b"", overwrite=True, lease=lease)
 
         return BlobLock(lease, holder, seconds=self.lease_seconds, where=where, on_release=clear)
@@ -201,8 +223,11 @@ class AzureBlobBackend:
             who = holder.describe() if holder else "unknown holder"
             return LockInfo(True, holder, f"locked by {who} (a {self.lease_seconds} s lease, renewed while it runs)")
         if holder and lease.state == "expired":
-            return LockInfo(False, holder, f"not locked (the last holder, {holder.describe()}, never released it: "
-                                           f"its lease expired)")
+            return LockInfo(
+                False,
+                holder,
+                f"not locked (the last holder, {holder.describe()}, never released it: its lease expired)",
+            )
         if holder and lease.state == "broken":
             return LockInfo(False, holder, f"not locked (the lease of {holder.describe()} was broken)")
         return LockInfo(False, None, "not locked")

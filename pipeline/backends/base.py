@@ -1,4 +1,5 @@
 """The one small protocol every state backend satisfies, the lock holder it records, and waiting for a lock."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ class Holder:
     host: str
     pid: int
     command: str
-    since: float          # seconds since the epoch
+    since: float  # seconds since the epoch
 
     @classmethod
     def me(cls, command: str, clock: Callable[[], float] = time.time) -> Holder:
@@ -46,8 +47,8 @@ class LockInfo:
     """What `state show` says about a lock."""
 
     locked: bool
-    holder: Holder | None     # the holder; when not locked, the last one if it never released (it died)
-    detail: str               # one line for the user
+    holder: Holder | None  # the holder; when not locked, the last one if it never released (it died)
+    detail: str  # one line for the user
 
     def to_dict(self) -> dict[str, Any]:
         return {"locked": self.locked, "holder": self.holder.to_dict() if self.holder else None, "detail": self.detail}
@@ -67,7 +68,7 @@ class Backend(Protocol):
     """Stores one state document per spec name with a version token, and one lock per spec name."""
 
     scheme: str
-    url: str                  # the backend's address, as --state takes it
+    url: str  # the backend's address, as --state takes it
 
     def where(self, name: str) -> str:
         """Where the state document of `name` lives, for messages."""
@@ -89,9 +90,17 @@ class Backend(Protocol):
         """Break the lock whoever holds it; return the holder it broke, None when it was free."""
 
 
-def lock(backend: Backend, name: str, holder: Holder, *, timeout: float = 0.0,
-         notify: Callable[[str], None] | None = None, poll: float = 1.0,
-         sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> Lock:
+def lock(
+    backend: Backend,
+    name: str,
+    holder: Holder,
+    *,
+    timeout: float = 0.0,
+    notify: Callable[[str], None] | None = None,
+    poll: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Lock:
     """Take the lock; with a timeout, wait for it (polling), saying once whom we wait for."""
     deadline = clock() + timeout
     told = False
@@ -101,12 +110,15 @@ def lock(backend: Backend, name: str, holder: Holder, *, timeout: float = 0.0,
         except StateLocked as exc:
             if clock() >= deadline:
                 if timeout > 0:
-                    raise StateLocked(f"{exc} (still locked after waiting {format_duration(timeout)})",
-                                      exc.holder) from None
+                    raise StateLocked(
+                        f"{exc} (still locked after waiting {format_duration(timeout)})", exc.holder
+                    ) from None
                 raise
             if notify and not told:
-                notify(f"waiting up to {format_duration(timeout)} for the lock held by "
-                       f"{exc.holder.describe() if exc.holder else 'another run'}")
+                notify(
+                    f"waiting up to {format_duration(timeout)} for the lock held by "
+                    f"{exc.holder.describe() if exc.holder else 'another run'}"
+                )
                 told = True
             sleep(min(poll, max(0.0, deadline - clock())))
 

@@ -1,4 +1,5 @@
 """A blob lease held for the whole of a run: renewed by a background thread, checked before every write."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,14 +17,15 @@ class BlobLock:
     """A lease on the spec's lock blob. Losing it (broken by force-unlock, or expired and taken by another
     run) is noticed by the next renewal or write, which then refuses: a run never writes without the lock."""
 
-    def __init__(self, lease: Any, holder: Holder, *, seconds: int, where: str,
-                 on_release: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self, lease: Any, holder: Holder, *, seconds: int, where: str, on_release: Callable[[Any], None] | None = None
+    ) -> None:
         self.lease = lease
         self.holder = holder
         self.where = where
-        self.every = max(1.0, seconds / 3)   # two renewals may fail in a row before the lease can expire
+        self.every = max(1.0, seconds / 3)  # two renewals may fail in a row before the lease can expire
         self._on_release = on_release
-        self._mutex = threading.Lock()       # one lease operation at a time, from either thread
+        self._mutex = threading.Lock()  # one lease operation at a time, from either thread
         self._lost: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pipeline-state-lease", daemon=True)
@@ -58,8 +60,10 @@ class BlobLock:
                 except HttpResponseError as exc:
                     if exc.status_code not in (409, 412):
                         raise
-                    self._lost = (f"the lock on {self.where} was lost ({code_of(exc) or exc.status_code}: broken "
-                                  f"by force-unlock, or expired and taken by another run); nothing more is written")
+                    self._lost = (
+                        f"the lock on {self.where} was lost ({code_of(exc) or exc.status_code}: broken "
+                        f"by force-unlock, or expired and taken by another run); nothing more is written"
+                    )
             if self._lost:
                 raise StateError(self._lost)
 

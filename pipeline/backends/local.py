@@ -1,4 +1,5 @@
 """The local backend: <home>/<name>/state.json and an flock on <home>/<name>/lock, freed by the kernel on death."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,7 @@ from pipeline.files import atomic_write, sha256_bytes
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
-WRITE_LOCK_FILE = ".state.write-lock"   # held only for the compare-and-swap of one write
+WRITE_LOCK_FILE = ".state.write-lock"  # held only for the compare-and-swap of one write
 
 
 class LocalLock:
@@ -33,7 +34,7 @@ class LocalLock:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
-            os.ftruncate(self.fd, 0)   # a free lock names nobody
+            os.ftruncate(self.fd, 0)  # a free lock names nobody
         os.close(self.fd)
         self.fd = None
 
@@ -67,8 +68,10 @@ class LocalBackend:
         with self._write_lock(name):
             current = self.read(name)[1]
             if current != etag:
-                raise StateConflict(f"state file {path} was changed by another writer since it was read "
-                                    f"(version {_short(etag)} expected, {_short(current)} found); nothing was saved")
+                raise StateConflict(
+                    f"state file {path} was changed by another writer since it was read "
+                    f"(version {_short(etag)} expected, {_short(current)} found); nothing was saved"
+                )
             atomic_write(path, data)
         return sha256_bytes(data)
 
@@ -93,8 +96,11 @@ class LocalBackend:
             other = _holder(os.pread(fd, 4096, 0))
             os.close(fd)
             who = other.describe() if other else "unknown process"
-            raise StateLocked(f"{name} is locked by another run ({who}); wait for it to finish, or wait for it "
-                              f"with --lock-timeout 5m", other) from None
+            raise StateLocked(
+                f"{name} is locked by another run ({who}); wait for it to finish, or wait for it "
+                f"with --lock-timeout 5m",
+                other,
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder.to_dict()) + "\n").encode(), 0)
         return LocalLock(fd, holder)
@@ -109,14 +115,19 @@ class LocalBackend:
             return LockInfo(False, None, "not locked")
         if holder.host != socket.gethostname() or _alive(holder.pid):
             return LockInfo(True, holder, f"locked by {holder.describe()}")
-        return LockInfo(False, holder, f"not locked (the last holder, {holder.describe()}, ended without "
-                                       f"releasing it; the kernel freed the lock)")
+        return LockInfo(
+            False,
+            holder,
+            f"not locked (the last holder, {holder.describe()}, ended without releasing it; the kernel freed the lock)",
+        )
 
     def force_unlock(self, name: str) -> Holder | None:
         info = self.inspect(name)
         if info.locked and info.holder:
-            raise StateError(f"{name} is locked by a running process ({info.holder.describe()}); a local lock is "
-                             f"freed by the kernel when its holder exits: stop that process (kill {info.holder.pid})")
+            raise StateError(
+                f"{name} is locked by a running process ({info.holder.describe()}); a local lock is "
+                f"freed by the kernel when its holder exits: stop that process (kill {info.holder.pid})"
+            )
         return None
 
 

@@ -10,6 +10,7 @@ The state document is shared between machines, and each has its own checkout and
 - but what the service record says about the live service itself (a local service's pid, its config and
   log under the deploying machine's .pipeline/) is left as written: it is where that service is.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-STATE_ROOT = "@state"       # the spec's local folder, <home>/<name>
-REPORTS_ROOT = "@reports"   # the spec's report folder, <reports>/<name>
-PROJECT_ROOT = "@project"   # the checkout: the spec's project root
+STATE_ROOT = "@state"  # the spec's local folder, <home>/<name>
+REPORTS_ROOT = "@reports"  # the spec's report folder, <reports>/<name>
+PROJECT_ROOT = "@project"  # the checkout: the spec's project root
 
 
 def relativize(value: Any, roots: Mapping[str, Path], keep: Iterable[Path] = ()) -> Any:
@@ -36,7 +37,7 @@ def relativize(value: Any, roots: Mapping[str, Path], keep: Iterable[Path] = ())
             if value == base:
                 return token
             if _under(value, root):
-                return token + "/" + Path(value[len(base) + 1:]).as_posix()
+                return token + "/" + Path(value[len(base) + 1 :]).as_posix()
     return value
 
 

@@ -1,4 +1,5 @@
 """What the stateful commands share: the spec as a Pipeline (pipeline.api), its paths, the stage context."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ def context(args: argparse.Namespace, console: Console, *, check_files: bool = T
     return load(args, console, check_files=check_files).context(console, adopt=bool(getattr(args, "adopt", False)))
 
 
-def paths_for(spec: specs.Spec, state_url: str | None, shown: str, *,
-              choice: backends.Choice | None = None) -> states.Paths:
+def paths_for(
+    spec: specs.Spec, state_url: str | None, shown: str, *, choice: backends.Choice | None = None
+) -> states.Paths:
     """The spec's local folder at its project root, and its state document in the chosen backend."""
     return api.paths_for(spec, state_url, shown, choice=choice)
 

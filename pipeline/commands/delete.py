@@ -3,6 +3,7 @@
 It stops whatever runs from the service's folder even without a record (a run killed mid-deploy) and
 even when the state document is damaged: what delete can identify, it can stop.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ def _without_state(args: argparse.Namespace, console: Console, problem: StateErr
     if not stopped:
         console.print(f"{loaded.name}: nothing runs from {paths.service}; the state was left as it is")
         return 1
-    console.print(f"{loaded.name}: stopped what runs from its folder ({'; '.join(stopped)}); "
-                  "the damaged state was left as it is")
+    console.print(
+        f"{loaded.name}: stopped what runs from its folder ({'; '.join(stopped)}); the damaged state was left as it is"
+    )
     return 0

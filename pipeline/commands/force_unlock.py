@@ -1,4 +1,5 @@
 """`force-unlock SPEC`: break the lock of a run that died, and say whose it was (as terraform force-unlock does)."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,11 +16,22 @@ def main(args: argparse.Namespace, console: Console) -> int:
     holder = document.backend.force_unlock(loaded.name)
     where = document.backend.url
     if args.json:
-        console.always(json.dumps({"spec": loaded.name, "url": where, "broken": holder is not None,
-                                   "holder": holder.to_dict() if holder else None}, indent=2))
+        console.always(
+            json.dumps(
+                {
+                    "spec": loaded.name,
+                    "url": where,
+                    "broken": holder is not None,
+                    "holder": holder.to_dict() if holder else None,
+                },
+                indent=2,
+            )
+        )
     elif holder is None:
         console.print(f"{loaded.name}: not locked in {where}; nothing to break")
     else:
-        console.print(f"{loaded.name}: broke the lock held by {holder.describe()} in {where}; if that run is still "
-                      f"going, its next write is refused")
+        console.print(
+            f"{loaded.name}: broke the lock held by {holder.describe()} in {where}; if that run is still "
+            f"going, its next write is refused"
+        )
     return 0

@@ -1,4 +1,5 @@
 """`logs SPEC`: the tail of the service's own log; --follow keeps printing new lines."""
+
 from __future__ import annotations
 
 import argparse

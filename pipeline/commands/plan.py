@@ -1,4 +1,5 @@
 """`plan SPEC`: per stage, run or skip and why; for deploy the action and a field-level diff."""
+
 from __future__ import annotations
 
 import argparse

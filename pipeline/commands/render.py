@@ -1,4 +1,5 @@
 """`render SPEC [-o DIR]`: write the rendered files without deploying anything."""
+
 from __future__ import annotations
 
 import argparse

@@ -36,12 +36,15 @@ def main(args: argparse.Namespace, console: Console) -> int:
             raise
         _history(ctx, args, started, True, f"rolled back to release {release.n}")
     console.clear_progress()
-    console.print(f"{ctx.spec.name}: rolled back to release {release.n} (deployed {when}, model {release.model}) "
-                  f"at {record.scoring_uri}")
+    console.print(
+        f"{ctx.spec.name}: rolled back to release {release.n} (deployed {when}, model {release.model}) "
+        f"at {record.scoring_uri}"
+    )
     return 0
 
 
 def _history(ctx: Context, args: argparse.Namespace, started: float, ok: bool, detail: str) -> None:
-    ctx.state.setdefault("history", []).append({"at": started, "command": f"rollback {args.spec}",
-                                                "stages": [], "ok": ok, "detail": detail[:500]})
+    ctx.state.setdefault("history", []).append(
+        {"at": started, "command": f"rollback {args.spec}", "stages": [], "ok": ok, "detail": detail[:500]}
+    )
     states.save(ctx.paths, ctx.state)

@@ -1,4 +1,5 @@
 """`run SPEC`: execute the plan; one line per stage as it finishes, then a summary (and --summary, for CI)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,14 @@ def main(args: argparse.Namespace, console: Console) -> int:
     if args.json:  # stdout holds the JSON document alone; a failed stage's lines go to stderr
         console = Console(out=sys.stderr, quiet=True)
     p = load(args, console)
-    result = p.run(**stages(args), cleanup=args.cleanup, lock_timeout=args.lock_timeout or 0.0, check=False,
-                   adopt=args.adopt, console=console)
+    result = p.run(
+        **stages(args),
+        cleanup=args.cleanup,
+        lock_timeout=args.lock_timeout or 0.0,
+        check=False,
+        adopt=args.adopt,
+        console=console,
+    )
     code = result.exit_code
     summary = args.summary or os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
@@ -28,9 +35,19 @@ def main(args: argparse.Namespace, console: Console) -> int:
             code = 1
     service = result.context.service
     if args.json:
-        print(json.dumps({"spec": p.spec.name, "ok": code == 0, "seconds": round(result.seconds, 3),
-                          "service": service.scoring_uri if service else None,
-                          "stages": [r.to_dict() for r in result.stages]}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "spec": p.spec.name,
+                    "ok": code == 0,
+                    "seconds": round(result.seconds, 3),
+                    "service": service.scoring_uri if service else None,
+                    "stages": [r.to_dict() for r in result.stages],
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return code
     ran = sum(r.status is Status.RAN for r in result.stages)
     skipped = sum(r.status is Status.SKIPPED for r in result.stages)

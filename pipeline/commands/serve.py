@@ -1,4 +1,5 @@
 """`serve SPEC`: fetch the model, render the files and host the service in the foreground until Ctrl-C."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
         return serve(ServeConfig.from_dict(config))
     except OSError as exc:  # the port is taken, or not ours to bind
         where = f"127.0.0.1:{port}" if port else "127.0.0.1"
-        raise TargetError(f"cannot serve on {where}: {exc.strerror or exc}"
-                          + (" (another service holds the port; choose one with --port)" if exc.errno == 98 else "")
-                          ) from None
+        raise TargetError(
+            f"cannot serve on {where}: {exc.strerror or exc}"
+            + (" (another service holds the port; choose one with --port)" if exc.errno == 98 else "")
+        ) from None

@@ -1,4 +1,5 @@
 """`state show SPEC` (what is recorded, where, who holds the lock) and `state push SPEC --to URL`."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,14 +33,26 @@ def describe(paths: states.Paths, choice: backends.Choice, data: dict[str, Any])
     document = paths.document
     history = data.get("history") or []
     service = data.get("service")
-    return {"spec": document.name, "backend": document.backend.scheme, "url": document.backend.url,
-            "chosen_by": choice.source, "where": document.where, "version": document.etag,
-            "lock": document.backend.inspect(document.name).to_dict(), "local_files": str(paths.root),
-            "stages": {name: {"digest": data["stages"][name].get("digest"), "at": data["stages"][name].get("at")}
-                       for name in STAGES if name in data["stages"]},
-            "service": {k: service.get(k) for k in SERVICE_FIELDS if k in service} if service else None,
-            "history": {"runs": len(history), "last": ({k: history[-1].get(k) for k in ("at", "command", "ok")}
-                                                       if history else None)}}
+    return {
+        "spec": document.name,
+        "backend": document.backend.scheme,
+        "url": document.backend.url,
+        "chosen_by": choice.source,
+        "where": document.where,
+        "version": document.etag,
+        "lock": document.backend.inspect(document.name).to_dict(),
+        "local_files": str(paths.root),
+        "stages": {
+            name: {"digest": data["stages"][name].get("digest"), "at": data["stages"][name].get("at")}
+            for name in STAGES
+            if name in data["stages"]
+        },
+        "service": {k: service.get(k) for k in SERVICE_FIELDS if k in service} if service else None,
+        "history": {
+            "runs": len(history),
+            "last": ({k: history[-1].get(k) for k in ("at", "command", "ok")} if history else None),
+        },
+    }
 
 
 def show(args: argparse.Namespace, console: Console) -> int:
@@ -57,13 +70,17 @@ def show(args: argparse.Namespace, console: Console) -> int:
         console.print(f"  {name:<12} {str(rec['digest'])[:12]}  recorded {_when(rec['at'])}")
     service = out["service"]
     if service:
-        console.print(f"  service      {service.get('target')} {service.get('scoring_uri')}, deployed "
-                      f"{_when(service.get('deployed_at'))}, inputs {str(service.get('digest'))[:12]}")
+        console.print(
+            f"  service      {service.get('target')} {service.get('scoring_uri')}, deployed "
+            f"{_when(service.get('deployed_at'))}, inputs {str(service.get('digest'))[:12]}"
+        )
     else:
         console.print("  service      (none recorded)")
     last = out["history"]["last"]
-    console.print(f"  history      {out['history']['runs']} run(s)" + (
-        f"; last `{last['command']}` {_when(last['at'])}, {'ok' if last['ok'] else 'failed'}" if last else ""))
+    console.print(
+        f"  history      {out['history']['runs']} run(s)"
+        + (f"; last `{last['command']}` {_when(last['at'])}, {'ok' if last['ok'] else 'failed'}" if last else "")
+    )
     console.print(f"  local files  {out['local_files']} (models, builds, plots: never shared)")
     return 0
 
@@ -85,8 +102,10 @@ def push(args: argparse.Namespace, console: Console) -> int:
         with states.locked(dest, command, **lock):
             there = states.load(dest)
             if not is_empty(there) and not args.force:
-                raise StateError(f"{dest.document.where} already holds state for {loaded.name} ({len(there['stages'])} "
-                                 f"stage(s), {len(there['history'])} run(s)); --force replaces it")
+                raise StateError(
+                    f"{dest.document.where} already holds state for {loaded.name} ({len(there['stages'])} "
+                    f"stage(s), {len(there['history'])} run(s)); --force replaces it"
+                )
             states.save(dest, data)
         raw, _ = source.document.backend.read(loaded.name)
         backup = source.root / "state.json.pushed"
@@ -94,17 +113,30 @@ def push(args: argparse.Namespace, console: Console) -> int:
         # the local document now says where the state went: a run still pointed here stops instead of
         # deploying from a copy that no longer changes (and would see `create` for a live service)
         pointer = {"version": 1, "moved_to": dest.document.backend.url, "stages": {}, "service": None, "history": []}
-        source.document.backend.write(loaded.name, (json.dumps(pointer, indent=2) + "\n").encode(),
-                                      source.document.etag, source.document.lock)
-    out: dict[str, Any] = {"spec": loaded.name, "from": source.document.where, "to": dest.document.where,
-           "version": dest.document.etag, "stages": sorted(data["stages"]), "runs": len(data["history"]),
-           "service": (data.get("service") or {}).get("scoring_uri"), "backup": str(backup)}
+        source.document.backend.write(
+            loaded.name, (json.dumps(pointer, indent=2) + "\n").encode(), source.document.etag, source.document.lock
+        )
+    out: dict[str, Any] = {
+        "spec": loaded.name,
+        "from": source.document.where,
+        "to": dest.document.where,
+        "version": dest.document.etag,
+        "stages": sorted(data["stages"]),
+        "runs": len(data["history"]),
+        "service": (data.get("service") or {}).get("scoring_uri"),
+        "backup": str(backup),
+    }
     if args.json:
         console.always(json.dumps(out, indent=2))
         return 0
-    console.print(f"{loaded.name}: pushed {len(out['stages'])} stage record(s), {out['runs']} run(s)"
-                  + (f" and the service {out['service']}" if out["service"] else "") + f" to {out['to']}")
-    console.print(f"  {out['from']} now points there (the copy before the push: {backup}); "
-                  f"use the backend with --state {dest.document.backend.url}, PIPELINE_STATE, "
-                  f"or the spec's state: block")
+    console.print(
+        f"{loaded.name}: pushed {len(out['stages'])} stage record(s), {out['runs']} run(s)"
+        + (f" and the service {out['service']}" if out["service"] else "")
+        + f" to {out['to']}"
+    )
+    console.print(
+        f"  {out['from']} now points there (the copy before the push: {backup}); "
+        f"use the backend with --state {dest.document.backend.url}, PIPELINE_STATE, "
+        f"or the spec's state: block"
+    )
     return 0

@@ -1,4 +1,5 @@
-"""`status SPEC`: live health probe, scoring URI, model, last smoke test, drift; exit 0 only when live and as recorded."""
+"""`status SPEC`: health probe, scoring URI, model, last smoke test, drift; exit 0 only when live and as recorded."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,19 @@ def main(args: argparse.Namespace, console: Console) -> int:
     if "last_smoke" in out:
         s = out["last_smoke"]
         verdict = "passed" if s["agree"] else "FAILED"
-        console.print(f"  last smoke   {verdict} at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s['at']))}"
-                      + (f", sample accuracy {s['sample_accuracy']:.2f}" if s.get("sample_accuracy") is not None else ""))
+        console.print(
+            f"  last smoke   {verdict} at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s['at']))}"
+            + (f", sample accuracy {s['sample_accuracy']:.2f}" if s.get("sample_accuracy") is not None else "")
+        )
     for name, key in (out.get("keys") or {}).items():
         console.print(f"  {name:<12} {key}")
     for i, r in enumerate(out.get("releases") or []):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"]))
         now = " (live)" if r["live"] else ""
-        console.print(f"  {'releases' if i == 0 else '':<12} #{r['n']} {when} model {r['model']} "
-                      f"sha256 {str(r['model_sha256'])[:12]}…{now}")
+        console.print(
+            f"  {'releases' if i == 0 else '':<12} #{r['n']} {when} model {r['model']} "
+            f"sha256 {str(r['model_sha256'])[:12]}…{now}"
+        )
     if len(out.get("releases") or []) > 1:
         console.print(f"  (`python -m pipeline rollback {args.spec} --to N` brings one back)")
     return code

@@ -1,4 +1,5 @@
 """`validate SPEC...`: every problem of every file at once, fast enough for a pre-commit hook."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """The scoring host the local target runs: Azure ML's score.py contract and routes, micro-batched."""
+
 from __future__ import annotations
 
 from pipeline.serve.config import ServeConfig

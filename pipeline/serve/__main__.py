@@ -1,4 +1,5 @@
 """`python -m pipeline.serve CONFIG_JSON`: run the scoring service in the foreground."""
+
 from __future__ import annotations
 
 import sys

@@ -39,17 +39,37 @@ class AccessLog:
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
-    def add(self, client: tuple[str, int] | None, method: str, path: str, status: int, size: int, seconds: float,
-            request_id: bytes | None) -> None:
+    def add(
+        self,
+        client: tuple[str, int] | None,
+        method: str,
+        path: str,
+        status: int,
+        size: int,
+        seconds: float,
+        request_id: bytes | None,
+    ) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:  # the date part changes once a second: formatted once a second
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode()
         where = b"%s:%d" % (client[0].encode(), client[1]) if client else b"-"
-        self.lines.append(b'%s.%03dZ %s "%s %s" %d %d %.3fms %s %d\n' % (
-            self._stamp, int(now * 1000) % 1000, where, method.encode(), path.encode("utf-8", "replace"),
-            status, size, seconds * 1000, request_id or b"-", self._pid))
+        self.lines.append(
+            b'%s.%03dZ %s "%s %s" %d %d %.3fms %s %d\n'
+            % (
+                self._stamp,
+                int(now * 1000) % 1000,
+                where,
+                method.encode(),
+                path.encode("utf-8", "replace"),
+                status,
+                size,
+                seconds * 1000,
+                request_id or b"-",
+                self._pid,
+            )
+        )
         if len(self.lines) >= FLUSH_LINES:
             self.flush()
         elif not self._scheduled:

@@ -1,4 +1,5 @@
 """The worker's raw ASGI app: Azure ML's routes and headers, with 4xx answers where Azure's says 500."""
+
 from __future__ import annotations
 
 import hmac
@@ -99,8 +100,15 @@ class ScoringApp:
         try:
             await self._route(scope, receive, noted)
         finally:
-            self.access_log.add(scope.get("client"), scope["method"], scope["path"], noted.status, noted.size,
-                                time.perf_counter() - started, noted.request_id)
+            self.access_log.add(
+                scope.get("client"),
+                scope["method"],
+                scope["path"],
+                noted.status,
+                noted.size,
+                time.perf_counter() - started,
+                noted.request_id,
+            )
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]

@@ -1,4 +1,5 @@
 """Sharing one event-loop thread: fair CPU slices, and adaptive micro-batching of predict_rows()."""
+
 from __future__ import annotations
 
 import asyncio
@@ -64,8 +65,9 @@ class MicroBatcher:
     BATCH_ROWS = False (the rendered one, for probabilities) is called once per request.
     """
 
-    def __init__(self, predict_rows: Callable[[Any], list[Any]], timeout_s: float, slices: FairSlices,
-                 join: bool = True) -> None:
+    def __init__(
+        self, predict_rows: Callable[[Any], list[Any]], timeout_s: float, slices: FairSlices, join: bool = True
+    ) -> None:
         self._predict_rows = predict_rows
         # False: one predict_rows() call per request, still in one pass, for scripts whose answers for a row
         # depend on the rows predicted with it (BLAS rounds the last bits of a probability differently by batch)

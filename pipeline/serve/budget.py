@@ -36,8 +36,9 @@ def rss_mb(pid: int | None = None) -> float:
         return 0.0
 
 
-def body_limit(configured: int, memory_limit_mb: int | None, workers: int, worker_mb: float,
-               supervisor_mb: float) -> int:
+def body_limit(
+    configured: int, memory_limit_mb: int | None, workers: int, worker_mb: float, supervisor_mb: float
+) -> int:
     """The largest body (bytes) a worker accepts: `configured`, lowered to what its share of the memory limit parses."""
     if memory_limit_mb is None:
         return configured

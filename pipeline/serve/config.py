@@ -1,4 +1,5 @@
 """ServeConfig: the one JSON file that tells the scoring host what to serve and how."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -131,9 +132,7 @@ def _problems(config: ServeConfig) -> list[str]:
         found.append("port must be an integer from 0 to 65535 (0 = any free port)")
     if not is_int(config.workers) or config.workers < 1:
         found.append("workers must be an integer >= 1")
-    if config.memory_limit_mb is not None and (
-        not is_int(config.memory_limit_mb) or config.memory_limit_mb < 1
-    ):
+    if config.memory_limit_mb is not None and (not is_int(config.memory_limit_mb) or config.memory_limit_mb < 1):
         found.append("memory_limit_mb must be an integer >= 1 or null")
     if config.features is not None and (not is_int(config.features) or config.features < 1):
         found.append("features must be an integer >= 1 or null")

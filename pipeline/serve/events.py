@@ -1,4 +1,5 @@
 """The events file: what the service did (replacements, out-of-memory kills, clients cut off), off the HTTP surface."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ class EventLog:
         self.counts[kind] = self.counts.get(kind, 0) + count
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
         event = {"time": stamp, "kind": kind, **({"count": count} if count != 1 else {}), **detail}
-        self.events = [*self.events[-(KEEP_EVENTS - 1):], event]
+        self.events = [*self.events[-(KEEP_EVENTS - 1) :], event]
         self.write()
 
     def write(self) -> None:

@@ -42,15 +42,23 @@ DESCRIBE = {
 
 def _raw(status: bytes, message: str) -> bytes:
     body = orjson.dumps({"error": message})
-    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n" % len(body)) + body
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    ) + body
 
 
 class Guard:
     """One per worker: the limits, the open and idle connections, and the counts of what was done."""
 
-    def __init__(self, *, header_timeout_s: float, body_timeout_s: float, max_connections: int,
-                 report: Callable[[dict[str, int]], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        header_timeout_s: float,
+        body_timeout_s: float,
+        max_connections: int,
+        report: Callable[[dict[str, int]], None] | None = None,
+    ) -> None:
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
         self.max_connections = max_connections
@@ -66,15 +74,21 @@ class Guard:
         self.sweep_s = min(SWEEP_S, header_timeout_s / 4, body_timeout_s / 4)
         self._sweeping = False
         self._reporting = False
-        self.header_timeout = _raw(b"408 Request Timeout",
-                                   f"request headers not received within {header_timeout_s:g} s")
+        self.header_timeout = _raw(
+            b"408 Request Timeout", f"request headers not received within {header_timeout_s:g} s"
+        )
         self.body_timeout = _raw(b"408 Request Timeout", f"request body not received within {body_timeout_s:g} s")
-        self.too_large = _raw(b"431 Request Header Fields Too Large",
-                              f"request line and headers must not exceed {MAX_HEADER_BYTES} bytes")
-        self.refused = _raw(b"503 Service Unavailable",
-                            f"this worker holds {max_connections} open connections, all busy; retry")
-        self.evicted = _raw(b"503 Service Unavailable", f"this worker holds {max_connections} open connections; "
-                            "this one had been sending its body the longest and was closed for a new one; retry")
+        self.too_large = _raw(
+            b"431 Request Header Fields Too Large", f"request line and headers must not exceed {MAX_HEADER_BYTES} bytes"
+        )
+        self.refused = _raw(
+            b"503 Service Unavailable", f"this worker holds {max_connections} open connections, all busy; retry"
+        )
+        self.evicted = _raw(
+            b"503 Service Unavailable",
+            f"this worker holds {max_connections} open connections; "
+            "this one had been sending its body the longest and was closed for a new one; retry",
+        )
 
     def protocol(self) -> type[GuardedProtocol]:
         """The protocol class for uvicorn.Config(http=...), bound to this guard."""
@@ -108,10 +122,16 @@ class Guard:
 
     def _flush(self) -> None:
         counts, self.counts, self._reporting = dict(self.counts), Counter(), False
-        words = {"header": f"{self.header_timeout_s:g} s", "body": f"{self.body_timeout_s:g} s",
-                 "cap": self.max_connections}
-        log.warning("worker %d: %s", os.getpid(),
-                    "; ".join(f"{n} {DESCRIBE.get(kind, kind).format(**words)}" for kind, n in sorted(counts.items())))
+        words = {
+            "header": f"{self.header_timeout_s:g} s",
+            "body": f"{self.body_timeout_s:g} s",
+            "cap": self.max_connections,
+        }
+        log.warning(
+            "worker %d: %s",
+            os.getpid(),
+            "; ".join(f"{n} {DESCRIBE.get(kind, kind).format(**words)}" for kind, n in sorted(counts.items())),
+        )
         if self.report is not None:
             self.report(counts)
 

@@ -1,4 +1,5 @@
 """How the supervisor and its workers meet: environment names, the ready pipe's lines, the shared port."""
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,7 @@ def claim_port(host: str, port: int) -> socket.socket:
 
 
 def report(fd: int, kind: str, detail: str = "") -> None:
-    """`ready PID`, `live PID` or `failed PID reason`: one short write, atomic on a pipe, so workers never interleave."""
+    """`ready PID`, `live PID` or `failed PID reason`: one short write, atomic on a pipe: workers never interleave."""
     line = f"{kind} {os.getpid()} {detail}".replace("\n", " ").strip()
     os.write(fd, (line[:500] + "\n").encode())
 

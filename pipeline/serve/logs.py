@@ -1,4 +1,5 @@
 """One log format for the supervisor and its workers: one line per event on stderr."""
+
 from __future__ import annotations
 
 import logging

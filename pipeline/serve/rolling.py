@@ -47,8 +47,9 @@ def _trim() -> None:
 class RollingServer(uvicorn.Server):
     """uvicorn's server with the two moves of a rolling update, handing freed memory back when it goes quiet."""
 
-    def __init__(self, service_socket: socket.socket, ready_fd: int, request_timeout_s: float,
-                 config: uvicorn.Config) -> None:
+    def __init__(
+        self, service_socket: socket.socket, ready_fd: int, request_timeout_s: float, config: uvicorn.Config
+    ) -> None:
         super().__init__(config)
         self.service_socket = service_socket
         self.ready_fd = ready_fd
@@ -88,7 +89,8 @@ class RollingServer(uvicorn.Server):
     def _protocol(self) -> asyncio.Protocol:
         # what uvicorn's own startup() builds for each connection
         protocol: asyncio.Protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
-            config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
         return protocol
 
     async def go_live(self) -> None:
@@ -96,8 +98,9 @@ class RollingServer(uvicorn.Server):
             return
         loop = asyncio.get_running_loop()
         staging = list(self.servers)
-        self.servers.append(await loop.create_server(self._protocol, sock=self.service_socket,
-                                                     backlog=self.config.backlog))
+        self.servers.append(
+            await loop.create_server(self._protocol, sock=self.service_socket, backlog=self.config.backlog)
+        )
         self.on_service_port = True
         for server in staging:
             server.close()  # the staging port was for testing this version alone

@@ -1,4 +1,5 @@
 """The user's score.py inside a worker: load it, time-box its calls, turn its answers into HTTP bodies."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -56,7 +57,12 @@ def load_script(path: str) -> ScoringScript:
     fast = callable(parse_rows) and callable(predict_rows)
     takes_headers = "request_headers" in inspect.signature(run).parameters
     return ScoringScript(
-        module, init, run, takes_headers, parse_rows if fast else None, predict_rows if fast else None,
+        module,
+        init,
+        run,
+        takes_headers,
+        parse_rows if fast else None,
+        predict_rows if fast else None,
         bool(getattr(module, "BATCH_ROWS", True)),
     )
 
@@ -121,8 +127,14 @@ def encode_output(value: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
             for name, header_value in source.items():
                 lowered = str(name).lower()
                 # Framing headers are ours to set; the rest pass through (as Azure's does).
-                if lowered in ("content-length", "connection", "transfer-encoding", "server", "date",
-                               "x-ms-run-function-failed"):
+                if lowered in (
+                    "content-length",
+                    "connection",
+                    "transfer-encoding",
+                    "server",
+                    "date",
+                    "x-ms-run-function-failed",
+                ):
                     continue
                 if lowered == "content-type":
                     content_type = str(header_value).encode("latin-1")

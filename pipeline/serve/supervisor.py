@@ -1,4 +1,5 @@
 """The supervisor: starts the workers, replaces the dead, enforces the memory limit, writes the ready file."""
+
 from __future__ import annotations
 
 import os
@@ -85,8 +86,14 @@ class Supervisor:
         self.staging_port = staging.getsockname()[1] if staging else None
         try:
             where = f"staging port {self.staging_port}, then {self.port}" if staging else str(self.port)
-            log.info("supervisor %d: starting %d worker(s) for %s on %s:%s", os.getpid(), self.config.workers,
-                     self.config.entry_script, self.config.host, where)
+            log.info(
+                "supervisor %d: starting %d worker(s) for %s on %s:%s",
+                os.getpid(),
+                self.config.workers,
+                self.config.entry_script,
+                self.config.host,
+                where,
+            )
             self.events.write()
             for _ in range(self.config.workers):
                 self._spawn()
@@ -131,8 +138,13 @@ class Supervisor:
                 _signal(worker, signal.SIGUSR1)
         if not self.live and self.workers and all(w.live for w in self.workers if not w.killed_for_memory):
             self.live = True
-            log.info("supervisor %d: live: %d worker(s) on http://%s:%d/score", os.getpid(), len(self.workers),
-                     self.config.host, self.port)
+            log.info(
+                "supervisor %d: live: %d worker(s) on http://%s:%d/score",
+                os.getpid(),
+                len(self.workers),
+                self.config.host,
+                self.port,
+            )
 
     def _drained(self) -> bool:
         """Workers stop accepting, answer what they hold (with Connection: close), then exit; none is replaced."""
@@ -203,18 +215,22 @@ class Supervisor:
             if self.drain.is_set():
                 continue  # a drained worker exits when it is done: nothing to replace
             if not self.started:  # any worker lost before the whole service is up is a failed start
-                raise TargetError(f"worker {worker.pid} exited with code {code} before the service was ready; "
-                                  "see the log above")
+                raise TargetError(
+                    f"worker {worker.pid} exited with code {code} before the service was ready; see the log above"
+                )
             if worker.ready and time.monotonic() - worker.ready_at >= STABLE_S:
                 self.failures = 0  # it served a while: the next replacement starts at once
             if not worker.ready or time.monotonic() - worker.ready_at < STABLE_S:
                 # A replacement that can't start (or whose init() alone passes the memory limit)
                 # is retried with backoff, not in a tight loop.
                 self.failures += 1
-                delay = min(MAX_BACKOFF_S, 2.0 ** self.failures)
+                delay = min(MAX_BACKOFF_S, 2.0**self.failures)
                 self.next_spawn = time.monotonic() + delay
-                when = "before it was ready" if not worker.ready else \
-                    f"{time.monotonic() - worker.ready_at:.1f} s after it became ready"
+                when = (
+                    "before it was ready"
+                    if not worker.ready
+                    else f"{time.monotonic() - worker.ready_at:.1f} s after it became ready"
+                )
                 log.error("worker %d exited with code %s %s; retrying in %.0f s", worker.pid, code, when, delay)
             elif not worker.killed_for_memory:  # an out-of-memory kill was logged when it was made
                 log.error("worker %d exited with code %s; replacing it", worker.pid, code)
@@ -229,8 +245,13 @@ class Supervisor:
                 return
             self.started = True
             where = self.staging_port if self.staging_port is not None and not self.live else self.port
-            log.info("supervisor %d: ready: %d worker(s) on http://%s:%d/score", os.getpid(), len(ready),
-                     self.config.host, where)
+            log.info(
+                "supervisor %d: ready: %d worker(s) on http://%s:%d/score",
+                os.getpid(),
+                len(ready),
+                self.config.host,
+                where,
+            )
         if (ready, self.live) == self._published:
             return
         self._published = (ready, self.live)
@@ -241,14 +262,23 @@ class Supervisor:
                 return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
 
             staging = base(self.staging_port) if self.staging_port is not None else None
-            write_json_atomic(self.config.ready_file, {
-                "pid": os.getpid(), "port": self.port, "host": self.config.host, "workers": ready,
-                "scoring_uri": f"{base(self.port)}/score", "swagger_uri": f"{base(self.port)}/swagger.json",
-                "service_name": self.config.service_name, "events_file": self.config.resolved_events_file,
-                "live": self.live, "staging_port": self.staging_port,
-                "staging_uri": f"{staging}/score" if staging else None,
-                "drains": True,  # this supervisor drains on SIGUSR2 (an older one would die of it)
-            })
+            write_json_atomic(
+                self.config.ready_file,
+                {
+                    "pid": os.getpid(),
+                    "port": self.port,
+                    "host": self.config.host,
+                    "workers": ready,
+                    "scoring_uri": f"{base(self.port)}/score",
+                    "swagger_uri": f"{base(self.port)}/swagger.json",
+                    "service_name": self.config.service_name,
+                    "events_file": self.config.resolved_events_file,
+                    "live": self.live,
+                    "staging_port": self.staging_port,
+                    "staging_uri": f"{staging}/score" if staging else None,
+                    "drains": True,  # this supervisor drains on SIGUSR2 (an older one would die of it)
+                },
+            )
 
     # --- memory ----------------------------------------------------------------------------
     def _scan_children(self) -> None:
@@ -280,10 +310,16 @@ class Supervisor:
                 pass
         worker.killed_for_memory = True
         used, over = size / 2**20, total / 2**20
-        log.error("out of memory: worker %d used %.0f MB (service total %.0f MB > limit %d MB); killed and replaced",
-                  worker.pid, used, over, limit_mb)
-        self.events.record("out_of_memory", pid=worker.pid, rss_mb=round(used, 1),
-                           total_mb=round(over, 1), limit_mb=limit_mb)
+        log.error(
+            "out of memory: worker %d used %.0f MB (service total %.0f MB > limit %d MB); killed and replaced",
+            worker.pid,
+            used,
+            over,
+            limit_mb,
+        )
+        self.events.record(
+            "out_of_memory", pid=worker.pid, rss_mb=round(used, 1), total_mb=round(over, 1), limit_mb=limit_mb
+        )
 
     # --- stopping --------------------------------------------------------------------------
     def _shutdown(self) -> None:

@@ -1,4 +1,5 @@
 """One worker process: import score.py, run init() once, then serve on its own SO_REUSEPORT socket."""
+
 from __future__ import annotations
 
 import json
@@ -89,16 +90,20 @@ def main() -> int:
         if isinstance(exc, TargetError):
             log.error("worker %d: %s", os.getpid(), exc)
         else:
-            log.error("worker %d: %s of %s failed:\n%s", os.getpid(), step, config.entry_script,
-                      traceback.format_exc().rstrip())
+            log.error(
+                "worker %d: %s of %s failed:\n%s",
+                os.getpid(),
+                step,
+                config.entry_script,
+                traceback.format_exc().rstrip(),
+            )
         report(ready_fd, "failed", f"{step} failed: {type(exc).__name__}: {exc}")
         return EXIT_INIT_FAILED
     install_alarm()
     from pipeline.serve.access import AccessLog
     from pipeline.serve.budget import body_limit, rss_mb
 
-    max_body = body_limit(config.max_body_bytes, config.memory_limit_mb, config.workers, rss_mb(),
-                          rss_mb(os.getppid()))
+    max_body = body_limit(config.max_body_bytes, config.memory_limit_mb, config.workers, rss_mb(), rss_mb(os.getppid()))
     app = ScoringApp(
         script,
         request_timeout_ms=config.request_timeout_ms,
@@ -118,8 +123,9 @@ def main() -> int:
     return _serve(app, sock, staging, config, ready_fd)
 
 
-def _serve(app: ScoringApp, sock: socket.socket, staging: socket.socket | None, config: ServeConfig,
-           ready_fd: int) -> int:
+def _serve(
+    app: ScoringApp, sock: socket.socket, staging: socket.socket | None, config: ServeConfig, ready_fd: int
+) -> int:
     import uvicorn
 
     from pipeline.serve.guard import Guard, connection_cap, nofile_limit
@@ -127,14 +133,22 @@ def _serve(app: ScoringApp, sock: socket.socket, staging: socket.socket | None, 
 
     cap = connection_cap(config.max_connections, nofile_limit())
     if cap < config.max_connections:
-        log.warning("worker %d: at most %d open connections (the open-file limit), not %d", os.getpid(), cap,
-                    config.max_connections)
+        log.warning(
+            "worker %d: at most %d open connections (the open-file limit), not %d",
+            os.getpid(),
+            cap,
+            config.max_connections,
+        )
 
     def count(counts: dict[str, int]) -> None:  # to the supervisor, which keeps them in the events file
         report(ready_fd, "count", " ".join(f"{kind}={n}" for kind, n in counts.items()))
 
-    guard = Guard(header_timeout_s=config.header_timeout_s, body_timeout_s=config.body_timeout_s,
-                  max_connections=cap, report=count)
+    guard = Guard(
+        header_timeout_s=config.header_timeout_s,
+        body_timeout_s=config.body_timeout_s,
+        max_connections=cap,
+        report=count,
+    )
     server = RollingServer(
         sock,
         ready_fd,
@@ -154,8 +168,9 @@ def _serve(app: ScoringApp, sock: socket.socket, staging: socket.socket | None, 
             # In-flight requests get their own timeout plus a margin to finish on SIGTERM.
             timeout_graceful_shutdown=config.request_timeout_ms // 1000 + 5,
             backlog=2048,
-        )
+        ),
     )
+
     # Until uvicorn installs its own handlers, a SIGTERM (the supervisor died: PR_SET_PDEATHSIG) must
     # still stop the server; afterwards uvicorn re-raises the signal that stopped it, and this handler
     # makes that a clean exit 0. A no-op here would swallow a SIGTERM that comes during start-up.

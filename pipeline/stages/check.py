@@ -18,8 +18,15 @@ if TYPE_CHECKING:
     from pipeline.records import Step
 
 # distribution name -> module to import; the versions recorded here go into the report
-PACKAGES = {"numpy": "numpy", "scikit-learn": "sklearn", "joblib": "joblib", "matplotlib": "matplotlib",
-            "Jinja2": "jinja2", "PyYAML": "yaml", "jsonschema": "jsonschema"}
+PACKAGES = {
+    "numpy": "numpy",
+    "scikit-learn": "sklearn",
+    "joblib": "joblib",
+    "matplotlib": "matplotlib",
+    "Jinja2": "jinja2",
+    "PyYAML": "yaml",
+    "jsonschema": "jsonschema",
+}
 # what unpickling and predicting depend on: evaluate and smoke rerun when one of these changes
 MODEL_RUNTIME = ("numpy", "scikit-learn", "joblib", "skops")
 
@@ -86,11 +93,15 @@ def model_problems(ctx: Context) -> list[str]:
     problems = []
     width = getattr(model, "n_features_in_", None)
     if isinstance(width, numbers.Integral) and not isinstance(width, bool) and int(width) != spec.scoring.features:
-        problems.append(f"scoring.features is {spec.scoring.features}, but the model was fitted on {width} features "
-                        f"(its n_features_in_): set scoring.features: {width}")
+        problems.append(
+            f"scoring.features is {spec.scoring.features}, but the model was fitted on {width} features "
+            f"(its n_features_in_): set scoring.features: {width}"
+        )
     if spec.scoring.output == "probabilities" and not hasattr(model, "predict_proba"):
-        problems.append(f"scoring.output is probabilities, but the model ({type(model).__name__}) has no predict_proba: "
-                        "use output: labels, or a model that estimates probabilities")
+        problems.append(
+            f"scoring.output is probabilities, but the model ({type(model).__name__}) has no predict_proba: "
+            "use output: labels, or a model that estimates probabilities"
+        )
     return problems
 
 
@@ -101,9 +112,15 @@ class Check(Stage):
         # only what check looks at (the spec itself was validated on loading); versions come from metadata
         from pipeline.stages.evaluate import model_digest
 
-        return {"python": platform.python_version(), "target": ctx.spec.deploy.target, "format": ctx.spec.model.format,
-                "packages": {dist: _version(dist) for dist in sorted(_needed(ctx))},
-                "model": model_digest(ctx), "features": ctx.spec.scoring.features, "output": ctx.spec.scoring.output}
+        return {
+            "python": platform.python_version(),
+            "target": ctx.spec.deploy.target,
+            "format": ctx.spec.model.format,
+            "packages": {dist: _version(dist) for dist in sorted(_needed(ctx))},
+            "model": model_digest(ctx),
+            "features": ctx.spec.scoring.features,
+            "output": ctx.spec.scoring.output,
+        }
 
     def run(self, ctx: Context, step: Step) -> Outcome:
         problems = []
@@ -122,5 +139,7 @@ class Check(Stage):
         if checked:
             raise StageFailed("; ".join(checked))
         python = platform.python_version()
-        detail = f"python {python}, " + ", ".join(f"{d} {versions[d]}" for d in ("numpy", "scikit-learn") if d in versions)
+        detail = f"python {python}, " + ", ".join(
+            f"{d} {versions[d]}" for d in ("numpy", "scikit-learn") if d in versions
+        )
         return Outcome(detail, CheckOutput(python, versions, ctx.spec.deploy.target))

@@ -64,10 +64,15 @@ class Deploy(Stage):
         # ready_timeout_s is how long we wait, not a property of the service: changing it redeploys nothing
         others = set(ctx.spec.deploy.blocks) - {ctx.spec.deploy.settings_key}
         deploy = {k: v for k, v in data["deploy"].items() if k not in others and k != "ready_timeout_s"}
-        return {"name": ctx.spec.name, "description": ctx.spec.description, "tags": data["tags"],
-                "target": ctx.spec.deploy.target, "deploy": deploy,
-                "model": {"name": ctx.spec.model.name, "version": ctx.spec.model.version, "sha256": model},
-                "files": {name: sha256_bytes(text.encode()) for name, text in ctx.rendered.items()}}
+        return {
+            "name": ctx.spec.name,
+            "description": ctx.spec.description,
+            "tags": data["tags"],
+            "target": ctx.spec.deploy.target,
+            "deploy": deploy,
+            "model": {"name": ctx.spec.model.name, "version": ctx.spec.model.version, "sha256": model},
+            "files": {name: sha256_bytes(text.encode()) for name, text in ctx.rendered.items()},
+        }
 
     def live(self, ctx: Context) -> DeployLive:
         record = ctx.service
@@ -76,8 +81,11 @@ class Deploy(Stage):
         old_files: dict[str, str] = {}
         if record is not None:
             if record.target != ctx.spec.deploy.target:
-                live = Live(True, False, f"the service runs on target {record.target!r}; "
-                                         f"the spec now says {ctx.spec.deploy.target!r}")
+                live = Live(
+                    True,
+                    False,
+                    f"the service runs on target {record.target!r}; the spec now says {ctx.spec.deploy.target!r}",
+                )
             else:
                 live = ctx.target.probe(record, ctx.spec)
             shared = (ctx.state.get("deployed") or {}).get("files")
@@ -97,8 +105,9 @@ class Deploy(Stage):
         except Exception:  # noqa: BLE001  a render error is reported by the render stage itself
             new_files = {}
         same_target = record if record is not None and record.target == ctx.target.name else None
-        return DeployLive(record, live, old_files, new_files, ctx.target.describe_update(same_target, ctx.spec),
-                          adopted)
+        return DeployLive(
+            record, live, old_files, new_files, ctx.target.describe_update(same_target, ctx.spec), adopted
+        )
 
     def change(self, state: dict[str, Any], live: Any, inputs: Any) -> Change:
         """Pure: create / update / replace / no-op, with the field-level and file-level diff."""
@@ -106,8 +115,10 @@ class Deploy(Stage):
         record, probe = live.record, live.live
         refusal = probe.refusal if probe else None
         if record is None:
-            new_files = tuple((name, f"+ {name} ({len(text.splitlines())} lines; `render` writes it)\n")
-                              for name, text in sorted(live.new_files.items()))
+            new_files = tuple(
+                (name, f"+ {name} ({len(text.splitlines())} lines; `render` writes it)\n")
+                for name, text in sorted(live.new_files.items())
+            )
             if probe is not None and probe.found:  # made by hand, as in the tutorial: deploy takes it over
                 why = f"a service of this name exists without pipeline's stamp; deploy takes it over ({probe.detail})"
                 return Change(DeployAction.ADOPT, why, _observed_fields(probe, inputs), new_files, refusal=refusal)
@@ -122,16 +133,29 @@ class Deploy(Stage):
         same = inputs is not None and record.digest == digest(inputs)
         if not probe.reachable:
             action = DeployAction.NOOP if same else DeployAction.UPDATE
-            return Change(action, f"cannot check the live service: {probe.detail}", fields, files, drift, checked=False,
-                          rollout=live.rollout)
+            return Change(
+                action,
+                f"cannot check the live service: {probe.detail}",
+                fields,
+                files,
+                drift,
+                checked=False,
+                rollout=live.rollout,
+            )
         if not probe.healthy:
             return Change(DeployAction.REPLACE, f"the recorded service is down: {probe.detail}", fields, files, drift)
         if drift:
-            return Change(DeployAction.REPLACE, "the live service drifted from its record: " + "; ".join(drift),
-                          fields, files, drift)
+            return Change(
+                DeployAction.REPLACE,
+                "the live service drifted from its record: " + "; ".join(drift),
+                fields,
+                files,
+                drift,
+            )
         if not same:
-            return Change(DeployAction.UPDATE, probe.detail, fields, files, drift, rollout=live.rollout,
-                          refusal=refusal)
+            return Change(
+                DeployAction.UPDATE, probe.detail, fields, files, drift, rollout=live.rollout, refusal=refusal
+            )
         return Change(DeployAction.NOOP, probe.detail or "the service matches the spec", (), (), drift)
 
     def run(self, ctx: Context, step: Step) -> Outcome:
@@ -149,25 +173,45 @@ class Deploy(Stage):
         if previous is not None and previous.target != ctx.spec.deploy.target:
             services.remove(ctx)  # moving to another target: the old service must not keep running unseen
             previous = None
-        request = DeployRequest(spec=ctx.spec, build_dir=build_dir, model_path=Path(fetched.path),
-                                model_dir=Path(fetched.model_dir), service_dir=ctx.paths.service,
-                                previous=previous, console=ctx.console, stamp=stamp_for(ctx, new_inputs, fetched.sha256))
+        request = DeployRequest(
+            spec=ctx.spec,
+            build_dir=build_dir,
+            model_path=Path(fetched.path),
+            model_dir=Path(fetched.model_dir),
+            service_dir=ctx.paths.service,
+            previous=previous,
+            console=ctx.console,
+            stamp=stamp_for(ctx, new_inputs, fetched.sha256),
+        )
         ctx.paths.service.mkdir(parents=True, exist_ok=True)
 
         def stamp(record: ServiceRecord) -> ServiceRecord:
-            return record.stamped(inputs=new_inputs, digest=digest(new_inputs), deployed_at=ctx.clock(),
-                                  model_sha256=fetched.sha256, model=f"{ctx.spec.model.name}:{ctx.spec.model.version}")
+            return record.stamped(
+                inputs=new_inputs,
+                digest=digest(new_inputs),
+                deployed_at=ctx.clock(),
+                model_sha256=fetched.sha256,
+                model=f"{ctx.spec.model.name}:{ctx.spec.model.version}",
+            )
 
         record = rollout(ctx, request, stamp)
         _snapshot(ctx, build_dir)
         releases.keep(ctx, record, build_dir, Path(fetched.path))  # for `rollback`
         services.save(ctx)
-        verb = {DeployAction.CREATE: "created", DeployAction.UPDATE: "updated", DeployAction.REPLACE: "replaced",
-                DeployAction.ADOPT: "took over"}
+        verb = {
+            DeployAction.CREATE: "created",
+            DeployAction.UPDATE: "updated",
+            DeployAction.REPLACE: "replaced",
+            DeployAction.ADOPT: "took over",
+        }
         said = verb.get(step.change.action, "deployed") if step.change else "deployed"
         assert record.deployed_at is not None
-        return Outcome(f"{said} {record.scoring_uri or ''}", DeployOutput(record.scoring_uri, record.deployed_at),
-                       inputs=new_inputs, digest=record.digest)
+        return Outcome(
+            f"{said} {record.scoring_uri or ''}",
+            DeployOutput(record.scoring_uri, record.deployed_at),
+            inputs=new_inputs,
+            digest=record.digest,
+        )
 
 
 def roll_back(ctx: Context, release: releases.Release, build: Path, model: Path) -> ServiceRecord:
@@ -175,19 +219,38 @@ def roll_back(ctx: Context, release: releases.Release, build: Path, model: Path)
     previous = ctx.service
     target = release.record.get("target")
     if previous is not None and target != previous.target:
-        raise StageFailed(f"release {release.n} ran on target {target!r}; the service now runs on {previous.target!r}: "
-                          "deploy that version of the spec instead")
+        raise StageFailed(
+            f"release {release.n} ran on target {target!r}; the service now runs on {previous.target!r}: "
+            "deploy that version of the spec instead"
+        )
     from pipeline import __version__
 
-    stamp = {STAMP_DIGEST: release.digest, STAMP_MODEL: release.model_sha256 or "", STAMP_SPEC: ctx.spec.name,
-             STAMP_VERSION: __version__}
-    request = DeployRequest(spec=ctx.spec, build_dir=build, model_path=model, model_dir=model.parent,
-                            service_dir=ctx.paths.service, previous=previous, console=ctx.console, stamp=stamp)
+    stamp = {
+        STAMP_DIGEST: release.digest,
+        STAMP_MODEL: release.model_sha256 or "",
+        STAMP_SPEC: ctx.spec.name,
+        STAMP_VERSION: __version__,
+    }
+    request = DeployRequest(
+        spec=ctx.spec,
+        build_dir=build,
+        model_path=model,
+        model_dir=model.parent,
+        service_dir=ctx.paths.service,
+        previous=previous,
+        console=ctx.console,
+        stamp=stamp,
+    )
     ctx.paths.service.mkdir(parents=True, exist_ok=True)
 
     def stamped(record: ServiceRecord) -> ServiceRecord:
-        return record.stamped(inputs=release.record.get("inputs"), digest=release.digest, deployed_at=ctx.clock(),
-                              model_sha256=release.model_sha256, model=release.model)
+        return record.stamped(
+            inputs=release.record.get("inputs"),
+            digest=release.digest,
+            deployed_at=ctx.clock(),
+            model_sha256=release.model_sha256,
+            model=release.model,
+        )
 
     record = rollout(ctx, request, stamped)
     _snapshot(ctx, build)
@@ -200,8 +263,12 @@ def stamp_for(ctx: Context, inputs: Any, model_sha256: str | None) -> dict[str, 
     """What the target writes on the live service so that it can be told apart without any state."""
     from pipeline import __version__
 
-    return {STAMP_DIGEST: digest(inputs), STAMP_MODEL: model_sha256 or "", STAMP_SPEC: ctx.spec.name,
-            STAMP_VERSION: __version__}
+    return {
+        STAMP_DIGEST: digest(inputs),
+        STAMP_MODEL: model_sha256 or "",
+        STAMP_SPEC: ctx.spec.name,
+        STAMP_VERSION: __version__,
+    }
 
 
 def rollout(ctx: Context, request: DeployRequest, stamp: Any) -> ServiceRecord:
@@ -262,14 +329,28 @@ def _adopted_change(record: ServiceRecord, probe: Live | None, live: DeployLive,
     assert probe is not None
     adopted = record.to_dict()
     if inputs is not None and record.digest == digest(inputs) and probe.healthy and not probe.drift:
-        return Change(DeployAction.NOOP, f"the live service carries this spec's digest ({probe.detail})",
-                      adopted=adopted)
+        return Change(
+            DeployAction.NOOP, f"the live service carries this spec's digest ({probe.detail})", adopted=adopted
+        )
     if not probe.healthy:
-        return Change(DeployAction.REPLACE, f"the stamped live service is down: {probe.detail}", (), (), probe.drift,
-                      adopted=adopted)
-    return Change(DeployAction.UPDATE, f"the live service carries another digest ({probe.detail})",
-                  _observed_fields(probe, inputs), (), probe.drift, rollout=live.rollout, refusal=probe.refusal,
-                  adopted=adopted)
+        return Change(
+            DeployAction.REPLACE,
+            f"the stamped live service is down: {probe.detail}",
+            (),
+            (),
+            probe.drift,
+            adopted=adopted,
+        )
+    return Change(
+        DeployAction.UPDATE,
+        f"the live service carries another digest ({probe.detail})",
+        _observed_fields(probe, inputs),
+        (),
+        probe.drift,
+        rollout=live.rollout,
+        refusal=probe.refusal,
+        adopted=adopted,
+    )
 
 
 def _observed_fields(probe: Live, inputs: Any) -> tuple[tuple[str, Any, Any], ...]:
@@ -311,8 +392,9 @@ def _files(old: dict[str, str], new: dict[str, str]) -> tuple[tuple[str, str], .
     for name in sorted(set(old) | set(new)):
         a, b = old.get(name, ""), new.get(name, "")
         if a != b:
-            diff = difflib.unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True),
-                                        f"deployed/{name}", f"rendered/{name}")
+            diff = difflib.unified_diff(
+                a.splitlines(keepends=True), b.splitlines(keepends=True), f"deployed/{name}", f"rendered/{name}"
+            )
             out.append((name, "".join(line if line.endswith("\n") else line + "\n" for line in diff)))
     return tuple(out)
 
@@ -330,5 +412,8 @@ def _snapshot(ctx: Context, build: Path) -> None:
 
 def _read_tree(folder: Path) -> dict[str, str]:
     """Every file under folder by its relative path: a target may render into sub-folders (k8s/, image/)."""
-    return {p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8", errors="replace")
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8", errors="replace")
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

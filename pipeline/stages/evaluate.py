@@ -1,4 +1,5 @@
 """Stage evaluate: the tutorial's "test model locally": accuracy, confusion matrix, plot, and the gate."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,13 @@ if TYPE_CHECKING:
 def test_inputs(ctx: Context) -> dict[str, Any]:
     """The test set as content: file digests, not names, so a changed byte is a change."""
     test = ctx.spec.test
-    return {"images": ctx.file_digest(test.images), "labels": ctx.file_digest(test.labels) if test.labels else None,
-            "format": test.format, "label_column": test.label_column, "scale": test.scale}
+    return {
+        "images": ctx.file_digest(test.images),
+        "labels": ctx.file_digest(test.labels) if test.labels else None,
+        "format": test.format,
+        "label_column": test.label_column,
+        "scale": test.scale,
+    }
 
 
 def model_digest(ctx: Context) -> str | None:
@@ -47,8 +53,13 @@ def load_model_and_data(ctx: Context) -> tuple[Any, Dataset]:
     if fetched is None:
         raise StageFailed("no fetched model: run the fetch stage first")
     model = models.load_model(Path(fetched.path), spec.model.format, spec.model.sha256, list(spec.model.trusted_types))
-    dataset = data.load_dataset(spec.test.images, spec.test.labels, format=spec.test.format,
-                                label_column=spec.test.label_column, scale=spec.test.scale)
+    dataset = data.load_dataset(
+        spec.test.images,
+        spec.test.labels,
+        format=spec.test.format,
+        label_column=spec.test.label_column,
+        scale=spec.test.scale,
+    )
     return model, dataset
 
 
@@ -72,9 +83,14 @@ class Evaluate(Stage):
             return None
         from pipeline.stages import check
 
-        return {"model": model, "format": ctx.spec.model.format, "trusted": list(ctx.spec.model.trusted_types),
-                "test": test_inputs(ctx), "min_accuracy": ctx.spec.test.min_accuracy,
-                "runtime": check.model_runtime(ctx)}
+        return {
+            "model": model,
+            "format": ctx.spec.model.format,
+            "trusted": list(ctx.spec.model.trusted_types),
+            "test": test_inputs(ctx),
+            "min_accuracy": ctx.spec.test.min_accuracy,
+            "runtime": check.model_runtime(ctx),
+        }
 
     def stale(self, ctx: Context, record: dict[str, Any]) -> str:
         out = EvaluateOutput.from_dict(record.get("outputs"))
@@ -113,8 +129,10 @@ class Evaluate(Stage):
             evaluate.check_gate(result, spec.test.min_accuracy)
         except StageFailed as exc:
             raise StageFailed(f"{exc}; nothing was deployed; confusion matrix in {plot}\n{matrix}", outputs) from None
-        detail = (f"accuracy {result.accuracy:.4f} on {result.n:,} test images (gate {spec.test.min_accuracy:g})\n"
-                  f"{matrix}\nOverall accuracy: {result.accuracy:.4f}")
+        detail = (
+            f"accuracy {result.accuracy:.4f} on {result.n:,} test images (gate {spec.test.min_accuracy:g})\n"
+            f"{matrix}\nOverall accuracy: {result.accuracy:.4f}"
+        )
         return Outcome(detail, outputs)
 
 

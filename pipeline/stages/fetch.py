@@ -36,8 +36,10 @@ def check_pin(spec: Spec, actual: str | None) -> None:
     if unpinned:
         raise ModelError(f"model.sha256: {unpinned}")
     if model.sha256 is not None and actual is not None and actual != model.sha256:
-        raise ModelError(f"sha256 mismatch for {model.source}: expected {model.sha256} (model.sha256), got {actual}; "
-                         f"the file was not loaded")
+        raise ModelError(
+            f"sha256 mismatch for {model.source}: expected {model.sha256} (model.sha256), got {actual}; "
+            f"the file was not loaded"
+        )
 
 
 def source_for(spec: Spec) -> ModelSource:
@@ -65,8 +67,11 @@ class Fetch(Stage):
         source: dict[str, Any]
         if isinstance(model.source, RegistrySource):
             config = model.source.workspace_config
-            source = {"registry": model.source.registry, "file": model.source.file,
-                      "workspace_config": ctx.file_digest(config) if config else None}
+            source = {
+                "registry": model.source.registry,
+                "file": model.source.file,
+                "workspace_config": ctx.file_digest(config) if config else None,
+            }
         else:
             try:
                 actual = ctx.file_digest(model.source)
@@ -74,8 +79,13 @@ class Fetch(Stage):
                 raise ModelError(f"model.source {model.source}: {exc.strerror}") from None
             check_pin(ctx.spec, actual)
             source = {"sha256": actual}
-        return {"name": model.name, "version": model.version, "format": model.format, "pin": model.sha256,
-                "source": source}
+        return {
+            "name": model.name,
+            "version": model.version,
+            "format": model.format,
+            "pin": model.sha256,
+            "source": source,
+        }
 
     def stale(self, ctx: Context, record: dict[str, Any]) -> str:
         fetched = FetchOutput.from_dict(record.get("outputs"))
@@ -89,5 +99,7 @@ class Fetch(Stage):
         spec = ctx.spec.model
         path = models.fetch_model(source_for(ctx.spec), ctx.paths.models, spec.name, spec.version, spec.sha256)
         digest = models.sha256_file(path)
-        return Outcome(f"{spec.name}:{spec.version} sha256 {digest[:12]}… -> {path.parent}",
-                       FetchOutput(str(path), str(path.parent), digest))
+        return Outcome(
+            f"{spec.name}:{spec.version} sha256 {digest[:12]}… -> {path.parent}",
+            FetchOutput(str(path), str(path.parent), digest),
+        )

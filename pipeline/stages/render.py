@@ -55,8 +55,9 @@ class Render(Stage):
                 elif old.is_dir() and not any(old.iterdir()):
                     old.rmdir()
         render.write_files(build, files)
-        return Outcome(f"{', '.join(sorted(files))} -> {build}",
-                       RenderOutput(str(build), digests(files), template_values(ctx)))
+        return Outcome(
+            f"{', '.join(sorted(files))} -> {build}", RenderOutput(str(build), digests(files), template_values(ctx))
+        )
 
 
 def template_values(ctx: Context) -> dict[str, Any]:

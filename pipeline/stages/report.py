@@ -3,6 +3,7 @@
 Nothing in either is of the machine that wrote them (pipeline.scrub): paths are relative to the repository,
 a local service is "the local service", not a port on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ if TYPE_CHECKING:
     from pipeline.records import Plan, Step
 
 SERVICE_FIELDS = ("target", "scoring_uri", "swagger_uri", "model", "model_sha256", "deployed_at", "workers", "auth")
-SAID = {DeployAction.CREATE: "Created", DeployAction.UPDATE: "Updated", DeployAction.REPLACE: "Replaced",
-        DeployAction.ADOPT: "Took over", DeployAction.NOOP: "Redeployed"}
+SAID = {
+    DeployAction.CREATE: "Created",
+    DeployAction.UPDATE: "Updated",
+    DeployAction.REPLACE: "Replaced",
+    DeployAction.ADOPT: "Took over",
+    DeployAction.NOOP: "Redeployed",
+}
 
 
 @dataclass(frozen=True)
@@ -115,11 +121,18 @@ def _stage_rows(ctx: Context, why: Any) -> list[dict[str, Any]]:
     for step in ctx.plan.steps:
         fields = tuple(why.get(step.stage, ()))
         result = results.get(step.stage)
-        rows.append({"stage": step.stage, "plan": step.label, "fields": list(fields),
-                     "note": _note(step, ctx.plan, fields), "reason": step.reason,
-                     "status": str(result.status) if result else None,
-                     "seconds": round(result.seconds, 3) if result else 0.0,
-                     "detail": result.detail if result else ""})
+        rows.append(
+            {
+                "stage": step.stage,
+                "plan": step.label,
+                "fields": list(fields),
+                "note": _note(step, ctx.plan, fields),
+                "reason": step.reason,
+                "status": str(result.status) if result else None,
+                "seconds": round(result.seconds, 3) if result else 0.0,
+                "detail": result.detail if result else "",
+            }
+        )
     return rows
 
 
@@ -134,16 +147,23 @@ def _outcome(ctx: Context) -> dict[str, Any]:
         summary = "No change to the service"
     else:
         summary = "Not deployed in this run"
-    return {"ok": failed is None, "summary": summary,
-            "failed": {"stage": failed.stage, "detail": failed.detail.split("\n", 1)[0]} if failed else None}
+    return {
+        "ok": failed is None,
+        "summary": summary,
+        "failed": {"stage": failed.stage, "detail": failed.detail.split("\n", 1)[0]} if failed else None,
+    }
 
 
 def _created(deploy: Step | None) -> list[dict[str, Any]]:
     """A first deployment's settings, each once (the deploy inputs hold the target twice)."""
     from pipeline.changes import RENAMED
 
-    if deploy is None or deploy.change is None or deploy.action is not StepAction.RUN \
-            or deploy.change.action not in (DeployAction.CREATE, DeployAction.ADOPT):
+    if (
+        deploy is None
+        or deploy.change is None
+        or deploy.action is not StepAction.RUN
+        or deploy.change.action not in (DeployAction.CREATE, DeployAction.ADOPT)
+    ):
         return []
     fields = {RENAMED.get(path, path): new for path, _, new in deploy.change.fields}
     return [{"path": path, "value": value} for path, value in sorted(fields.items())]
@@ -158,22 +178,32 @@ def collect(ctx: Context) -> dict[str, Any]:
     baseline = _read(evaluated.baseline) if evaluated else None
     explained = _explained(ctx)
     model_changed = _ran(ctx, "evaluate") or any(
-        c.field in ("model.sha256", "model.source") and "deploy" in c.stages for c in explained.changes)
+        c.field in ("model.sha256", "model.source") and "deploy" in c.stages for c in explained.changes
+    )
     compared = comparison.compare(baseline, evaluation) if evaluation and baseline and model_changed else None
     deploy = next((s for s in ctx.plan.steps if s.change is not None), None) if ctx.plan is not None else None
     created = _created(deploy)
     service = ctx.state.get("service") or {}
     report = {
-        "spec": ctx.spec.name, "spec_file": str(ctx.spec.path), "generated_at": ctx.clock(), "pipeline": __version__,
-        "description": ctx.spec.description, "tags": dict(ctx.spec.tags), "target": ctx.spec.deploy.target,
+        "spec": ctx.spec.name,
+        "spec_file": str(ctx.spec.path),
+        "generated_at": ctx.clock(),
+        "pipeline": __version__,
+        "description": ctx.spec.description,
+        "tags": dict(ctx.spec.tags),
+        "target": ctx.spec.deploy.target,
         "outcome": _outcome(ctx),
-        "changes": [c.to_dict() for c in explained.changes], "created": created,
+        "changes": [c.to_dict() for c in explained.changes],
+        "created": created,
         "plan": ctx.plan.to_dict() if ctx.plan is not None else None,
         "stages": _stage_rows(ctx, explained.why),
         "versions": check.to_dict() if check else {},
-        "evaluation": evaluation, "evaluated": _ran(ctx, "evaluate"),
-        "baseline": baseline if compared else None, "comparison": compared,
-        "smoke": smoke.to_dict() if smoke else None, "smoked": _ran(ctx, "smoke"),
+        "evaluation": evaluation,
+        "evaluated": _ran(ctx, "evaluate"),
+        "baseline": baseline if compared else None,
+        "comparison": compared,
+        "smoke": smoke.to_dict() if smoke else None,
+        "smoked": _ran(ctx, "smoke"),
         "service": {k: service.get(k) for k in SERVICE_FIELDS if k in service} or None,
     }
     scrubbed: dict[str, Any] = scrub.for_spec(ctx.spec.path).data(report)
@@ -197,8 +227,10 @@ def write(ctx: Context) -> Path:
     report = collect(ctx)
     plots = {}
     evaluated, smoke = ctx.output(EvaluateOutput), ctx.output(SmokeOutput)
-    for key, source in (("confusion", evaluated.confusion_png if evaluated else None),
-                        ("samples", smoke.samples_png if smoke and report["smoked"] else None)):
+    for key, source in (
+        ("confusion", evaluated.confusion_png if evaluated else None),
+        ("samples", smoke.samples_png if smoke and report["smoked"] else None),
+    ):
         if source and Path(source).is_file():
             shutil.copyfile(source, out / Path(source).name)
             plots[key] = Path(source).name

@@ -1,4 +1,5 @@
 """Stage smoke: the tutorial's "test the deployed service": seeded random images, same answers as locally."""
+
 from __future__ import annotations
 
 import json
@@ -50,10 +51,15 @@ class Smoke(Stage):
         if service is None:
             return None
         test = ctx.spec.test
-        return {"service": {"uri": service.scoring_uri, "deployed_at": service.deployed_at},
-                "model": evaluate.model_digest(ctx), "test": evaluate.test_inputs(ctx),
-                "sample_size": test.sample_size, "seed": test.seed, "output": ctx.spec.scoring.output,
-                "runtime": check.model_runtime(ctx)}
+        return {
+            "service": {"uri": service.scoring_uri, "deployed_at": service.deployed_at},
+            "model": evaluate.model_digest(ctx),
+            "test": evaluate.test_inputs(ctx),
+            "sample_size": test.sample_size,
+            "seed": test.seed,
+            "output": ctx.spec.scoring.output,
+            "runtime": check.model_runtime(ctx),
+        }
 
     def run(self, ctx: Context, step: Step) -> Outcome:
         record = ctx.service
@@ -62,8 +68,10 @@ class Smoke(Stage):
         outputs = check_service(ctx, record)
         acc = f", sample accuracy {outputs.sample_accuracy:.2f}" if outputs.sample_accuracy is not None else ""
         lat = outputs.latency_ms
-        detail = (f"{len(outputs.indices)} images agree with the local model{acc}; latency p50 {lat['p50']:.1f} ms "
-                  f"(min {lat['min']:.1f}, max {lat['max']:.1f}), {outputs.bytes_sent:,} bytes per request")
+        detail = (
+            f"{len(outputs.indices)} images agree with the local model{acc}; latency p50 {lat['p50']:.1f} ms "
+            f"(min {lat['min']:.1f}, max {lat['max']:.1f}), {outputs.bytes_sent:,} bytes per request"
+        )
         return Outcome(detail, outputs)
 
 
@@ -78,8 +86,12 @@ def _invoke(ctx: Context, record: ServiceRecord, body: bytes) -> Reply:
     delay = 0.2
     for attempt in range(RETRIES + 1):
         try:
-            return ctx.target.invoke(record, body, timeout=max(5.0, ctx.spec.deploy.request_timeout_ms / 1000 + 5),
-                                     service_dir=ctx.paths.service)
+            return ctx.target.invoke(
+                record,
+                body,
+                timeout=max(5.0, ctx.spec.deploy.request_timeout_ms / 1000 + 5),
+                service_dir=ctx.paths.service,
+            )
         except (ConnectionError, urllib.error.URLError) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, TimeoutError) or attempt == RETRIES:
@@ -107,8 +119,14 @@ def _answers(reply: Reply, uri: str) -> list[Any]:
 
 def _same(a: Any, b: Any, output: str) -> bool:
     if output == "probabilities":
-        return isinstance(a, list) and len(a) == len(b) and all(
-            isinstance(x, (int, float)) and math.isclose(x, y, rel_tol=0, abs_tol=PROBABILITY_TOLERANCE) for x, y in zip(a, b))
+        return (
+            isinstance(a, list)
+            and len(a) == len(b)
+            and all(
+                isinstance(x, (int, float)) and math.isclose(x, y, rel_tol=0, abs_tol=PROBABILITY_TOLERANCE)
+                for x, y in zip(a, b)
+            )
+        )
     return a == b
 
 
@@ -142,7 +160,9 @@ def check_service(ctx: Context, record: ServiceRecord, *, plot: bool = True) -> 
     raw = ('{"data": [' + json.dumps(X[0].tolist()) + "]}").encode()
     single = _answers(_invoke(ctx, record, raw), uri)
 
-    wrong = [(idx, got, want) for idx, got, want in zip(indices, answers, local) if not _same(got, want, spec.scoring.output)]
+    wrong = [
+        (idx, got, want) for idx, got, want in zip(indices, answers, local) if not _same(got, want, spec.scoring.output)
+    ]
     single_ok = len(single) == 1 and _same(single[0], local[0], spec.scoring.output)
     labels = dataset.y[indices].tolist() if dataset.y is not None else None
     shown = answers if spec.scoring.output == "labels" else [int(np.argmax(a)) for a in answers]
@@ -155,16 +175,33 @@ def check_service(ctx: Context, record: ServiceRecord, *, plot: bool = True) -> 
     seconds = sorted(r.seconds for r in replies)
     latency = {"min": seconds[0] * 1000, "p50": seconds[len(seconds) // 2] * 1000, "max": seconds[-1] * 1000}
     accuracy = float(np.mean(np.asarray(shown) == np.asarray(labels))) if labels is not None else None
-    outputs = SmokeOutput(uri, indices, answers, local, labels, agree, accuracy, latency, len(body), REPEATS + 1,
-                          str(png) if png else None)
+    outputs = SmokeOutput(
+        uri,
+        indices,
+        answers,
+        local,
+        labels,
+        agree,
+        accuracy,
+        latency,
+        len(body),
+        REPEATS + 1,
+        str(png) if png else None,
+    )
     if wrong or not single_ok:
         listed = "; ".join(f"test image #{i}: service {g!r}, local {w!r}" for i, g, w in wrong[:5])
-        what = f"{len(wrong)} of {len(indices)} answers differ from the local model's ({listed})" if wrong else \
-            "the batch agrees"
+        what = (
+            f"{len(wrong)} of {len(indices)} answers differ from the local model's ({listed})"
+            if wrong
+            else "the batch agrees"
+        )
         if not single_ok:
             what += f"; the single-image request for test image #{one} answered {single!r}, local {local[0]!r}"
-        raise StageFailed(f"{what}; the service's environment differs from the evaluated one (compare myenv.yml "
-                          f"with the versions in the report)", outputs)
+        raise StageFailed(
+            f"{what}; the service's environment differs from the evaluated one (compare myenv.yml "
+            f"with the versions in the report)",
+            outputs,
+        )
     return outputs
 
 

@@ -1,4 +1,5 @@
 """What the Azure ML targets share: the SDK import guard, workspace config, keys file, HTTP scoring, VM sizes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -55,33 +56,72 @@ SETTINGS_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "default": {},
     "properties": {
-        "workspace_config": {"description": "Path, relative to the spec, of the workspace config.json; default: the "
-                             "SDK's search (./config.json, .azureml/config.json).", "type": "string", "minLength": 1,
-                             "maxLength": 4096},
-        "compute_target": {"description": "aks: name of the attached AKS compute target.", "type": "string",
-                           "minLength": 2, "maxLength": 16},
-        "replicas": {"description": "aks / azureml-online: fixed number of replicas (instances).", "type": "integer",
-                     "minimum": 1, "maximum": 100},
+        "workspace_config": {
+            "description": "Path, relative to the spec, of the workspace config.json; default: the "
+            "SDK's search (./config.json, .azureml/config.json).",
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 4096,
+        },
+        "compute_target": {
+            "description": "aks: name of the attached AKS compute target.",
+            "type": "string",
+            "minLength": 2,
+            "maxLength": 16,
+        },
+        "replicas": {
+            "description": "aks / azureml-online: fixed number of replicas (instances).",
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100,
+        },
         "autoscale": {
             "description": "aks: autoscaling (excludes replicas).",
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "min_replicas": {"description": "Lowest replica count.", "type": "integer", "minimum": 1, "maximum": 1000,
-                                 "default": 1},
-                "max_replicas": {"description": "Highest replica count.", "type": "integer", "minimum": 1,
-                                 "maximum": 1000, "default": 10},
-                "target_utilization": {"description": "Target utilization in percent.", "type": "integer",
-                                       "minimum": 1, "maximum": 100, "default": 70},
+                "min_replicas": {
+                    "description": "Lowest replica count.",
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 1000,
+                    "default": 1,
+                },
+                "max_replicas": {
+                    "description": "Highest replica count.",
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 1000,
+                    "default": 10,
+                },
+                "target_utilization": {
+                    "description": "Target utilization in percent.",
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 100,
+                    "default": 70,
+                },
             },
         },
-        "token_auth": {"description": "aks: Azure AD token authentication (excludes deploy.auth key auth).",
-                       "type": "boolean", "default": False},
-        "instance_type": {"description": "azureml-online: VM size; default chosen from cpu_cores and memory_gb "
-                          "(see README).", "type": "string", "maxLength": 64, "pattern": "^Standard_[A-Za-z0-9_]+$",
-                          "errorMessage": "must be an Azure VM size such as Standard_DS3_v2"},
-        "base_image": {"description": "azureml-online: base image of the environment.", "type": "string",
-                       "minLength": 1, "maxLength": 512, "default": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"},
+        "token_auth": {
+            "description": "aks: Azure AD token authentication (excludes deploy.auth key auth).",
+            "type": "boolean",
+            "default": False,
+        },
+        "instance_type": {
+            "description": "azureml-online: VM size; default chosen from cpu_cores and memory_gb (see README).",
+            "type": "string",
+            "maxLength": 64,
+            "pattern": "^Standard_[A-Za-z0-9_]+$",
+            "errorMessage": "must be an Azure VM size such as Standard_DS3_v2",
+        },
+        "base_image": {
+            "description": "azureml-online: base image of the environment.",
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 512,
+            "default": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest",
+        },
     },
 }
 # Azure Resource Manager tags: at most 50 per resource, and these characters are rejected in names.
@@ -102,8 +142,11 @@ def check_arm_tags(data: Mapping[str, Any], add: AddProblem) -> None:
     """An Azure Resource Manager resource takes at most 50 tags, without some characters in their names."""
     room = ARM_MAX_TAGS - len(STAMP_KEYS)  # deploy adds its stamp to the spec's tags
     if len(data["tags"]) > room:
-        add(("tags",), f"Azure resources allow at most {ARM_MAX_TAGS} tags and pipeline's stamp takes {len(STAMP_KEYS)}: "
-            f"at most {room} remain for the spec, got {len(data['tags'])}")
+        add(
+            ("tags",),
+            f"Azure resources allow at most {ARM_MAX_TAGS} tags and pipeline's stamp takes {len(STAMP_KEYS)}: "
+            f"at most {room} remain for the spec, got {len(data['tags'])}",
+        )
     for key in data["tags"]:
         bad = sorted(set(key) & set(ARM_TAG_FORBIDDEN))
         if bad:
@@ -148,8 +191,13 @@ def observed_tags(live_tags: Mapping[str, Any] | None, spec_tags: Mapping[str, A
 def as_spec_number(live: Any, wanted: Any) -> Any:
     """A live number in the spec's own type when they are equal (Azure answers 1.0 for the spec's 1): no false diff."""
     numbers = (int, float)
-    if isinstance(live, numbers) and isinstance(wanted, numbers) and not isinstance(live, bool) \
-            and not isinstance(wanted, bool) and float(live) == float(wanted):
+    if (
+        isinstance(live, numbers)
+        and isinstance(wanted, numbers)
+        and not isinstance(live, bool)
+        and not isinstance(wanted, bool)
+        and float(live) == float(wanted)
+    ):
         return wanted
     return live
 
@@ -210,8 +258,7 @@ def credentials_problem(environ: Mapping[str, str] | None = None, home: Path | N
     ]
     if any(_logged_in(p) for p in profiles):
         return None
-    return ("no Azure credentials: run `az login`, or set " + ", ".join(SP_ENV)
-            + " for a service principal")
+    return "no Azure credentials: run `az login`, or set " + ", ".join(SP_ENV) + " for a service principal"
 
 
 def _logged_in(profile: Path) -> bool:
@@ -226,16 +273,22 @@ def _logged_in(profile: Path) -> bool:
 def reason(exc: BaseException) -> str:
     """One line for the user from an SDK exception, whose messages run to pages."""
     if type(exc).__name__ in ("ClientAuthenticationError", "CredentialUnavailableError"):
-        return ("no usable Azure credentials (DefaultAzureCredential found none): run `az login`, "
-                "or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for a service principal")
+        return (
+            "no usable Azure credentials (DefaultAzureCredential found none): run `az login`, "
+            "or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for a service principal"
+        )
     if type(exc).__name__ == "ServiceRequestError":
         return f"no connection to Azure ({str(exc).splitlines()[0][:160] if str(exc) else 'network error'})"
     text = str(getattr(exc, "message", None) or exc).strip()
-    if any(sign in text for sign in ("NameResolutionError", "Max retries exceeded", "ensure you have network connection")):
+    if any(
+        sign in text for sign in ("NameResolutionError", "Max retries exceeded", "ensure you have network connection")
+    ):
         host = re.search(r"host='([^']+)'", text)
         return f"no network connection to Azure ({host.group(1) if host else 'connection failed'})"
     if "config.json" in text and ("could not be found" in text or "could not find" in text.lower()):
-        return "no workspace config.json found in the working folder or its parents (set deploy.azureml.workspace_config)"
+        return (
+            "no workspace config.json found in the working folder or its parents (set deploy.azureml.workspace_config)"
+        )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     first = lines[0] if lines else type(exc).__name__
     return first if len(first) <= 240 else first[:237] + "..."
@@ -257,7 +310,7 @@ def excerpt(exc: BaseException, lines: int = 12) -> str:
         if row.startswith("Headers: "):
             continue  # azureml-core dumps every response header: request ids, dates, nothing for the user
         if row.startswith("Content: "):
-            row = "Azure said: " + azure_error(row[len("Content: "):])
+            row = "Azure said: " + azure_error(row[len("Content: ") :])
         rows.append(row)
     return "\n".join(rows[:lines]) + ("\n..." if len(rows) > lines else "")
 

@@ -4,6 +4,7 @@ Updates are blue/green: the new version is a second deployment beside the live o
 blue...), with no traffic; the deploy stage smoke-tests it alone (the azureml-model-deployment header), then it
 takes 100% of the traffic and the old deployment is deleted. A failure before that leaves the old one serving.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -58,8 +59,9 @@ class OnlineTarget(BaseTarget):
     settings_schema: ClassVar[Mapping[str, Any]] = common.SETTINGS_SCHEMA
     extra: ClassVar[str | None] = common.EXTRA_V2
     packages: ClassVar[Mapping[str, str]] = {"azure-ai-ml": "azure.ai.ml", "azure-identity": "azure.identity"}
-    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=True, rollout=Rollout.SIDE_BY_SIDE,
-                                                        auth=frozenset({Auth.KEY, Auth.TOKEN}))
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        probe_unrecorded=True, rollout=Rollout.SIDE_BY_SIDE, auth=frozenset({Auth.KEY, Auth.TOKEN})
+    )
     registry_sdk: ClassVar[str] = "v2"  # azure-ai-ml fetches registry models too: no azureml-core needed
     kind = "managed online endpoint"
 
@@ -76,17 +78,30 @@ class OnlineTarget(BaseTarget):
             if key in azure:
                 add(("deploy", "azureml", key), "not used by target 'azureml-online'")
         if deploy["auth"] and azure.get("token_auth"):
-            add(("deploy", "azureml", "token_auth"),
-                "cannot be combined with deploy.auth: an endpoint uses key or token auth, not both")
+            add(
+                ("deploy", "azureml", "token_auth"),
+                "cannot be combined with deploy.auth: an endpoint uses key or token auth, not both",
+            )
         if deploy["request_timeout_ms"] > 180000:
-            add(("deploy", "request_timeout_ms"),
-                f"managed online endpoints allow at most 180000 ms, got {deploy['request_timeout_ms']}")
+            add(
+                ("deploy", "request_timeout_ms"),
+                f"managed online endpoints allow at most 180000 ms, got {deploy['request_timeout_ms']}",
+            )
         if not deploy["auth"] and not azure.get("token_auth"):
-            add(("deploy", "auth"), "managed online endpoints always authenticate: set deploy.auth: true (key auth) "
-                "or deploy.azureml.token_auth: true (Azure ML tokens)")
-        if "instance_type" not in azure and common.choose_instance_type(deploy["cpu_cores"], deploy["memory_gb"]) is None:
-            add(("deploy", "cpu_cores"), f"no VM size in the instance_type table has {deploy['cpu_cores']} cores and "
-                f"{deploy['memory_gb']} GB; set deploy.azureml.instance_type")
+            add(
+                ("deploy", "auth"),
+                "managed online endpoints always authenticate: set deploy.auth: true (key auth) "
+                "or deploy.azureml.token_auth: true (Azure ML tokens)",
+            )
+        if (
+            "instance_type" not in azure
+            and common.choose_instance_type(deploy["cpu_cores"], deploy["memory_gb"]) is None
+        ):
+            add(
+                ("deploy", "cpu_cores"),
+                f"no VM size in the instance_type table has {deploy['cpu_cores']} cores and "
+                f"{deploy['memory_gb']} GB; set deploy.azureml.instance_type",
+            )
         common.check_arm_tags(data, add)  # an endpoint is an Azure Resource Manager resource
 
     def extra_pip_packages(self, spec: Spec) -> list[str]:
@@ -179,8 +194,13 @@ class OnlineTarget(BaseTarget):
                 return Live(False, False, f"{common.UNREACHABLE}: {common.reason(exc)}")
             if not recorded:
                 return Live(True, False, f"workspace is reachable; endpoint {name} does not exist yet", found=False)
-            return Live(True, False, f"endpoint {name} not found in the workspace",
-                        ("endpoint: recorded, but missing from the workspace",), found=False)
+            return Live(
+                True,
+                False,
+                f"endpoint {name} not found in the workspace",
+                ("endpoint: recorded, but missing from the workspace",),
+                found=False,
+            )
         which = live_side.which_serves(endpoint, info)
         if which is None:
             return live_side.no_deployment(endpoint, info)
@@ -211,8 +231,9 @@ class OnlineTarget(BaseTarget):
         if deployment is None:
             return None
         stamp = common.stamp_of(deployment.tags) or {}
-        record = live_side.record_of(client, endpoint, deployment, config=config,
-                                     model_sha256=stamp.get(STAMP_MODEL) or None)
+        record = live_side.record_of(
+            client, endpoint, deployment, config=config, model_sha256=stamp.get(STAMP_MODEL) or None
+        )
         return record.stamped(digest=stamp.get(STAMP_DIGEST))
 
     def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
@@ -224,8 +245,7 @@ class OnlineTarget(BaseTarget):
             try:
                 token = client.online_endpoints.get_keys(name=info["endpoint"]).access_token
             except Exception as exc:  # noqa: BLE001
-                raise TargetError(f"cannot get a token for endpoint {info['endpoint']}: "
-                                  f"{common.reason(exc)}") from None
+                raise TargetError(f"cannot get a token for endpoint {info['endpoint']}: {common.reason(exc)}") from None
             headers["Authorization"] = "Bearer " + token
         else:
             headers["Authorization"] = "Bearer " + self._primary_key(record, service_dir)
@@ -244,8 +264,10 @@ class OnlineTarget(BaseTarget):
                 client = self._client(common.recorded_config(info))
                 keys = client.online_endpoints.get_keys(name=info.get("endpoint", ""))
             except Exception as exc:  # noqa: BLE001
-                raise TargetError(f"no key for endpoint {info.get('endpoint')} in {service_dir}, and Azure did not "
-                                  f"give it: {common.reason(exc)}") from None
+                raise TargetError(
+                    f"no key for endpoint {info.get('endpoint')} in {service_dir}, and Azure did not "
+                    f"give it: {common.reason(exc)}"
+                ) from None
             keyfile.write(service_dir, keys.primary_key, keys.secondary_key)
         return keyfile.read_primary(service_dir)
 
@@ -275,8 +297,9 @@ class OnlineTarget(BaseTarget):
         client = self._client(common.recorded_config(info))
         try:
             with common.sdk_output(service_dir / common.SDK_LOG, None, f"logs {name}"):
-                text = client.online_deployments.get_logs(name=info.get("deployment", FIRST),
-                                                          endpoint_name=name, lines=tail)
+                text = client.online_deployments.get_logs(
+                    name=info.get("deployment", FIRST), endpoint_name=name, lines=tail
+                )
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"cannot read the logs of {name}: {common.reason(exc)}") from None
         return common.log_tail(text, tail)

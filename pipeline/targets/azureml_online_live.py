@@ -1,4 +1,5 @@
 """What target `azureml-online` reads back from a live endpoint: its record, drift, stamp and observed fields."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -16,8 +17,15 @@ if TYPE_CHECKING:
 TARGET = "azureml-online"
 
 
-def record_of(client: Any, endpoint: Any, deployment: Any, *, config: Path | None, model_sha256: str | None,
-              traffic: Mapping[str, int] | None = None) -> ServiceRecord:
+def record_of(
+    client: Any,
+    endpoint: Any,
+    deployment: Any,
+    *,
+    config: Path | None,
+    model_sha256: str | None,
+    traffic: Mapping[str, int] | None = None,
+) -> ServiceRecord:
     """The record of one deployment of a live endpoint, as deploy keeps it (the keys stay in keys.json)."""
     return ServiceRecord(
         target=TARGET,
@@ -28,8 +36,11 @@ def record_of(client: Any, endpoint: Any, deployment: Any, *, config: Path | Non
         extra={
             "endpoint": endpoint.name,
             "deployment": deployment.name,
-            "workspace": {"name": client.workspace_name, "resource_group": client.resource_group_name,
-                          "subscription_id": client.subscription_id},
+            "workspace": {
+                "name": client.workspace_name,
+                "resource_group": client.resource_group_name,
+                "subscription_id": client.subscription_id,
+            },
             "workspace_config": str(config) if config else None,
             "state": value(deployment.provisioning_state),
             "auth_mode": endpoint.auth_mode,
@@ -43,25 +54,37 @@ def record_of(client: Any, endpoint: Any, deployment: Any, *, config: Path | Non
     )
 
 
-def live_of(endpoint: Any, deployment: Any, record: Mapping[str, Any], spec: Spec | None,
-            others: list[str] | None = None) -> Live:
+def live_of(
+    endpoint: Any, deployment: Any, record: Mapping[str, Any], spec: Spec | None, others: list[str] | None = None
+) -> Live:
     """The endpoint with the deployment that serves it (the recorded one, or the one the traffic goes to)."""
     name, which = endpoint.name, deployment.name
     drift = drift_of(endpoint, deployment, record)
     states = (value(endpoint.provisioning_state), value(deployment.provisioning_state))
     healthy = states == ("Succeeded", "Succeeded") and weights_of(endpoint.traffic).get(which) == 100
-    detail = (f"endpoint {name} is {states[0]}, deployment {which} is {states[1]}"
-              + (f" at {endpoint.scoring_uri}" if healthy else ""))
+    detail = f"endpoint {name} is {states[0]}, deployment {which} is {states[1]}" + (
+        f" at {endpoint.scoring_uri}" if healthy else ""
+    )
     idle = [name for name in others or [] if not weights_of(endpoint.traffic).get(name)]
     if idle:
         detail += f"; {', '.join(idle)} also deployed there, taking no traffic"
     stamp = common.stamp_of(deployment.tags)  # what serves: the deployment's own stamp, not the endpoint's
     recorded = bool(record.get("endpoint"))
     if not recorded:
-        detail += ("; it is not recorded here, and carries pipeline's stamp" if stamp else
-                   "; it is not recorded here and carries no stamp of pipeline (made by hand?)")
-    return Live(True, healthy, detail, tuple(drift), found=True, stamp=stamp,
-                observed=observed(endpoint, deployment, spec, stamp))
+        detail += (
+            "; it is not recorded here, and carries pipeline's stamp"
+            if stamp
+            else "; it is not recorded here and carries no stamp of pipeline (made by hand?)"
+        )
+    return Live(
+        True,
+        healthy,
+        detail,
+        tuple(drift),
+        found=True,
+        stamp=stamp,
+        observed=observed(endpoint, deployment, spec, stamp),
+    )
 
 
 def no_deployment(endpoint: Any, record: Mapping[str, Any]) -> Live:
@@ -69,10 +92,19 @@ def no_deployment(endpoint: Any, record: Mapping[str, Any]) -> Live:
     which = record.get("deployment")
     recorded = bool(record.get("endpoint"))
     if recorded:
-        return Live(True, False, f"endpoint {endpoint.name} has no deployment {which}",
-                    (f"deployment: {which} recorded, but missing from the endpoint",), found=True)
-    return Live(True, False, f"endpoint {endpoint.name} exists, but no deployment takes its traffic; it is not "
-                "recorded here", found=True)
+        return Live(
+            True,
+            False,
+            f"endpoint {endpoint.name} has no deployment {which}",
+            (f"deployment: {which} recorded, but missing from the endpoint",),
+            found=True,
+        )
+    return Live(
+        True,
+        False,
+        f"endpoint {endpoint.name} exists, but no deployment takes its traffic; it is not recorded here",
+        found=True,
+    )
 
 
 def observed(endpoint: Any, deployment: Any, spec: Spec | None, stamp: Mapping[str, str] | None) -> dict[str, Any]:
@@ -93,8 +125,10 @@ def observed(endpoint: Any, deployment: Any, spec: Spec | None, stamp: Mapping[s
 def _flat_inputs(spec: Spec) -> dict[str, Any]:
     """The spec's values under the field names observed() uses, to compare numbers by value."""
     settings = spec.deploy.settings()
-    return {"deploy.azureml.replicas": settings.get("replicas"),
-            "deploy.request_timeout_ms": spec.deploy.request_timeout_ms}
+    return {
+        "deploy.azureml.replicas": settings.get("replicas"),
+        "deploy.request_timeout_ms": spec.deploy.request_timeout_ms,
+    }
 
 
 def drift_of(endpoint: Any, deployment: Any, record: Mapping[str, Any]) -> list[str]:

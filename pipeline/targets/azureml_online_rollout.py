@@ -1,4 +1,5 @@
 """The blue/green procedure of target `azureml-online`: stage beside the live deployment, promote, retire, discard."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,10 @@ class BlueGreen:
         old = serving(before)
         new = next_deployment(old)
         if before.get(new):
-            raise TargetError(f"endpoint {name} splits its traffic {before}: blue/green needs one deployment taking "
-                              f"all of it; route 100% to one (az ml online-endpoint update --traffic) and run again")
+            raise TargetError(
+                f"endpoint {name} splits its traffic {before}: blue/green needs one deployment taking "
+                f"all of it; route 100% to one (az ml online-endpoint update --traffic) and run again"
+            )
         deployment.name = new
         deployment.tags = common.stamped_tags(deployment.tags, request.stamp)
         beside = f" beside {old}" if old else ""
@@ -59,7 +62,8 @@ class BlueGreen:
             failure = common.excerpt(exc)
         if failure:
             logs = common.logs_section(
-                lambda n: client.online_deployments.get_logs(name=new, endpoint_name=name, lines=n), "deployment")
+                lambda n: client.online_deployments.get_logs(name=new, endpoint_name=name, lines=n), "deployment"
+            )
             left = self._clean_failed(client, name, new, created, request.service_dir)
             raise TargetError(f"deployment {new} of endpoint {name} failed: {failure}{logs}\n{left}")
         try:
@@ -69,10 +73,18 @@ class BlueGreen:
             raise
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"endpoint {name}: {common.excerpt(exc)}") from None
-        record = live_side.record_of(client, live, staged, config=config, model_sha256=self._model_sha256(request),
-                                     traffic={})
-        return record.stamped(extra={**record.extra, "staged": True, "replaces": old, "traffic_before": before,
-                                     "created_endpoint": created})
+        record = live_side.record_of(
+            client, live, staged, config=config, model_sha256=self._model_sha256(request), traffic={}
+        )
+        return record.stamped(
+            extra={
+                **record.extra,
+                "staged": True,
+                "replaces": old,
+                "traffic_before": before,
+                "created_endpoint": created,
+            }
+        )
 
     def promote(self, candidate: ServiceRecord, request: DeployRequest) -> ServiceRecord:
         """All the traffic to the tested deployment, in the PUT that gives the endpoint the spec's tags and stamp."""
@@ -83,8 +95,9 @@ class BlueGreen:
         endpoint.traffic = {new: 100}
         endpoint.tags = common.stamped_tags(endpoint.tags, request.stamp)  # the endpoint says what it now serves
         request.console.progress(f"{name}: routing all traffic to {new}")
-        self._wait(lambda: client.online_endpoints.begin_create_or_update(endpoint),
-                   f"routing the traffic of {name} to {new}")
+        self._wait(
+            lambda: client.online_endpoints.begin_create_or_update(endpoint), f"routing the traffic of {name} to {new}"
+        )
         try:
             live = client.online_endpoints.get(name=name)
             deployment = client.online_deployments.get(name=new, endpoint_name=name)
@@ -94,8 +107,9 @@ class BlueGreen:
             raise
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"endpoint {name}: {common.excerpt(exc)}") from None
-        return live_side.record_of(client, live, deployment, config=common.recorded_config(info),
-                                   model_sha256=candidate.model_sha256)
+        return live_side.record_of(
+            client, live, deployment, config=common.recorded_config(info), model_sha256=candidate.model_sha256
+        )
 
     def retire_previous(self, previous: ServiceRecord, request: DeployRequest) -> str:
         """Delete the deployment the previous record names, once it takes no traffic (Azure drains it first)."""
@@ -127,8 +141,10 @@ class BlueGreen:
             before = weights_of(info.get("traffic_before"))
             if weights_of(endpoint.traffic).get(new):  # a promotion cut short: give the old one its traffic back
                 endpoint.traffic = before
-                self._wait(lambda: client.online_endpoints.begin_create_or_update(endpoint),
-                           f"routing the traffic of {name} back")
+                self._wait(
+                    lambda: client.online_endpoints.begin_create_or_update(endpoint),
+                    f"routing the traffic of {name} back",
+                )
             if info.get("created_endpoint"):  # nothing served before this deploy: leave nothing behind
                 self._wait(lambda: client.online_endpoints.begin_delete(name=name), f"deleting endpoint {name}")
                 keyfile.remove(service_dir)

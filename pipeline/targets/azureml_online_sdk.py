@@ -1,4 +1,5 @@
 """What target `azureml-online` asks of azure-ai-ml offline: the client, the YAML loaders, VM sizes, SDK values."""
+
 from __future__ import annotations
 
 import json
@@ -66,11 +67,15 @@ def instance_type(spec: Spec) -> tuple[str, str]:
         return given, "instance_type: from deploy.azureml.instance_type"
     chosen = common.choose_instance_type(spec.deploy.cpu_cores, spec.deploy.memory_gb)
     if chosen is None:  # pipeline.rules rejects such a spec; this is the last line of defence
-        raise RenderError(f"no VM size in the table has {spec.deploy.cpu_cores} cores and {spec.deploy.memory_gb} GB; "
-                          "set deploy.azureml.instance_type")
+        raise RenderError(
+            f"no VM size in the table has {spec.deploy.cpu_cores} cores and {spec.deploy.memory_gb} GB; "
+            "set deploy.azureml.instance_type"
+        )
     cores, memory = next((c, m) for n, c, m in common.INSTANCE_TYPES if n == chosen)
-    return chosen, (f"instance_type: the smallest size with >= {spec.deploy.cpu_cores} cores and >= "
-                    f"{spec.deploy.memory_gb} GB ({cores} cores, {memory} GB); set deploy.azureml.instance_type to override")
+    return chosen, (
+        f"instance_type: the smallest size with >= {spec.deploy.cpu_cores} cores and >= "
+        f"{spec.deploy.memory_gb} GB ({cores} cores, {memory} GB); set deploy.azureml.instance_type to override"
+    )
 
 
 def load(folder: Path, model_path: Path | None = None) -> tuple[Any, Any]:

@@ -1,4 +1,5 @@
 """The network boundary of the SDK v1 targets: every azureml-core call that talks to Azure, in one place."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,9 +42,11 @@ def non_interactive_auth(environ: Any = None) -> Any:
     if all(environ.get(name) for name in common.SP_ENV):
         from azureml.core.authentication import ServicePrincipalAuthentication
 
-        return ServicePrincipalAuthentication(tenant_id=environ["AZUREML_SERVICE_PRINCIPAL_TENANT_ID"],
-                                              service_principal_id=environ["AZUREML_SERVICE_PRINCIPAL_ID"],
-                                              service_principal_password=environ["AZUREML_SERVICE_PRINCIPAL_PASSWORD"])
+        return ServicePrincipalAuthentication(
+            tenant_id=environ["AZUREML_SERVICE_PRINCIPAL_TENANT_ID"],
+            service_principal_id=environ["AZUREML_SERVICE_PRINCIPAL_ID"],
+            service_principal_password=environ["AZUREML_SERVICE_PRINCIPAL_PASSWORD"],
+        )
     if environ.get("MSI_ENDPOINT"):
         from azureml.core.authentication import MsiAuthentication
 
@@ -71,7 +74,9 @@ class AzureMLv1Api:
 
         return Model(ws, name=name, version=version)
 
-    def register_model(self, ws: Any, *, model_path: str, model_name: str, tags: dict[str, str], description: str) -> Any:
+    def register_model(
+        self, ws: Any, *, model_path: str, model_name: str, tags: dict[str, str], description: str
+    ) -> Any:
         from azureml.core.model import Model
 
         # Model.register refuses any path outside the working directory (model.py _validate_model_path), and the
@@ -85,13 +90,21 @@ class AzureMLv1Api:
 
         return ComputeTarget(ws, name)
 
-    def deploy(self, ws: Any, name: str, models: list[Any], inference_config: Any, deployment_config: Any,
-               deployment_target: Any) -> Any:
+    def deploy(
+        self,
+        ws: Any,
+        name: str,
+        models: list[Any],
+        inference_config: Any,
+        deployment_config: Any,
+        deployment_target: Any,
+    ) -> Any:
         from azureml.core.model import Model
 
         # overwrite=True: a changed spec updates the service in place instead of failing on its name.
-        return Model.deploy(ws, name, models, inference_config, deployment_config,
-                            deployment_target=deployment_target, overwrite=True)
+        return Model.deploy(
+            ws, name, models, inference_config, deployment_config, deployment_target=deployment_target, overwrite=True
+        )
 
     def service(self, ws: Any, name: str) -> Any:
         from azureml.core.webservice import Webservice

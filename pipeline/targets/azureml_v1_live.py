@@ -1,4 +1,5 @@
 """What targets `aci` and `aks` read back from a live SDK v1 web service: its record, drift and observed fields."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -13,12 +14,24 @@ if TYPE_CHECKING:
 
 
 def workspace_info(ws: Any) -> dict[str, Any]:
-    return {"name": getattr(ws, "name", None), "resource_group": getattr(ws, "resource_group", None),
-            "subscription_id": getattr(ws, "subscription_id", None)}
+    return {
+        "name": getattr(ws, "name", None),
+        "resource_group": getattr(ws, "resource_group", None),
+        "subscription_id": getattr(ws, "subscription_id", None),
+    }
 
 
-def record_of(target: str, spec: Spec, ws: Any, service: Any, model: Any, *, config: Path | None,
-              model_sha256: str | None, extra: Mapping[str, Any]) -> ServiceRecord:
+def record_of(
+    target: str,
+    spec: Spec,
+    ws: Any,
+    service: Any,
+    model: Any,
+    *,
+    config: Path | None,
+    model_sha256: str | None,
+    extra: Mapping[str, Any],
+) -> ServiceRecord:
     """The record deploy keeps for a healthy service: the spec's settings, Azure's URIs, state and model."""
     return ServiceRecord(
         target=target,
@@ -57,8 +70,11 @@ def drift_of(service: Any, record: Mapping[str, Any]) -> list[str]:
         live = getattr(resources, attr, None)
         if resources is not None and key in record and live is not None and float(live) != float(record[key]):
             out.append(f"{key}: live {live}, recorded {record[key]}")
-    if "auth" in record and getattr(service, "auth_enabled", None) is not None and \
-            bool(service.auth_enabled) != bool(record["auth"]):
+    if (
+        "auth" in record
+        and getattr(service, "auth_enabled", None) is not None
+        and bool(service.auth_enabled) != bool(record["auth"])
+    ):
         out.append(f"auth: live {bool(service.auth_enabled)}, recorded {bool(record['auth'])}")
     return out
 
@@ -95,7 +111,10 @@ def _flat_spec(spec: Spec) -> dict[str, Any]:
     """The spec's numbers under observed()'s field names: Azure's 1.0 is the spec's 1."""
     settings = spec.deploy.settings()
     scale = settings.get("autoscale") or {}
-    return {"deploy.cpu_cores": spec.deploy.cpu_cores, "deploy.memory_gb": spec.deploy.memory_gb,
-            "deploy.request_timeout_ms": spec.deploy.request_timeout_ms,
-            "deploy.azureml.replicas": settings.get("replicas"),
-            **{f"deploy.azureml.autoscale.{k}": v for k, v in scale.items()}}
+    return {
+        "deploy.cpu_cores": spec.deploy.cpu_cores,
+        "deploy.memory_gb": spec.deploy.memory_gb,
+        "deploy.request_timeout_ms": spec.deploy.request_timeout_ms,
+        "deploy.azureml.replicas": settings.get("replicas"),
+        **{f"deploy.azureml.autoscale.{k}": v for k, v in scale.items()},
+    }

@@ -1,4 +1,5 @@
 """What targets `aci` and `aks` share: an Azure ML SDK v1 web service, deployed, probed, scored and deleted."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,9 @@ class WebserviceTarget(BaseTarget):
     extra: ClassVar[str | None] = common.EXTRA_V1
     packages: ClassVar[Mapping[str, str]] = {"azureml-core": "azureml.core"}
     # Model.deploy(overwrite=True) updates the service where it runs; Azure reports no staged version to test first.
-    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=True, rollout=Rollout.IN_PLACE,
-                                                        auth=frozenset({Auth.KEY}))
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        probe_unrecorded=True, rollout=Rollout.IN_PLACE, auth=frozenset({Auth.KEY})
+    )
     kind = ""  # how Azure names the compute, for messages
     config_file = ""  # the rendered deploy configuration, in `az ml model deploy --deploy-config-file` form
     compared: tuple[str, ...] = ("cpu_cores", "memory_gb", "auth_enabled", "tags", "description")
@@ -79,7 +81,9 @@ class WebserviceTarget(BaseTarget):
         from azureml.core.model import InferenceConfig
 
         try:
-            environment = Environment.from_conda_specification(name=f"{spec.name}-env", file_path=str(build_dir / "myenv.yml"))
+            environment = Environment.from_conda_specification(
+                name=f"{spec.name}-env", file_path=str(build_dir / "myenv.yml")
+            )
             return InferenceConfig(entry_script=str(build_dir / "score.py"), environment=environment)
         except Exception as exc:  # noqa: BLE001  WebserviceException, FileNotFoundError, YAML errors
             raise TargetError(f"inference configuration from {build_dir}: {common.reason(exc)}") from None
@@ -94,8 +98,11 @@ class WebserviceTarget(BaseTarget):
             reviewed = deploy_config_dict_to_obj(data, data.get("tags"), None, data.get("description"))
         except Exception as exc:  # noqa: BLE001  missing file, bad JSON, the SDK's WebserviceException
             raise TargetError(f"{path}: cannot read the rendered deploy configuration: {common.reason(exc)}") from None
-        differ = [f"{key}: file {getattr(reviewed, key)!r}, spec {getattr(config, key)!r}"
-                  for key in self.compared if getattr(reviewed, key) != getattr(config, key)]
+        differ = [
+            f"{key}: file {getattr(reviewed, key)!r}, spec {getattr(config, key)!r}"
+            for key in self.compared
+            if getattr(reviewed, key) != getattr(config, key)
+        ]
         if differ:
             raise TargetError(f"{path} does not match the spec ({'; '.join(differ)}); render again")
 
@@ -133,20 +140,24 @@ class WebserviceTarget(BaseTarget):
         except Exception as exc:  # noqa: BLE001  WebserviceException: failed, timed out, unknown
             failure = common.excerpt(exc)
         if failure:
-            raise TargetError(f"{self.kind} service {spec.name} did not become healthy within "
-                              f"{spec.deploy.ready_timeout_s} s: {failure}"
-                              f"{common.logs_section(lambda n: service.get_logs(num_lines=n), 'service')}")
+            raise TargetError(
+                f"{self.kind} service {spec.name} did not become healthy within "
+                f"{spec.deploy.ready_timeout_s} s: {failure}"
+                f"{common.logs_section(lambda n: service.get_logs(num_lines=n), 'service')}"
+            )
         if spec.deploy.auth:
             try:
                 primary, secondary = service.get_keys()
             except Exception as exc:  # noqa: BLE001
-                raise TargetError(f"{self.kind} service {spec.name} is healthy, but its keys could not be read: "
-                                  f"{common.reason(exc)}") from None
+                raise TargetError(
+                    f"{self.kind} service {spec.name} is healthy, but its keys could not be read: {common.reason(exc)}"
+                ) from None
             keyfile.write(request.service_dir, primary, secondary)
         else:
             keyfile.remove(request.service_dir)  # a key from an earlier deploy would only mislead
-        return live_side.record_of(self.name, spec, ws, service, model, config=config_path, model_sha256=digest,
-                                   extra=self._record_extra(spec))
+        return live_side.record_of(
+            self.name, spec, ws, service, model, config=config_path, model_sha256=digest, extra=self._record_extra(spec)
+        )
 
     def _record_extra(self, spec: Spec) -> dict[str, Any]:
         return {}
@@ -161,25 +172,36 @@ class WebserviceTarget(BaseTarget):
             try:
                 return self.api.get_model(ws, spec.model.name, spec.model.version), spec.model.sha256
             except Exception as exc:  # noqa: BLE001
-                raise TargetError(f"model {spec.model.name}:{spec.model.version} in workspace "
-                                  f"{getattr(ws, 'name', '?')}: {common.reason(exc)}") from None
+                raise TargetError(
+                    f"model {spec.model.name}:{spec.model.version} in workspace "
+                    f"{getattr(ws, 'name', '?')}: {common.reason(exc)}"
+                ) from None
         from pipeline.files import sha256_path
 
         digest = spec.model.sha256 or sha256_path(request.model_path)
         previous = request.previous.to_dict() if request.previous else {}
-        if previous.get("model_sha256") == digest and previous.get("model_version") and \
-                previous.get("workspace") == live_side.workspace_info(ws):
+        if (
+            previous.get("model_sha256") == digest
+            and previous.get("model_version")
+            and previous.get("workspace") == live_side.workspace_info(ws)
+        ):
             # The same bytes were registered by the last deploy: reuse that version, don't pile up new ones.
             with contextlib.suppress(Exception):
                 model = self.api.get_model(ws, spec.model.name, previous["model_version"])
                 if (model.tags or {}).get("sha256") == digest:
                     return model, digest
         try:
-            model = self.api.register_model(ws, model_path=str(request.model_path), model_name=spec.model.name,
-                                            tags={**spec.tags, "sha256": digest}, description=spec.description)
+            model = self.api.register_model(
+                ws,
+                model_path=str(request.model_path),
+                model_name=spec.model.name,
+                tags={**spec.tags, "sha256": digest},
+                description=spec.description,
+            )
         except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"registering model {spec.model.name} in workspace {getattr(ws, 'name', '?')}: "
-                              f"{common.reason(exc)}") from None
+            raise TargetError(
+                f"registering model {spec.model.name} in workspace {getattr(ws, 'name', '?')}: {common.reason(exc)}"
+            ) from None
         request.console.progress(f"{spec.name}: registered model {model.id}")
         return model, digest
 
@@ -199,20 +221,39 @@ class WebserviceTarget(BaseTarget):
             if not common.is_not_found(exc):
                 return Live(False, False, f"cannot read {self.kind} service {name}: {common.reason(exc)}")
             if not recorded:
-                return Live(True, False, f"workspace {ws.name} is reachable; {self.kind} service {name} does not exist "
-                            "yet", found=False)
-            return Live(True, False, f"{self.kind} service {name} not found in workspace {ws.name}",
-                        ("service: recorded, but missing from the workspace",), found=False)
+                return Live(
+                    True,
+                    False,
+                    f"workspace {ws.name} is reachable; {self.kind} service {name} does not exist yet",
+                    found=False,
+                )
+            return Live(
+                True,
+                False,
+                f"{self.kind} service {name} not found in workspace {ws.name}",
+                ("service: recorded, but missing from the workspace",),
+                found=False,
+            )
         state = getattr(service, "state", None)
         healthy = state == "Healthy"
         stamp = common.stamp_of(getattr(service, "tags", None))
         detail = f"{self.kind} service {name} is {state}" + (f" at {service.scoring_uri}" if healthy else "")
         if not recorded:
-            detail += ("; it is not recorded here, and carries pipeline's stamp" if stamp else
-                       f"; it is not recorded here and carries no stamp of pipeline: deploy will overwrite it in "
-                       f"workspace {ws.name}")
-        return Live(True, healthy, detail, tuple(live_side.drift_of(service, info)), found=True, stamp=stamp,
-                    observed=live_side.observed(service, spec, stamp))
+            detail += (
+                "; it is not recorded here, and carries pipeline's stamp"
+                if stamp
+                else f"; it is not recorded here and carries no stamp of pipeline: deploy will overwrite it in "
+                f"workspace {ws.name}"
+            )
+        return Live(
+            True,
+            healthy,
+            detail,
+            tuple(live_side.drift_of(service, info)),
+            found=True,
+            stamp=stamp,
+            observed=live_side.observed(service, spec, stamp),
+        )
 
     def adopt(self, live: Live, spec: Spec) -> ServiceRecord | None:
         """The record deploy would have kept for the stamped service of the spec's name (read again from Azure)."""
@@ -226,8 +267,16 @@ class WebserviceTarget(BaseTarget):
             return None
         stamp = common.stamp_of(getattr(service, "tags", None)) or {}
         models = getattr(service, "models", None) or [None]
-        record = live_side.record_of(self.name, spec, ws, service, models[0], config=config,
-                                     model_sha256=stamp.get(STAMP_MODEL) or None, extra=self._record_extra(spec))
+        record = live_side.record_of(
+            self.name,
+            spec,
+            ws,
+            service,
+            models[0],
+            config=config,
+            model_sha256=stamp.get(STAMP_MODEL) or None,
+            extra=self._record_extra(spec),
+        )
         return record.stamped(digest=stamp.get(STAMP_DIGEST))
 
     def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
@@ -240,8 +289,9 @@ class WebserviceTarget(BaseTarget):
             try:
                 headers["Authorization"] = "Bearer " + service.get_access_token().access_token
             except Exception as exc:  # noqa: BLE001
-                raise TargetError(f"cannot get a token for {record.extra.get('service')}: "
-                                  f"{common.reason(exc)}") from None
+                raise TargetError(
+                    f"cannot get a token for {record.extra.get('service')}: {common.reason(exc)}"
+                ) from None
         assert record.scoring_uri is not None
         return http.post(record.scoring_uri, body, headers, timeout)
 
@@ -253,8 +303,9 @@ class WebserviceTarget(BaseTarget):
                 primary, secondary = self._service(record).get_keys()
             except Exception as exc:  # noqa: BLE001  TargetError (cannot ask), WebserviceException
                 reason = str(exc) if isinstance(exc, TargetError) else common.reason(exc)
-                raise TargetError(f"no key for {self.kind} service {name} in {service_dir}, and Azure did not give "
-                                  f"it: {reason}") from None
+                raise TargetError(
+                    f"no key for {self.kind} service {name} in {service_dir}, and Azure did not give it: {reason}"
+                ) from None
             keyfile.write(service_dir, primary, secondary)
         return keyfile.read_primary(service_dir)
 
@@ -288,8 +339,7 @@ class WebserviceTarget(BaseTarget):
         except TargetError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"cannot read the logs of {record.extra.get('service')}: "
-                              f"{common.reason(exc)}") from None
+            raise TargetError(f"cannot read the logs of {record.extra.get('service')}: {common.reason(exc)}") from None
 
     # -- helpers ---------------------------------------------------------------------------------
     def _sdk(self) -> None:

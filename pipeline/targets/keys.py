@@ -1,4 +1,5 @@
 """A service's auth keys, in one layout for every target: service_dir/keys.json, mode 0600, never printed."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ def read_primary(service_dir: Path) -> str:
     try:
         return str(json.loads(path.read_text(encoding="utf-8"))["primary"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TargetError(f"cannot read the service key in {path} ({type(exc).__name__}); deploy again to fetch it") from None
+        raise TargetError(
+            f"cannot read the service key in {path} ({type(exc).__name__}); deploy again to fetch it"
+        ) from None
 
 
 def read(service_dir: Path) -> dict[str, str]:

@@ -1,4 +1,5 @@
 """The kubernetes target's cluster half: the official client, server-side apply, rollout status, pods' events, logs."""
+
 from __future__ import annotations
 
 import base64
@@ -43,9 +44,9 @@ def require() -> Any:
 class Cluster:
     """One API server, as a kubeconfig context (or the pod's service account) names it."""
 
-    api: Any                 # kubernetes.client.ApiClient
-    context: str | None      # the kubeconfig context used; None in a pod
-    server: str              # the API server's URL
+    api: Any  # kubernetes.client.ApiClient
+    context: str | None  # the kubeconfig context used; None in a pod
+    server: str  # the API server's URL
 
     # -- objects -----------------------------------------------------------------------------
     def _method(self, verb: str, kind: str) -> Callable[..., Any]:
@@ -59,9 +60,16 @@ class Cluster:
     def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         """Server-side apply, field manager `pipeline`; the spec is the source of truth, so conflicts are forced."""
         meta = obj["metadata"]
-        response = self._call(self._method("patch", obj["kind"]), meta["name"], meta["namespace"], dict(obj),
-                              field_manager=FIELD_MANAGER, force=True, dry_run="All" if dry_run else None,
-                              _content_type="application/apply-patch+yaml")
+        response = self._call(
+            self._method("patch", obj["kind"]),
+            meta["name"],
+            meta["namespace"],
+            dict(obj),
+            field_manager=FIELD_MANAGER,
+            force=True,
+            dry_run="All" if dry_run else None,
+            _content_type="application/apply-patch+yaml",
+        )
         return response
 
     def read(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
@@ -96,34 +104,45 @@ class Cluster:
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         from kubernetes import client
 
-        return list(self._call(client.CoreV1Api(self.api).list_namespaced_pod, namespace,
-                               label_selector=selector).get("items", []))
+        return list(
+            self._call(client.CoreV1Api(self.api).list_namespaced_pod, namespace, label_selector=selector).get(
+                "items", []
+            )
+        )
 
     def events(self, namespace: str, involved: str) -> list[dict[str, Any]]:
         from kubernetes import client
 
-        items = self._call(client.CoreV1Api(self.api).list_namespaced_event, namespace,
-                           field_selector=f"involvedObject.name={involved}").get("items", [])
+        items = self._call(
+            client.CoreV1Api(self.api).list_namespaced_event,
+            namespace,
+            field_selector=f"involvedObject.name={involved}",
+        ).get("items", [])
         return sorted(items, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
 
     def log(self, namespace: str, pod: str, tail: int) -> str:
         from kubernetes import client
 
         response: Any = client.CoreV1Api(self.api).read_namespaced_pod_log(  # raw: typed as str, it is not
-            pod, namespace, tail_lines=tail, _preload_content=False, _request_timeout=TIMEOUT)
+            pod, namespace, tail_lines=tail, _preload_content=False, _request_timeout=TIMEOUT
+        )
         return response.data.decode("utf-8", "replace")
 
-    def proxy_post(self, namespace: str, service: str, path: str, body: bytes,
-                   timeout: float) -> tuple[int, bytes, dict[str, str]]:
+    def proxy_post(
+        self, namespace: str, service: str, path: str, body: bytes, timeout: float
+    ) -> tuple[int, bytes, dict[str, str]]:
         """POST through the API server's service proxy, with the kubeconfig's credentials."""
         method, url, headers, _, _ = self.api.param_serialize(
-            "POST", f"/api/v1/namespaces/{namespace}/services/{service}:http/proxy/{path}",
+            "POST",
+            f"/api/v1/namespaces/{namespace}/services/{service}:http/proxy/{path}",
             header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            auth_settings=["BearerToken"])
+            auth_settings=["BearerToken"],
+        )
         import urllib3
 
         response = self.api.rest_client.pool_manager.request(
-            method, url, body=body, headers=headers, timeout=urllib3.Timeout(connect=5, read=timeout), retries=False)
+            method, url, body=body, headers=headers, timeout=urllib3.Timeout(connect=5, read=timeout), retries=False
+        )
         return response.status, response.data, dict(response.headers)
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -157,11 +176,21 @@ class ApiError(TargetError):
         except (TypeError, ValueError):
             body = {}
         message = body.get("message") if isinstance(body, dict) else None
-        causes = tuple(f"{c.get('field', '')}: {c.get('message', '')}".strip(": ")
-                       for c in ((body.get("details") or {}).get("causes") or []) if isinstance(c, dict)) \
-            if isinstance(body, dict) else ()
-        return cls(status, f"{status} {message or getattr(exc, 'reason', '') or 'error'}",
-                   body.get("reason", "") if isinstance(body, dict) else "", causes)
+        causes = (
+            tuple(
+                f"{c.get('field', '')}: {c.get('message', '')}".strip(": ")
+                for c in ((body.get("details") or {}).get("causes") or [])
+                if isinstance(c, dict)
+            )
+            if isinstance(body, dict)
+            else ()
+        )
+        return cls(
+            status,
+            f"{status} {message or getattr(exc, 'reason', '') or 'error'}",
+            body.get("reason", "") if isinstance(body, dict) else "",
+            causes,
+        )
 
 
 def secret_keys(cluster: Cluster, name: str, namespace: str) -> dict[str, str] | None:
@@ -203,8 +232,9 @@ def connect(context: str | None) -> Cluster:
             config.load_incluster_config(client_configuration=configuration)
             used = None
         else:
-            config.load_kube_config(config_file=path, context=context, client_configuration=configuration,
-                                    persist_config=False)
+            config.load_kube_config(
+                config_file=path, context=context, client_configuration=configuration, persist_config=False
+            )
             used = context or config.list_kube_config_contexts(config_file=path)[1].get("name")
     except (config.ConfigException, OSError, TypeError, KeyError, ValueError) as exc:
         where = f"context {context!r} of " if context else ""
@@ -216,10 +246,14 @@ def connect(context: str | None) -> Cluster:
 # -- rollout status, as `kubectl rollout status` decides it ---------------------------------------
 # A container waiting for one of these will not become ready by waiting longer.
 HOPELESS = {
-    "ImagePullBackOff": "the cluster cannot pull the image", "ErrImagePull": "the cluster cannot pull the image",
-    "InvalidImageName": "the image name is invalid", "ErrImageNeverPull": "the image is not on the node",
-    "CrashLoopBackOff": "the container keeps crashing", "CreateContainerConfigError": "the container config is invalid",
-    "CreateContainerError": "the container cannot be created", "RunContainerError": "the container cannot start",
+    "ImagePullBackOff": "the cluster cannot pull the image",
+    "ErrImagePull": "the cluster cannot pull the image",
+    "InvalidImageName": "the image name is invalid",
+    "ErrImageNeverPull": "the image is not on the node",
+    "CrashLoopBackOff": "the container keeps crashing",
+    "CreateContainerConfigError": "the container config is invalid",
+    "CreateContainerError": "the container cannot be created",
+    "RunContainerError": "the container cannot start",
 }
 
 
@@ -254,8 +288,9 @@ def pod_failure(pods: Sequence[Mapping[str, Any]], image: str) -> tuple[str, str
             waiting = (container.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in HOPELESS:
                 message = waiting.get("message") or ""
-                return pod["metadata"]["name"], (f"{HOPELESS[waiting['reason']]} ({waiting['reason']}"
-                                                 + (f": {message}" if message else "") + ")")
+                return pod["metadata"]["name"], (
+                    f"{HOPELESS[waiting['reason']]} ({waiting['reason']}" + (f": {message}" if message else "") + ")"
+                )
     return None
 
 
@@ -263,8 +298,11 @@ def diagnose(cluster: Cluster, namespace: str, selector: str, image: str, tail: 
     """The events and log tail of the new version's pods, for a failure message."""
     lines: list[str] = []
     try:
-        pods = [p for p in cluster.pods(namespace, selector)
-                if any(c.get("image") == image for c in (p.get("spec") or {}).get("containers") or [])]
+        pods = [
+            p
+            for p in cluster.pods(namespace, selector)
+            if any(c.get("image") == image for c in (p.get("spec") or {}).get("containers") or [])
+        ]
     except TargetError as exc:
         return f"\n(the pods could not be listed: {exc})"
     for pod in pods[:3]:

@@ -1,4 +1,5 @@
 """The kubernetes target's offline half: names, labels, quantities, the image tag, and validation of manifests."""
+
 from __future__ import annotations
 
 import ast
@@ -15,11 +16,11 @@ from pipeline.targets.base import STAMP_KEYS
 
 # Imported by the target's rules, so this module must not import pipeline.spec or the kubernetes client.
 
-PREFIX = "ml-deploy-pipeline"          # the domain of our labels and annotations
-FIELD_MANAGER = "pipeline"             # server-side apply's field manager
+PREFIX = "ml-deploy-pipeline"  # the domain of our labels and annotations
+FIELD_MANAGER = "pipeline"  # server-side apply's field manager
 DIGEST_KEY = f"{PREFIX}/inputs-digest"  # on every object: the digest of everything rendered
 SPEC_KEY = f"{PREFIX}/spec"
-TAGS_KEY = f"{PREFIX}/tags"            # the spec's tags, exactly, as JSON (labels can only carry some)
+TAGS_KEY = f"{PREFIX}/tags"  # the spec's tags, exactly, as JSON (labels can only carry some)
 MODEL_KEY = f"{PREFIX}/model"
 DESCRIPTION_KEY = "kubernetes.io/description"
 TAG_LABEL_PREFIX = f"tag.{PREFIX}/"
@@ -30,7 +31,7 @@ MANAGED_LABEL = "app.kubernetes.io/managed-by"
 VALIDATE_VERSIONS = ("1.30", "1.37")
 CONTAINER_PORT = 8080
 SERVICE_PORT = 80
-RUN_AS = 10001                          # a numeric user, so runAsNonRoot can be verified by the kubelet
+RUN_AS = 10001  # a numeric user, so runAsNonRoot can be verified by the kubelet
 APP_DIR = "/app"
 KEYS_DIR = "/etc/pipeline/keys"
 # rendered first with this digest, then every occurrence is replaced by the digest of the rendered files
@@ -43,8 +44,10 @@ _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 # the reference grammar of distribution/reference: [host[:port]/]path[:tag][@digest]
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?)"
-IMAGE_REFERENCE = re.compile(rf"(?P<repo>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
-                             r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?")
+IMAGE_REFERENCE = re.compile(
+    rf"(?P<repo>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+)
 
 
 def is_label_key(key: str) -> bool:
@@ -172,8 +175,9 @@ def validate(files: Mapping[str, str], versions: Iterable[str] = VALIDATE_VERSIO
                     kubernetes_validate.validate(obj, version, strict=True)
                 except kubernetes_validate.ValidationError as exc:
                     field = ".".join(str(p) for p in exc.path) or "(the object)"
-                    raise RenderError(f"{where} is not valid for Kubernetes {exc.version}: {field}: "
-                                      f"{exc.message}") from None
+                    raise RenderError(
+                        f"{where} is not valid for Kubernetes {exc.version}: {field}: {exc.message}"
+                    ) from None
                 except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as exc:
                     raise RenderError(f"{where}: {exc.message}") from None
             problem = metadata_problem(obj)

@@ -1,4 +1,5 @@
 """The kubernetes target's steps against a cluster: apply, wait for the rollout, undo, prune, probe, delete, keys."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,16 @@ def refusal(exc: ApiError, obj: Mapping[str, Any]) -> str:
     return f"the API server refused {label(obj)}: {exc}" + (f" ({causes})" if causes and causes not in str(exc) else "")
 
 
-def wait(cluster: Cluster, deployment: Mapping[str, Any], image: str, timeout_s: float, console: Console, *,
-         sleep: Callable[[float], None], clock: Callable[[], float]) -> str:
+def wait(
+    cluster: Cluster,
+    deployment: Mapping[str, Any],
+    image: str,
+    timeout_s: float,
+    console: Console,
+    *,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> str:
     """Until the Deployment's new version is available; a pod that cannot start fails it at once."""
     name, namespace = deployment["metadata"]["name"], deployment["metadata"]["namespace"]
     selector = ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"]["matchLabels"].items()))
@@ -59,8 +68,10 @@ def wait(cluster: Cluster, deployment: Mapping[str, Any], image: str, timeout_s:
             raise TargetError(f"deployment {name}: {state}{diagnose(cluster, namespace, selector, image)}")
         elapsed = clock() - start
         if elapsed > timeout_s:
-            raise TargetError(f"deployment {name} was not available after {timeout_s} s (deploy.ready_timeout_s): "
-                              f"{state}{diagnose(cluster, namespace, selector, image)}")
+            raise TargetError(
+                f"deployment {name} was not available after {timeout_s} s (deploy.ready_timeout_s): "
+                f"{state}{diagnose(cluster, namespace, selector, image)}"
+            )
         console.progress(f"deploy: rollout of {name}: {state} ({elapsed:.0f} s)")
         sleep(min(1.0, 0.1 + elapsed / 10))
 
@@ -74,8 +85,10 @@ def undo(cluster: Cluster, previous: Mapping[str, Any] | None, existed: bool, na
                     cluster.apply(obj)
             return "\nthe previous version was applied again and keeps serving (maxUnavailable 0)"
         if existed:
-            return ("\nthe objects existed before this deploy and are not recorded here: they stay as applied, and "
-                    "the pods that were ready keep serving until new ones are (maxUnavailable 0)")
+            return (
+                "\nthe objects existed before this deploy and are not recorded here: they stay as applied, and "
+                "the pods that were ready keep serving until new ones are (maxUnavailable 0)"
+            )
         removed = delete_owned(cluster, name, namespace)
         return f"\nremoved what this deploy created: {', '.join(removed)}" if removed else ""
     except TargetError as exc:
@@ -104,21 +117,34 @@ def delete_owned(cluster: Cluster, name: str, namespace: str) -> list[str]:
     return removed
 
 
-def probe(cluster: Cluster, record: Mapping[str, Any], spec: Spec | None, name: str, namespace: str, *,
-          recorded: bool) -> Live:
+def probe(
+    cluster: Cluster, record: Mapping[str, Any], spec: Spec | None, name: str, namespace: str, *, recorded: bool
+) -> Live:
     """Health from the Deployment's status, drift from the recorded objects, the stamp, and what applying the
     spec would do (a server-side dry run, whose refusal plan shows as its error)."""
     deployment = cluster.read("Deployment", name, namespace)
     preview, refused = _preview(cluster, spec) if spec is not None else ("", None)
     if deployment is None:
         if recorded:
-            return Live(True, False, f"deployment {name} not found in namespace {namespace}",
-                        (f"deployment/{name}: recorded, but missing from the cluster",), refusal=refused, found=False)
-        return Live(True, False, f"the cluster at {cluster.server} is reachable; namespace {namespace} has no "
-                    f"deployment {name} yet", refusal=refused, found=False)
+            return Live(
+                True,
+                False,
+                f"deployment {name} not found in namespace {namespace}",
+                (f"deployment/{name}: recorded, but missing from the cluster",),
+                refusal=refused,
+                found=False,
+            )
+        return Live(
+            True,
+            False,
+            f"the cluster at {cluster.server} is reachable; namespace {namespace} has no deployment {name} yet",
+            refusal=refused,
+            found=False,
+        )
     done, state = rollout_state(deployment)
-    available = next((c for c in (deployment.get("status") or {}).get("conditions") or []
-                      if c.get("type") == "Available"), None)
+    available = next(
+        (c for c in (deployment.get("status") or {}).get("conditions") or [] if c.get("type") == "Available"), None
+    )
     if available is not None and available.get("status") != "True":
         why = available.get("reason") or available.get("message") or "no reason given"
         done, state = False, f"not available ({why})"
@@ -140,8 +166,9 @@ def probe(cluster: Cluster, record: Mapping[str, Any], spec: Spec | None, name: 
         detail += f"; it is not recorded here (rendered digest {digest[:12] or 'none'})"
     if preview:
         detail += f"; {preview}"
-    return Live(True, done, detail, tuple(drift), refusal=refused, found=True, stamp=stamp,
-                observed=observed(deployment, stamp))
+    return Live(
+        True, done, detail, tuple(drift), refusal=refused, found=True, stamp=stamp, observed=observed(deployment, stamp)
+    )
 
 
 def observed(deployment: Mapping[str, Any], stamp: Mapping[str, str] | None) -> dict[str, Any]:
@@ -158,7 +185,7 @@ def observed(deployment: Mapping[str, Any], stamp: Mapping[str, str] | None) -> 
     limits = (limits[0].get("resources") or {}).get("limits") or {}
     from kubernetes.utils.quantity import parse_quantity
 
-    for key, field, unit in (("cpu", "deploy.cpu_cores", 1), ("memory", "deploy.memory_gb", 1024 ** 3)):
+    for key, field, unit in (("cpu", "deploy.cpu_cores", 1), ("memory", "deploy.memory_gb", 1024**3)):
         try:
             value = parse_quantity(limits[key]) / unit
         except (KeyError, TypeError, ValueError):
@@ -181,8 +208,12 @@ def _preview(cluster: Cluster, spec: Spec) -> tuple[str, str | None]:
         files = render.render_all(spec)
     except RenderError:
         return "", None  # the render stage reports it
-    objects = [o for name, text in sorted(files.items()) if name.startswith("k8s/") and name != "k8s/kustomization.yaml"
-               for o in km.documents(text, name)]
+    objects = [
+        o
+        for name, text in sorted(files.items())
+        if name.startswith("k8s/") and name != "k8s/kustomization.yaml"
+        for o in km.documents(text, name)
+    ]
     changes: list[str] = []
     for obj in objects:
         try:
@@ -259,8 +290,11 @@ def manifests(build_dir: Path) -> list[dict[str, Any]]:
     try:
         # exactly the files kustomization.yaml lists: a stale file left in the folder is never applied
         kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8")) or {}
-        objects = [obj for name in kustomization.get("resources") or []
-                   for obj in km.documents((folder / name).read_text(encoding="utf-8"), f"k8s/{name}")]
+        objects = [
+            obj
+            for name in kustomization.get("resources") or []
+            for obj in km.documents((folder / name).read_text(encoding="utf-8"), f"k8s/{name}")
+        ]
     except (OSError, yaml.YAMLError, RenderError) as exc:
         raise TargetError(f"{folder}: cannot read the rendered manifests ({exc}): render again") from None
     if not any(o["kind"] == "Deployment" for o in objects):
@@ -287,11 +321,17 @@ def keys(cluster: kapi.Cluster, name: str, namespace: str, service_dir: Path, *,
 def keys_secret(spec: Spec, namespace: str, service_dir: Path) -> dict[str, Any]:
     """deploy.auth's keys as a Secret the Deployment mounts; never rendered into a file anyone reviews."""
     text = (service_dir / keyfile.KEYS_FILE).read_text(encoding="utf-8")
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": f"{spec.name}-keys", "namespace": namespace,
-                         "labels": {km.INSTANCE_LABEL: spec.name, km.NAME_LABEL: spec.name,
-                                    km.MANAGED_LABEL: "pipeline"}},
-            "stringData": {keyfile.KEYS_FILE: text}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": f"{spec.name}-keys",
+            "namespace": namespace,
+            "labels": {km.INSTANCE_LABEL: spec.name, km.NAME_LABEL: spec.name, km.MANAGED_LABEL: "pipeline"},
+        },
+        "stringData": {keyfile.KEYS_FILE: text},
+    }
 
 
 def secret_stub(secret: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,19 +37,45 @@ SETTINGS_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "default": {},
     "properties": {
-        "port": {"description": "Port on 127.0.0.1; 0 = any free port, chosen by the first deploy and kept for the "
-                 "life of the service.", "type": "integer", "minimum": 0, "maximum": 65535, "default": 0},
-        "header_timeout_s": {"description": "Seconds a client has to send a request's line and headers, from the "
-                             "connection's start or the request's first byte; then 408 and the connection is closed.",
-                             "type": "number", "exclusiveMinimum": 0, "maximum": 300, "default": 10},
-        "body_timeout_s": {"description": "Seconds a client has to send a request's body once its headers are in; "
-                           "then 408 and the connection is closed.",
-                           "type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 30},
-        "keep_alive_s": {"description": "Seconds an idle keep-alive connection stays open between two requests.",
-                         "type": "number", "exclusiveMinimum": 0, "maximum": 300, "default": 5},
-        "max_connections": {"description": "Open connections per worker; past it the longest-idle one is closed, or "
-                            "the new one answered 503 when none is idle.",
-                            "type": "integer", "minimum": 1, "maximum": 100000, "default": 1024},
+        "port": {
+            "description": "Port on 127.0.0.1; 0 = any free port, chosen by the first deploy and kept for the "
+            "life of the service.",
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 65535,
+            "default": 0,
+        },
+        "header_timeout_s": {
+            "description": "Seconds a client has to send a request's line and headers, from the "
+            "connection's start or the request's first byte; then 408 and the connection is closed.",
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 300,
+            "default": 10,
+        },
+        "body_timeout_s": {
+            "description": "Seconds a client has to send a request's body once its headers are in; "
+            "then 408 and the connection is closed.",
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 3600,
+            "default": 30,
+        },
+        "keep_alive_s": {
+            "description": "Seconds an idle keep-alive connection stays open between two requests.",
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 300,
+            "default": 5,
+        },
+        "max_connections": {
+            "description": "Open connections per worker; past it the longest-idle one is closed, or "
+            "the new one answered 503 when none is idle.",
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100000,
+            "default": 1024,
+        },
     },
 }
 
@@ -76,14 +102,26 @@ class LocalService:
     def of(cls, record: ServiceRecord) -> LocalService:
         extra = record.extra
         try:
-            values = {"pid": extra["pid"], "config": extra["config"], "health_uri": extra["health_uri"],
-                      "log": extra.get("log") or str(Path(extra["config"]).parent / "service.log"),
-                      "port": extra.get("port"), "app_files": extra.get("app_files") or {},
-                      "model_file": extra.get("model_file"), "model_stamp": extra.get("model_stamp")}
+            values = {
+                "pid": extra["pid"],
+                "config": extra["config"],
+                "health_uri": extra["health_uri"],
+                "log": extra.get("log") or str(Path(extra["config"]).parent / "service.log"),
+                "port": extra.get("port"),
+                "app_files": extra.get("app_files") or {},
+                "model_file": extra.get("model_file"),
+                "model_stamp": extra.get("model_stamp"),
+            }
         except (KeyError, TypeError) as exc:
             raise StateError(f"the local service record is damaged: {exc} is missing") from None
-        kinds: dict[str, tuple[type, ...]] = {"pid": (int,), "config": (str,), "health_uri": (str,), "log": (str,),
-                                              "port": (int, type(None)), "app_files": (dict,)}
+        kinds: dict[str, tuple[type, ...]] = {
+            "pid": (int,),
+            "config": (str,),
+            "health_uri": (str,),
+            "log": (str,),
+            "port": (int, type(None)),
+            "app_files": (dict,),
+        }
         for key, kind in kinds.items():
             if not isinstance(values[key], kind) or isinstance(values[key], bool):
                 raise StateError(f"the local service record is damaged: {key} is {values[key]!r}")
@@ -103,15 +141,23 @@ class LocalTarget(BaseTarget):
     summary: ClassVar[str] = "this machine, no cloud and no Docker"
     settings_key: ClassVar[str] = "local"
     settings_schema: ClassVar[Mapping[str, Any]] = SETTINGS_SCHEMA
-    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=False, rollout=Rollout.SIDE_BY_SIDE,
-                                                        auth=frozenset({Auth.KEY}))
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        probe_unrecorded=False, rollout=Rollout.SIDE_BY_SIDE, auth=frozenset({Auth.KEY})
+    )
 
     def render(self, spec: Spec, env: Any, values: Mapping[str, Any]) -> dict[str, str]:
         """local.json: the service settings a reviewer should see change (workers, memory, timeout, port)."""
-        settings = {**resources(spec), "port": spec.deploy.block("local")["port"], "auth": spec.deploy.auth,
-                    "tags": dict(spec.tags), "description": spec.description}
-        return {"local.json": json.dumps(settings, indent=2, sort_keys=True) + "\n",
-                "swagger.json": json.dumps(openapi.document(spec), indent=2, sort_keys=True) + "\n"}
+        settings = {
+            **resources(spec),
+            "port": spec.deploy.block("local")["port"],
+            "auth": spec.deploy.auth,
+            "tags": dict(spec.tags),
+            "description": spec.description,
+        }
+        return {
+            "local.json": json.dumps(settings, indent=2, sort_keys=True) + "\n",
+            "swagger.json": json.dumps(openapi.document(spec), indent=2, sort_keys=True) + "\n",
+        }
 
     def describe_update(self, record: ServiceRecord | None, spec: Spec) -> str:
         port = _port_for(spec, _running(record))
@@ -146,8 +192,15 @@ class LocalTarget(BaseTarget):
         try:
             with interrupts.held():  # an interrupt during the start is raised once `process` is known
                 process = host.start(config_file, log_file, app_dir)
-            ready = host.wait_for(process, ready_file, log_file, spec.deploy.ready_timeout_s,
-                                  lambda r: bool(r.get("staging_uri")), request.console.progress, "ready")
+            ready = host.wait_for(
+                process,
+                ready_file,
+                log_file,
+                spec.deploy.ready_timeout_s,
+                lambda r: bool(r.get("staging_uri")),
+                request.console.progress,
+                "ready",
+            )
             staging = f"http://127.0.0.1:{ready['staging_port']}"
             return ServiceRecord(
                 target=self.name,
@@ -181,11 +234,15 @@ class LocalTarget(BaseTarget):
         log_file = Path(new.log)
         host.signal_group(new.pid, signal.SIGUSR1)
         ready_file = new.folder / "ready.json"
-        ready = _wait_ready_file(new, ready_file, log_file, request.spec.deploy.ready_timeout_s,
-                                 lambda r: bool(r.get("live")), request)
+        ready = _wait_ready_file(
+            new, ready_file, log_file, request.spec.deploy.ready_timeout_s, lambda r: bool(r.get("live")), request
+        )
         base = f"http://127.0.0.1:{ready['port']}"
         extra = {k: v for k, v in candidate.extra.items() if k != "staging"} | {
-            "health_uri": f"{base}/", "port": ready["port"], "workers": ready.get("workers", [])}
+            "health_uri": f"{base}/",
+            "port": ready["port"],
+            "workers": ready.get("workers", []),
+        }
         return ServiceRecord(self.name, f"{base}/score", candidate.auth, f"{base}/swagger.json", extra)
 
     def retire(self, previous: ServiceRecord, request: DeployRequest) -> str:
@@ -230,15 +287,31 @@ class LocalTarget(BaseTarget):
         try:
             body = http.get(service.health_uri, timeout=2, limit=200).body
         except OSError as exc:
-            return Live(True, False, f"process {service.pid} is running but {service.health_uri} does not answer "
-                        f"({getattr(exc, 'reason', exc)})", tuple(drift))
+            return Live(
+                True,
+                False,
+                f"process {service.pid} is running but {service.health_uri} does not answer "
+                f"({getattr(exc, 'reason', exc)})",
+                tuple(drift),
+            )
         if body.strip() != b"Healthy":
             return Live(True, False, f"{service.health_uri} answered {body[:40]!r}, not Healthy", tuple(drift))
         strays = [pid for pid in host.hosts_under(service.folder.parent.parent) if pid != service.pid]
-        stray = (f"; {len(strays)} process(es) of an unfinished deploy still run (pid {', '.join(map(str, strays))}): "
-                 "`run` or `delete` stops them") if strays else ""
-        return Live(True, True, f"healthy at {record.scoring_uri} (pid {service.pid}){_incidents(service.folder)}"
-                    f"{stray}", tuple(drift), stamp=_read_stamp(service.folder))
+        stray = (
+            (
+                f"; {len(strays)} process(es) of an unfinished deploy still run (pid {', '.join(map(str, strays))}): "
+                "`run` or `delete` stops them"
+            )
+            if strays
+            else ""
+        )
+        return Live(
+            True,
+            True,
+            f"healthy at {record.scoring_uri} (pid {service.pid}){_incidents(service.folder)}{stray}",
+            tuple(drift),
+            stamp=_read_stamp(service.folder),
+        )
 
     def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
         headers = {"Authorization": "Bearer " + keys.read_primary(service_dir)} if record.auth else {}
@@ -304,8 +377,9 @@ def _new_release(service_dir: Path) -> Path:
     return release
 
 
-def _wait_ready_file(service: LocalService, ready_file: Path, log_file: Path, timeout_s: float,
-                     done: Any, request: DeployRequest) -> dict[str, Any]:
+def _wait_ready_file(
+    service: LocalService, ready_file: Path, log_file: Path, timeout_s: float, done: Any, request: DeployRequest
+) -> dict[str, Any]:
     """Poll a host we did not start in this process (no Popen handle): by its pid."""
     import time
 
@@ -318,11 +392,15 @@ def _wait_ready_file(service: LocalService, ready_file: Path, log_file: Path, ti
         except (OSError, ValueError):
             pass
         if not service.running():
-            raise TargetError(f"the new version (pid {service.pid}) exited before it took over the port; "
-                              f"last lines of {log_file}:\n{host.indent(host.this_deploy(log_file, 20))}")
+            raise TargetError(
+                f"the new version (pid {service.pid}) exited before it took over the port; "
+                f"last lines of {log_file}:\n{host.indent(host.this_deploy(log_file, 20))}"
+            )
         if time.monotonic() > deadline:
-            raise TargetError(f"the new version did not take over the port within {timeout_s:g} s; "
-                              f"last lines of {log_file}:\n{host.indent(host.this_deploy(log_file, 20))}")
+            raise TargetError(
+                f"the new version did not take over the port within {timeout_s:g} s; "
+                f"last lines of {log_file}:\n{host.indent(host.this_deploy(log_file, 20))}"
+            )
         request.console.progress("deploy: the new version joins the service's port")
         time.sleep(0.02)
 
@@ -348,8 +426,11 @@ def _retire(old: LocalService, record: ServiceRecord | None) -> str:
 
 def resources(spec: Spec) -> dict[str, Any]:
     """The spec's resources as the host enforces them: cores -> worker processes, GB -> a hard limit in MB."""
-    return {"workers": workers_for(spec.deploy.cpu_cores), "memory_limit_mb": int(spec.deploy.memory_gb * 1024),
-            "request_timeout_ms": spec.deploy.request_timeout_ms}
+    return {
+        "workers": workers_for(spec.deploy.cpu_cores),
+        "memory_limit_mb": int(spec.deploy.memory_gb * 1024),
+        "request_timeout_ms": spec.deploy.request_timeout_ms,
+    }
 
 
 def _isolate_model(model_path: Path, model_dir: Path) -> Path:
@@ -371,8 +452,9 @@ def _stamp(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def service_config(spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path | None, ready_file: Path | None,
-                   port: int) -> dict[str, Any]:
+def service_config(
+    spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path | None, ready_file: Path | None, port: int
+) -> dict[str, Any]:
     """The scoring host's settings from the spec's resources: cores -> workers, memory -> hard limit."""
     # the access log goes beside service.log: the service's folder, above the version's releases/<n>/
     version = ready_file.parent if ready_file else None
@@ -391,8 +473,10 @@ def service_config(spec: Spec, app_dir: Path, model_dir: Path, keys_file: Path |
         "ready_file": str(ready_file) if ready_file else None,
         "service_name": spec.name,
         # slow and abusive clients: deadlines and the connection cap (the body limit follows memory_limit_mb)
-        **{key: spec.deploy.block("local")[key]
-           for key in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "max_connections")},
+        **{
+            key: spec.deploy.block("local")[key]
+            for key in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "max_connections")
+        },
         "access_log": str(folder / "access.log") if folder else None,
     }
 

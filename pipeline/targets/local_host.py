@@ -28,13 +28,24 @@ def start(config_file: Path, log_file: Path, cwd: Path) -> subprocess.Popen[byte
         log.flush()
         return subprocess.Popen(
             [sys.executable, "-m", "pipeline.serve", str(config_file)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=cwd, start_new_session=True, env=_child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            env=_child_env(),
         )
 
 
-def wait_for(process: subprocess.Popen[bytes], ready_file: Path, log_file: Path, timeout_s: float,
-             done: Callable[[dict[str, Any]], bool], progress: Callable[[str], None], what: str) -> dict[str, Any]:
+def wait_for(
+    process: subprocess.Popen[bytes],
+    ready_file: Path,
+    log_file: Path,
+    timeout_s: float,
+    done: Callable[[dict[str, Any]], bool],
+    progress: Callable[[str], None],
+    what: str,
+) -> dict[str, Any]:
     """The host's ready file once `done(ready)` holds; the log's tail if the host dies or the time runs out."""
     deadline = time.monotonic() + timeout_s
     start_at = time.monotonic()
@@ -47,11 +58,15 @@ def wait_for(process: subprocess.Popen[bytes], ready_file: Path, log_file: Path,
             pass  # not written yet, or being written; the next poll sees it whole
         code = process.poll()
         if code is not None:
-            raise TargetError(f"the service exited with code {code} before it was {what}; "
-                              f"last lines of {log_file}:\n{indent(this_deploy(log_file, 20))}")
+            raise TargetError(
+                f"the service exited with code {code} before it was {what}; "
+                f"last lines of {log_file}:\n{indent(this_deploy(log_file, 20))}"
+            )
         if time.monotonic() > deadline:
-            raise TargetError(f"the service was not {what} after {timeout_s:g} s (deploy.ready_timeout_s); "
-                              f"last lines of {log_file}:\n{indent(this_deploy(log_file, 20))}")
+            raise TargetError(
+                f"the service was not {what} after {timeout_s:g} s (deploy.ready_timeout_s); "
+                f"last lines of {log_file}:\n{indent(this_deploy(log_file, 20))}"
+            )
         progress(f"deploy: waiting for the service to be {what} ({time.monotonic() - start_at:.1f} s)")
         time.sleep(0.05)
 
@@ -150,7 +165,7 @@ def this_deploy(path: Path, lines: int) -> str:
     text = tail_file(path, 2000)
     marker = text.rfind(DEPLOY_MARKER)
     if marker >= 0:
-        text = text[text.index("\n", marker) + 1:] if "\n" in text[marker:] else ""
+        text = text[text.index("\n", marker) + 1 :] if "\n" in text[marker:] else ""
     return "\n".join(text.splitlines()[-lines:])
 
 

@@ -81,23 +81,30 @@ class RayTarget(BaseTarget):
     settings_schema: ClassVar[Mapping[str, Any]] = SETTINGS_SCHEMA
     extra: ClassVar[str | None] = "ray"
     packages: ClassVar[Mapping[str, str]] = {"ray": "ray.serve"}
-    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=True, rollout=Rollout.IN_PLACE,
-                                                        auth=frozenset({Auth.KEY}))
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        probe_unrecorded=True, rollout=Rollout.IN_PLACE, auth=frozenset({Auth.KEY})
+    )
 
     # -- offline ---------------------------------------------------------------------------------
     def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
         settings = data["deploy"]["ray"]
         if "replicas" in settings and "autoscaling" in settings:
-            add(("deploy", "ray", "autoscaling"),
-                "cannot be combined with deploy.ray.replicas (a fixed count disables autoscaling)")
+            add(
+                ("deploy", "ray", "autoscaling"),
+                "cannot be combined with deploy.ray.replicas (a fixed count disables autoscaling)",
+            )
         scale = settings.get("autoscaling")
         if scale is not None and scale["min_replicas"] > scale["max_replicas"]:
-            add(("deploy", "ray", "autoscaling", "min_replicas"),
-                f"must not exceed max_replicas ({scale['max_replicas']})")
+            add(
+                ("deploy", "ray", "autoscaling", "min_replicas"),
+                f"must not exceed max_replicas ({scale['max_replicas']})",
+            )
         prefix = settings.get("route_prefix")
         if prefix is not None and prefix != "/" and (prefix.endswith("/") or "//" in prefix):
-            add(("deploy", "ray", "route_prefix"), f"{prefix!r}: Serve takes no '//' and no trailing '/' "
-                "(except for '/' itself)")
+            add(
+                ("deploy", "ray", "route_prefix"),
+                f"{prefix!r}: Serve takes no '//' and no trailing '/' (except for '/' itself)",
+            )
 
     def extra_pip_packages(self, spec: Spec) -> list[str]:
         return [f"ray[serve]=={RAY_VERSION}"]  # the replicas' image needs Serve itself
@@ -130,8 +137,13 @@ class RayTarget(BaseTarget):
             "pipeline_version": __version__,
             "ray_version": RAY_VERSION,
             "image": settings["image"],
-            "pods": {"replicas": low, "min": low, "max": high, "cpu": _k8s_cpu(spec.deploy.cpu_cores),
-                     "memory": f"{math.ceil(spec.deploy.memory_gb * 1024) + 1024}Mi"},
+            "pods": {
+                "replicas": low,
+                "min": low,
+                "max": high,
+                "cpu": _k8s_cpu(spec.deploy.cpu_cores),
+                "memory": f"{math.ceil(spec.deploy.memory_gb * 1024) + 1024}Mi",
+            },
         }
 
     def render(self, spec: Spec, env: Any, values: Mapping[str, Any]) -> dict[str, str]:
@@ -142,28 +154,38 @@ class RayTarget(BaseTarget):
         check_app(app)
         config = render_template(env, "ray/serve_config.yaml.j2", values)
         validate_serve_config(check_yaml(config, "serve_config.yaml"), "serve_config.yaml")
-        ray["serve_config_block"] = Escaped("\n".join("    " + line if line else ""
-                                                      for line in config.rstrip("\n").split("\n")))
+        ray["serve_config_block"] = Escaped(
+            "\n".join("    " + line if line else "" for line in config.rstrip("\n").split("\n"))
+        )
         service = render_template(env, "ray/rayservice.yaml.j2", values)
         check_rayservice(check_yaml(service, "rayservice.yaml"), config)
-        return {"serve_app.py": app, "serve_config.yaml": config, "rayservice.yaml": service,
-                "swagger.json": json.dumps(openapi.document(spec), indent=2, sort_keys=True) + "\n"}
+        return {
+            "serve_app.py": app,
+            "serve_config.yaml": config,
+            "rayservice.yaml": service,
+            "swagger.json": json.dumps(openapi.document(spec), indent=2, sort_keys=True) + "\n",
+        }
 
     def describe_update(self, record: ServiceRecord | None, spec: Spec) -> str:
         address = spec.deploy.settings().get("address")
         old = RayService.of(record) if record is not None else None
-        if old is not None and (old.cluster.owned != (not address)
-                                or (address and old.cluster.dashboard != address.rstrip("/"))):
+        if old is not None and (
+            old.cluster.owned != (not address) or (address and old.cluster.dashboard != address.rstrip("/"))
+        ):
             where = f"the cluster at {address}" if address else "a local cluster of its own"
             return f"moves to {where}: deployed there, then removed from the old cluster (downtime)"
         timeout_s = spec.deploy.request_timeout_ms / 1000 + TIMEOUT_MARGIN_S
         recorded = (old.config.get("http_options") or {}).get("request_timeout_s") if old is not None else None
         if old is not None and old.cluster.owned and recorded is not None and recorded != timeout_s:
-            return (f"restart: Serve takes its new request timeout ({recorded:g} s -> {timeout_s:g} s) only when it "
-                    "starts, so it is shut down and started again (downtime of a few seconds)")
-        return ("rolling: Ray Serve replaces replicas one at a time (a new replica count or tags only scale or "
-                "reconfigure the running ones); with one replica, the old one stops before its successor is up, "
-                "and requests wait in Serve's proxy meanwhile")
+            return (
+                f"restart: Serve takes its new request timeout ({recorded:g} s -> {timeout_s:g} s) only when it "
+                "starts, so it is shut down and started again (downtime of a few seconds)"
+            )
+        return (
+            "rolling: Ray Serve replaces replicas one at a time (a new replica count or tags only scale or "
+            "reconfigure the running ones); with one replica, the old one stops before its successor is up, "
+            "and requests wait in Serve's proxy meanwhile"
+        )
 
     # -- deploy ----------------------------------------------------------------------------------
     def deploy(self, request: DeployRequest) -> ServiceRecord:
@@ -190,8 +212,10 @@ class RayTarget(BaseTarget):
                 restart_serve(rest, console)
                 details = rest.details()
             elif diverging:
-                console.error(f"warning: Serve on {cluster.dashboard} keeps {'; '.join(diverging)}: it changes "
-                              "HTTP options only when it restarts, which is for the cluster's owner to do")
+                console.error(
+                    f"warning: Serve on {cluster.dashboard} keeps {'; '.join(diverging)}: it changes "
+                    "HTTP options only when it restarts, which is for the cluster's owner to do"
+                )
             rest.put(merged(details, ours))
             details = wait_ready(rest, spec.name, ours, spec.deploy.ready_timeout_s, console)
         except BaseException as exc:
@@ -204,9 +228,16 @@ class RayTarget(BaseTarget):
             _forget_elsewhere(previous, console)
         app = details["applications"][spec.name]
         base = serve_base(cluster, details.get("http_options") or {}) + route_prefix(spec).rstrip("/")
-        service = RayService(cluster, spec.name, f"{base}/", ours, previous.config if previous and same else None,
-                             package, tuple(sorted(r["replica_id"] for r in replicas_of(app))),
-                             spec.deploy.settings().get("autoscaling") is None)
+        service = RayService(
+            cluster,
+            spec.name,
+            f"{base}/",
+            ours,
+            previous.config if previous and same else None,
+            package,
+            tuple(sorted(r["replica_id"] for r in replicas_of(app))),
+            spec.deploy.settings().get("autoscaling") is None,
+        )
         return ServiceRecord(self.name, f"{base}/score", spec.deploy.auth, f"{base}/swagger.json", service.extra())
 
     def _cluster(self, spec: Spec, previous: RayService | None, request: DeployRequest) -> tuple[Cluster, bool]:
@@ -243,8 +274,12 @@ class RayTarget(BaseTarget):
         except TargetError as exc:
             return Live(cluster.owned, False, str(exc))  # ours is down when it does not answer; another, unreachable
         if service.app not in (details.get("applications") or {}):
-            return Live(True, False, f"application {service.app} is not on the Ray cluster at {cluster.dashboard}",
-                        ("application: recorded, but missing from the cluster",))
+            return Live(
+                True,
+                False,
+                f"application {service.app} is not on the Ray cluster at {cluster.dashboard}",
+                ("application: recorded, but missing from the cluster",),
+            )
         return judge(record, service, details)
 
     def adopt(self, live: Live, spec: Spec) -> ServiceRecord | None:
@@ -264,23 +299,37 @@ class RayTarget(BaseTarget):
         http_options = details.get("http_options") or {}
         base = serve_base(cluster, http_options) + str(config.get("route_prefix") or route_prefix(spec)).rstrip("/")
         deployment = (config.get("deployments") or [{}])[0]
-        service = RayService(cluster, spec.name, f"{base}/",
-                             {"http_options": {k: http_options[k] for k in HTTP_KEYS if k in http_options},
-                              "applications": [config]}, None,
-                             str((config.get("runtime_env") or {}).get("working_dir") or ""),
-                             tuple(sorted(r["replica_id"] for r in replicas_of(app))),
-                             "autoscaling_config" not in deployment)
+        service = RayService(
+            cluster,
+            spec.name,
+            f"{base}/",
+            {"http_options": {k: http_options[k] for k in HTTP_KEYS if k in http_options}, "applications": [config]},
+            None,
+            str((config.get("runtime_env") or {}).get("working_dir") or ""),
+            tuple(sorted(r["replica_id"] for r in replicas_of(app))),
+            "autoscaling_config" not in deployment,
+        )
         stamp = dict(live.stamp)
         auth = bool((deployment.get("user_config") or {}).get("auth_key_sha256"))
-        return ServiceRecord(self.name, f"{base}/score", auth, f"{base}/swagger.json", service.extra(),
-                             digest=stamp.get(STAMP_DIGEST) or None, model_sha256=stamp.get(STAMP_MODEL) or None)
+        return ServiceRecord(
+            self.name,
+            f"{base}/score",
+            auth,
+            f"{base}/swagger.json",
+            service.extra(),
+            digest=stamp.get(STAMP_DIGEST) or None,
+            model_sha256=stamp.get(STAMP_MODEL) or None,
+        )
 
     def orphans(self, service_dir: Path) -> list[str]:
         """A local cluster named only by cluster.json: started by a deploy killed before its record was saved."""
         stray = clusters.recorded(service_dir)
         pids = clusters.processes(stray) if stray is not None else []
-        return [f"local Ray cluster, head pid {stray.head_pid} ({len(pids)} processes, from {service_dir})"
-                ] if stray is not None and pids else []
+        return (
+            [f"local Ray cluster, head pid {stray.head_pid} ({len(pids)} processes, from {service_dir})"]
+            if stray is not None and pids
+            else []
+        )
 
     def stop_orphans(self, service_dir: Path) -> list[str]:
         stray = clusters.recorded(service_dir)
@@ -322,8 +371,10 @@ class RayTarget(BaseTarget):
         parts = []
         for replica in replicas_of(app):
             text = rest.log(replica["node_id"], replica["log_file_path"], tail)
-            parts.append(f"--- replica {replica['replica_id']} ({replica['state']}) {replica['log_file_path']} ---\n"
-                         + "\n".join(text.splitlines()[-tail:]))
+            parts.append(
+                f"--- replica {replica['replica_id']} ({replica['state']}) {replica['log_file_path']} ---\n"
+                + "\n".join(text.splitlines()[-tail:])
+            )
         return "\n".join(parts) or "(no replicas)"
 
 

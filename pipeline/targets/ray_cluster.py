@@ -55,9 +55,15 @@ class Cluster:
         """Read a cluster back from a record or cluster.json, checking its types; damage is a StateError."""
         if not isinstance(data, Mapping) or not isinstance(data.get("dashboard"), str):
             raise StateError(f"the ray cluster record is damaged: {data!r:.200}")
-        kinds: dict[str, tuple[type, ...]] = {"owned": (bool,), "head_pid": (int,), "temp_dir": (str,),
-                                              "alias": (str, type(None)), "ports": (dict,), "log": (str, type(None)),
-                                              "started_in_s": (int, float, type(None))}
+        kinds: dict[str, tuple[type, ...]] = {
+            "owned": (bool,),
+            "head_pid": (int,),
+            "temp_dir": (str,),
+            "alias": (str, type(None)),
+            "ports": (dict,),
+            "log": (str, type(None)),
+            "started_in_s": (int, float, type(None)),
+        }
         values: dict[str, Any] = {"dashboard": data["dashboard"]}
         for key, kind in kinds.items():
             if key in data:
@@ -82,8 +88,16 @@ class Rest:
         self.address = address.rstrip("/")
         self.timeout = timeout
 
-    def call(self, method: str, path: str, body: bytes | None = None, *, content_type: str = "application/json",
-             timeout: float | None = None, limit: int = DETAILS_LIMIT) -> tuple[int, bytes]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+        limit: int = DETAILS_LIMIT,
+    ) -> tuple[int, bytes]:
         headers = {"Content-Type": content_type} if body is not None else {}
         try:
             reply = http.send(method, self.address + path, body, headers, timeout or self.timeout, limit=limit)
@@ -128,8 +142,16 @@ class Rest:
         package = folder.parent / name
         try:
             create_package(str(folder), package, include_gitignore=False)
-            self._ok(f"uploading {folder}", self.call("PUT", f"/api/packages/{protocol}/{name}", package.read_bytes(),
-                                                      content_type="application/octet-stream", timeout=300))
+            self._ok(
+                f"uploading {folder}",
+                self.call(
+                    "PUT",
+                    f"/api/packages/{protocol}/{name}",
+                    package.read_bytes(),
+                    content_type="application/octet-stream",
+                    timeout=300,
+                ),
+            )
         finally:
             package.unlink(missing_ok=True)
         return uri
@@ -169,28 +191,58 @@ def temp_dir(service_dir: Path) -> tuple[Path, Path | None]:
 def start(service_dir: Path, console: Console, timeout_s: float) -> Cluster:
     """`ray start --head --block` on 127.0.0.1 with free ports; the cluster record, once its dashboard answers."""
     temp, alias = temp_dir(service_dir)
-    ports = {"dashboard": free_port(), "client_server": free_port(), "dashboard_agent": free_port(),
-             "serve_http": free_port()}
+    ports = {
+        "dashboard": free_port(),
+        "client_server": free_port(),
+        "dashboard_agent": free_port(),
+        "serve_http": free_port(),
+    }
     command = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--port=0",
-        f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={ports['client_server']}",
-        f"--dashboard-agent-listen-port={ports['dashboard_agent']}", "--min-worker-port=0", "--max-worker-port=0",
-        f"--object-store-memory={OBJECT_STORE_BYTES}", "--include-log-monitor=false", f"--temp-dir={temp}",
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--port=0",
+        f"--dashboard-port={ports['dashboard']}",
+        f"--ray-client-server-port={ports['client_server']}",
+        f"--dashboard-agent-listen-port={ports['dashboard_agent']}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        f"--object-store-memory={OBJECT_STORE_BYTES}",
+        "--include-log-monitor=false",
+        f"--temp-dir={temp}",
     ]
     # no usage reports; and on SIGTERM drain for 2 s, not Ray's 30: delete removes the application first
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2"}
     log_path = service_dir / HEAD_LOG
     process: subprocess.Popen[bytes] | None = None
-    cluster = Cluster(dashboard=f"http://127.0.0.1:{ports['dashboard']}", owned=True, temp_dir=str(temp),
-                      alias=str(alias) if alias else None, ports=ports, log=str(log_path))
+    cluster = Cluster(
+        dashboard=f"http://127.0.0.1:{ports['dashboard']}",
+        owned=True,
+        temp_dir=str(temp),
+        alias=str(alias) if alias else None,
+        ports=ports,
+        log=str(log_path),
+    )
     try:
         with interrupts.held():  # Ctrl-C or SIGTERM while the head starts is raised once it is recorded
             with open(log_path, "ab") as log:
                 log.write(f"--- ray start at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ---\n".encode())
                 log.flush()
-                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           cwd=service_dir, env=env, start_new_session=True)
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=service_dir,
+                    env=env,
+                    start_new_session=True,
+                )
             cluster = replace(cluster, head_pid=process.pid)
             atomic_write(service_dir / CLUSTER_FILE, json.dumps(cluster.to_dict(), indent=2).encode())
         return replace(cluster, started_in_s=_wait_dashboard(process, cluster, console, timeout_s))
@@ -215,16 +267,20 @@ def _wait_dashboard(process: subprocess.Popen[bytes], cluster: Cluster, console:
     while True:
         code = process.poll()
         if code is not None:
-            raise TargetError(f"`ray start` exited with code {code} before its dashboard answered; "
-                              f"last lines of {cluster.log}:\n{_tail(Path(str(cluster.log)), 15)}")
+            raise TargetError(
+                f"`ray start` exited with code {code} before its dashboard answered; "
+                f"last lines of {cluster.log}:\n{_tail(Path(str(cluster.log)), 15)}"
+            )
         try:
             if rest.call("GET", "/api/ray/version")[0] == 200:
                 return round(time.monotonic() - started, 2)
         except TargetError:
             pass
         if time.monotonic() - started > timeout_s:
-            raise TargetError(f"the local Ray cluster's dashboard did not answer within {timeout_s} s "
-                              f"(deploy.ready_timeout_s); see {cluster.log}")
+            raise TargetError(
+                f"the local Ray cluster's dashboard did not answer within {timeout_s} s "
+                f"(deploy.ready_timeout_s); see {cluster.log}"
+            )
         console.progress(f"deploy: starting a local Ray cluster ({time.monotonic() - started:.1f} s)")
         time.sleep(0.2)
 
@@ -304,8 +360,14 @@ def stop(cluster: Cluster, grace_s: float = 20.0) -> str:
         Path(cluster.alias).unlink()
     if not before:
         return f"the local Ray cluster (head pid {pid}) was not running"
-    forced = (f"; {len(left)} {'process' if len(left) == 1 else 'processes'} still running after the head exited "
-              f"{'was' if len(left) == 1 else 'were'} killed") if left else ""
+    forced = (
+        (
+            f"; {len(left)} {'process' if len(left) == 1 else 'processes'} still running after the head exited "
+            f"{'was' if len(left) == 1 else 'were'} killed"
+        )
+        if left
+        else ""
+    )
     return f"stopped the local Ray cluster (head pid {pid}, {len(before)} processes){forced}"
 
 

@@ -131,8 +131,9 @@ def check_rayservice(data: Any, serve_config: str) -> None:
         raise RenderError("rendered rayservice.yaml: rayClusterConfig needs a headGroupSpec and a worker group")
 
 
-def live_config(rendered: Path, package: str, cluster: Cluster, key_file: Path | None,
-                stamp: Mapping[str, str] | None = None) -> dict[str, Any]:
+def live_config(
+    rendered: Path, package: str, cluster: Cluster, key_file: Path | None, stamp: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The rendered Serve config as deployed: our package as working_dir; loopback and a free port for our own
     cluster; the keys' sha256 digests for the replicas to check; deploy's stamp (STAMP_* keys), which the
     live application then shows to anyone who asks the dashboard."""
@@ -144,8 +145,9 @@ def live_config(rendered: Path, package: str, cluster: Cluster, key_file: Path |
     user_config = dict(app["deployments"][0]["user_config"])
     if key_file is not None:
         stored = json.loads(key_file.read_text(encoding="utf-8"))
-        user_config["auth_key_sha256"] = [hashlib.sha256(str(stored[k]).encode()).hexdigest()
-                                          for k in ("primary", "secondary") if stored.get(k)]
+        user_config["auth_key_sha256"] = [
+            hashlib.sha256(str(stored[k]).encode()).hexdigest() for k in ("primary", "secondary") if stored.get(k)
+        ]
     if stamp:
         user_config[STAMP_FIELD] = dict(stamp)
     app["deployments"][0]["user_config"] = user_config

@@ -39,10 +39,16 @@ class RayService:
 
     def extra(self) -> dict[str, Any]:
         """JSON-native values only: the record must read back equal from the state file."""
-        return {"cluster": self.cluster.to_dict(), "app": self.app, "health_uri": self.health_uri,
-                "config": json.loads(json.dumps(self.config)),
-                "previous_config": json.loads(json.dumps(self.previous_config)), "package": self.package,
-                "replicas": list(self.replicas), "fixed_replicas": self.fixed_replicas}
+        return {
+            "cluster": self.cluster.to_dict(),
+            "app": self.app,
+            "health_uri": self.health_uri,
+            "config": json.loads(json.dumps(self.config)),
+            "previous_config": json.loads(json.dumps(self.previous_config)),
+            "package": self.package,
+            "replicas": list(self.replicas),
+            "fixed_replicas": self.fixed_replicas,
+        }
 
     @classmethod
     def of(cls, record: ServiceRecord) -> RayService:
@@ -50,9 +56,15 @@ class RayService:
         missing = [k for k in ("cluster", "app", "health_uri", "config") if k not in extra]
         if missing:
             raise StateError(f"the ray service record is damaged: {', '.join(missing)} missing")
-        kinds: dict[str, tuple[type, ...]] = {"app": (str,), "health_uri": (str,), "config": (dict,),
-                                              "previous_config": (dict, type(None)), "package": (str,),
-                                              "replicas": (list,), "fixed_replicas": (bool,)}
+        kinds: dict[str, tuple[type, ...]] = {
+            "app": (str,),
+            "health_uri": (str,),
+            "config": (dict,),
+            "previous_config": (dict, type(None)),
+            "package": (str,),
+            "replicas": (list,),
+            "fixed_replicas": (bool,),
+        }
         values: dict[str, Any] = {"previous_config": None, "package": "", "replicas": [], "fixed_replicas": False}
         values |= {k: extra[k] for k in kinds if k in extra}
         for key, kind in kinds.items():
@@ -61,9 +73,16 @@ class RayService:
         apps = values["config"].get("applications")
         if not isinstance(apps, list) or not apps or not isinstance(apps[0], dict):
             raise StateError("the ray service record is damaged: its Serve config has no application")
-        return cls(Cluster.of(extra["cluster"]), values["app"], values["health_uri"], values["config"],
-                   values["previous_config"], values["package"], tuple(map(str, values["replicas"])),
-                   values["fixed_replicas"])
+        return cls(
+            Cluster.of(extra["cluster"]),
+            values["app"],
+            values["health_uri"],
+            values["config"],
+            values["previous_config"],
+            values["package"],
+            tuple(map(str, values["replicas"])),
+            values["fixed_replicas"],
+        )
 
     @property
     def app_config(self) -> Mapping[str, Any]:
@@ -86,18 +105,25 @@ def wait_ready(rest: Rest, name: str, ours: Mapping[str, Any], timeout_s: float,
             deployment = (app.get("deployments") or {}).get(DEPLOYMENT) or {}
             replicas = replicas_of(app)
             if status == "DEPLOY_FAILED":
-                raise TargetError(f"Serve could not deploy application {name}: {_first_lines(message)}"
-                                  + _replica_logs(rest, app))
+                raise TargetError(
+                    f"Serve could not deploy application {name}: {_first_lines(message)}" + _replica_logs(rest, app)
+                )
             running = [r for r in replicas if r["state"] in UP_STATES]
-            if (status == "RUNNING" and deployment.get("status") == "HEALTHY" and len(running) == len(replicas)
-                    and len(running) >= int(deployment.get("target_num_replicas", 1))):
+            if (
+                status == "RUNNING"
+                and deployment.get("status") == "HEALTHY"
+                and len(running) == len(replicas)
+                and len(running) >= int(deployment.get("target_num_replicas", 1))
+            ):
                 return details
             message = deployment.get("message") or message
             status = f"{status}, {len(running)}/{deployment.get('target_num_replicas', '?')} replicas running"
         if time.monotonic() - started > timeout_s:
-            raise TargetError(f"application {name} was not ready after {timeout_s} s (deploy.ready_timeout_s): "
-                              f"{status}; {_first_lines(message) or 'no message from Serve'}"
-                              + (_replica_logs(rest, app) if app else ""))
+            raise TargetError(
+                f"application {name} was not ready after {timeout_s} s (deploy.ready_timeout_s): "
+                f"{status}; {_first_lines(message) or 'no message from Serve'}"
+                + (_replica_logs(rest, app) if app else "")
+            )
         console.progress(f"deploy: Serve application {name}: {status} ({time.monotonic() - started:.0f} s)")
         time.sleep(0.5)
 
@@ -107,9 +133,12 @@ def http_divergence(live: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -
     dashboard only logs a warning) until it is restarted. None: Serve is not running."""
     if not live:
         return []
-    return [f"http_options.{key}: live {json.dumps(canonical(live.get(key)))}, "
-            f"deployed {json.dumps(canonical(wanted[key]))}"
-            for key in HTTP_KEYS if key in wanted and canonical(live.get(key)) != canonical(wanted[key])]
+    return [
+        f"http_options.{key}: live {json.dumps(canonical(live.get(key)))}, "
+        f"deployed {json.dumps(canonical(wanted[key]))}"
+        for key in HTTP_KEYS
+        if key in wanted and canonical(live.get(key)) != canonical(wanted[key])
+    ]
 
 
 def restart_serve(rest: Rest, console: Console, timeout_s: float = 60.0) -> None:
@@ -133,15 +162,25 @@ def probe_unrecorded(address: str | None, name: str) -> Live:
     except TargetError as exc:
         return Live(False, False, str(exc))
     if app is None:
-        return Live(True, False, f"the Ray cluster at {address} is reachable; application {name} does not exist yet",
-                    found=False)
+        return Live(
+            True,
+            False,
+            f"the Ray cluster at {address} is reachable; application {name} does not exist yet",
+            found=False,
+        )
     config = app.get("deployed_app_config")
     stamp = stamp_of(config)
     deployment = (app.get("deployments") or {}).get(DEPLOYMENT) or {}
     healthy = app.get("status") == "RUNNING" and deployment.get("status") == "HEALTHY"
     made = "deployed by pipeline" if stamp else "not made by pipeline (no stamp)"
-    return Live(True, healthy, f"application {name} is {app.get('status')} on {address}, {made}",
-                found=True, stamp=stamp, observed=observed(config))
+    return Live(
+        True,
+        healthy,
+        f"application {name} is {app.get('status')} on {address}, {made}",
+        found=True,
+        stamp=stamp,
+        observed=observed(config),
+    )
 
 
 def judge(record: ServiceRecord, service: RayService, details: Mapping[str, Any]) -> Live:
@@ -151,25 +190,42 @@ def judge(record: ServiceRecord, service: RayService, details: Mapping[str, Any]
     app = details["applications"][service.app]
     drift = [f"serve config: {line}" for line in config_drift(app.get("deployed_app_config"), service.app_config)]
     if cluster.owned:
-        drift += [f"serve {line}" for line in http_divergence(details.get("http_options"),
-                                                              service.config.get("http_options") or {})]
+        drift += [
+            f"serve {line}"
+            for line in http_divergence(details.get("http_options"), service.config.get("http_options") or {})
+        ]
     deployment = (app.get("deployments") or {}).get(DEPLOYMENT) or {}
     replicas = replicas_of(app)
     dead = [r for r in replicas if cluster.owned and r.get("pid") and not clusters.pid_alive(int(r["pid"]))]
     if service.fixed_replicas:
         gone = sorted(set(service.replicas) - {r["replica_id"] for r in replicas})
         if gone:
-            drift.append(f"replicas: {', '.join(gone)} recorded at deploy {'is' if len(gone) == 1 else 'are'} gone "
-                         "(died or replaced)")
+            drift.append(
+                f"replicas: {', '.join(gone)} recorded at deploy {'is' if len(gone) == 1 else 'are'} gone "
+                "(died or replaced)"
+            )
     for r in dead:
         drift.append(f"replica {r['replica_id']}: its process {r['pid']} is not running")
-    states = ", ".join(f"{r['replica_id']} {'DEAD' if r in dead else r['state']}"
-                       + (f" (pid {r['pid']})" if r.get("pid") else "") for r in replicas) or "none"
-    healthy = (app.get("status") == "RUNNING" and deployment.get("status") == "HEALTHY" and not dead
-               and bool(replicas) and all(r["state"] in UP_STATES for r in replicas) and _answers(service.health_uri))
-    detail = (f"Serve application {service.app} {app.get('status')} at {record.scoring_uri}; deployment {DEPLOYMENT} "
-              f"{deployment.get('status')}, {len(replicas)}/{deployment.get('target_num_replicas', '?')} replicas: "
-              f"{states}")
+    states = (
+        ", ".join(
+            f"{r['replica_id']} {'DEAD' if r in dead else r['state']}" + (f" (pid {r['pid']})" if r.get("pid") else "")
+            for r in replicas
+        )
+        or "none"
+    )
+    healthy = (
+        app.get("status") == "RUNNING"
+        and deployment.get("status") == "HEALTHY"
+        and not dead
+        and bool(replicas)
+        and all(r["state"] in UP_STATES for r in replicas)
+        and _answers(service.health_uri)
+    )
+    detail = (
+        f"Serve application {service.app} {app.get('status')} at {record.scoring_uri}; deployment {DEPLOYMENT} "
+        f"{deployment.get('status')}, {len(replicas)}/{deployment.get('target_num_replicas', '?')} replicas: "
+        f"{states}"
+    )
     return Live(True, healthy, detail, tuple(drift), stamp=stamp_of(app.get("deployed_app_config")))
 
 
@@ -220,8 +276,10 @@ def _replica_logs(rest: Rest, app: Mapping[str, Any], lines: int = 20) -> str:
     for replica in replicas_of(app)[:2]:
         if replica.get("node_id") and replica.get("log_file_path"):
             text = "\n".join(rest.log(replica["node_id"], replica["log_file_path"], lines).splitlines()[-lines:])
-            out.append(f"\nlast lines of replica {replica['replica_id']}'s log:\n"
-                       + "\n".join("  | " + row for row in text.splitlines()))
+            out.append(
+                f"\nlast lines of replica {replica['replica_id']}'s log:\n"
+                + "\n".join("  | " + row for row in text.splitlines())
+            )
     return "".join(out)
 
 

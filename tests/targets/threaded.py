@@ -45,8 +45,9 @@ class ThreadedTarget(BaseTarget):
         "default": {},
         "properties": {"greeting": {"description": "What GET / answers.", "type": "string", "default": "Healthy"}},
     }
-    capabilities: ClassVar[Capabilities] = Capabilities(probe_unrecorded=False, rollout=Rollout.STOP_START,
-                                                        auth=frozenset({Auth.KEY}))
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        probe_unrecorded=False, rollout=Rollout.STOP_START, auth=frozenset({Auth.KEY})
+    )
     template_dir: ClassVar[Path | None] = Path(__file__).parent / "templates"
 
     def rules(self, data: Mapping[str, Any], add: AddProblem, *, folder: Path | None) -> None:
@@ -120,7 +121,7 @@ def _load(path: Path, model_dir: Path) -> Any:
 
 def _handler(score: Any, greeting: str, key: str | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  quiet: pytest shows stderr
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def do_GET(self) -> None:
