@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def test_the_done_when_render_command_writes_the_folder_kubectl_apply_k_takes(tm
             assert (
                 subprocess.run(
                     [
-                        "python",
+                        sys.executable,
                         "-m",
                         "kubernetes_validate",
                         "--strict",
