@@ -137,3 +137,72 @@ def test_a_lone_request_is_answered_without_the_queue(tmp_path: Path, model: Any
     done_at_once, answers, _ = asyncio.run(main())
     assert done_at_once
     assert answers == [per_row(model, IMAGES[:3], "labels"), per_row(model, IMAGES[3:4], "labels")]
+
+
+# --- the linear classifiers' predict without its input checks ---------------------------------------
+
+
+def test_the_example_model_is_predicted_by_its_arithmetic_with_predicts_answers(tmp_path: Path, model: Any) -> None:
+    script = rendered(tmp_path, "labels")
+    labels = script.module._labels
+    assert labels is not None  # LogisticRegression: predict() is LinearClassifierMixin's own
+    assert script.predict_rows is not None
+    assert script.predict_rows(IMAGES) == model.predict(IMAGES).tolist()  # all 1,000 test images at once
+    for size in (1, 2, 7, 30, 64):
+        rows = np.ascontiguousarray(IMAGES[100 : 100 + size])
+        assert script.predict_rows(rows) == model.predict(rows).tolist()
+    noise = np.random.RandomState(7).normal(0.0, 3.0, size=(256, 784))  # far from the training data
+    assert labels(noise).tolist() == model.predict(noise).tolist()
+
+
+def _linear(tmp_path: Path, fitted: Any) -> Any:
+    """The rendered score.py's _linear_labels for another fitted model (the rendered module, not a copy)."""
+    script = rendered(tmp_path, "labels")
+    return script.module._linear_labels(fitted)
+
+
+def test_two_classes_use_the_sign_of_the_score(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    with gzip.open(EXAMPLE_DATA / "test-labels.gz") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8)
+    X, target = IMAGES[:600], np.where(y[:600] == 3, "three", "other")
+    binary = LogisticRegression(max_iter=200).fit(X, target)
+    labels = _linear(tmp_path, binary)
+    assert labels is not None
+    assert labels(IMAGES[600:]).tolist() == binary.predict(IMAGES[600:]).tolist()
+    assert {"three", "other"} == set(labels(IMAGES).tolist())
+
+
+def test_models_whose_predict_is_their_own_keep_predict(tmp_path: Path, model: Any) -> None:
+    import copy
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    class Shifted(LogisticRegression):
+        def predict(self, X: Any) -> Any:
+            return super().predict(X + 1.0)
+
+    shifted = Shifted()
+    shifted.__dict__.update(model.__dict__)
+    sparse = copy.deepcopy(model).sparsify()  # coef_ becomes a scipy matrix
+    piped = make_pipeline(StandardScaler(), LogisticRegression(max_iter=50)).fit(
+        IMAGES[:300], model.predict(IMAGES[:300])
+    )
+    unfitted = LogisticRegression()
+    assert [_linear(tmp_path / str(i), m) for i, m in enumerate((shifted, sparse, piped, unfitted))] == [None] * 4
+    for_float32 = copy.deepcopy(model)
+    for_float32.coef_ = for_float32.coef_.astype(np.float32)  # scikit-learn would compute in another dtype
+    assert _linear(tmp_path / "f32", for_float32) is None
+
+
+def test_a_linear_model_that_disagrees_on_the_probe_keeps_predict(tmp_path: Path, model: Any) -> None:
+    import copy
+
+    patched = copy.deepcopy(model)
+    assert _linear(tmp_path / "ok", patched) is not None
+    # its class's predict is the mixin's, but this instance answers otherwise: the probe at init sees it
+    patched.predict = lambda X: np.zeros(len(X), dtype=model.classes_.dtype)
+    assert _linear(tmp_path / "patched", patched) is None
