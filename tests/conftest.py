@@ -169,3 +169,34 @@ def no_network(request, monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield attempts
     assert not attempts, f"the test tried to reach the network: {attempts}"
+
+
+# --- the slow tier ----------------------------------------------------------------------------------------
+# `python -m pytest` with no paths and no -m runs the default suite (about 3 minutes on 2 cores): tests marked
+# slow (a real Ray cluster, the executed notebook, load and rollout tests, the fake API server's pods) are
+# deselected, and the summary says how to run them. `-m slow` runs them; naming a file or a test runs what it
+# names, slow or not; CI (.ci/run) runs both tiers.
+_SLOW_TIER = "python -m pytest -q -m slow"
+
+
+def _runs_the_default_suite(config: pytest.Config) -> bool:
+    return not config.option.markexpr and not config.option.keyword and not config.option.file_or_dir
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _runs_the_default_suite(config):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+        config.hook.pytest_deselected(items=slow)
+        config.stash[_slow_key] = len(slow)
+
+
+_slow_key = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    deselected = config.stash.get(_slow_key, 0)
+    if deselected:
+        terminalreporter.write_line(f"{deselected} slow tests deselected: `{_SLOW_TIER}` runs them (CI runs both)")
