@@ -21,7 +21,7 @@ JSON_TYPE = b"application/json"
 
 
 class RunTimeout(BaseException):
-    """Raised into run()/predict_rows() by the alarm; a BaseException, so user code's `except Exception` can't eat it."""
+    """Raised into run()/predict_rows() by the alarm; a BaseException, so user code's `except Exception` misses it."""
 
 
 @dataclass(frozen=True)
