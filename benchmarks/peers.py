@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent / "peer_servers"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pipeline-bench"
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import serve as serve_bench  # noqa: E402
 from benchmarks.serve import WRK_SCRIPT, read_idx  # noqa: E402
 
 CELLS = [(images, connections) for images in (1, 30) for connections in (1, 8, 32)]
@@ -360,28 +361,10 @@ def tree_pss_mb(pid: int) -> float:
 
 
 def run_wrk(server: Server, lua: Path, connections: int, duration: int) -> dict[str, Any]:
+    """wrk's figures for one cell (benchmarks/serve.py runs it), with the server tree's CPU per request."""
     before = tree_cpu_s(server.pid)
-    command = [
-        "wrk",
-        "-t",
-        str(min(2, connections)),
-        "-c",
-        str(connections),
-        "-d",
-        f"{duration}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(lua),
-        server.url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
+    result = serve_bench.run_wrk(server.url, lua, connections, duration)
     cpu = tree_cpu_s(server.pid) - before
-    line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
-    if line is None:
-        raise SystemExit(f"wrk failed against {server.url}: {done.stdout}{done.stderr}")
-    result: dict[str, Any] = json.loads(line[len("RESULT ") :])
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["cpu_ms_per_request"] = cpu * 1000 / max(1, result["requests"])
     result["load"] = os.getloadavg()[0]
     return result

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import interrupts, releases
 from pipeline import service as services
+from pipeline.changes import flatten
 from pipeline.context import digest, plain
 from pipeline.errors import PipelineError, StageFailed
 from pipeline.files import sha256_bytes
@@ -355,7 +356,7 @@ def _adopted_change(record: ServiceRecord, probe: Live | None, live: DeployLive,
 
 def _observed_fields(probe: Live, inputs: Any) -> tuple[tuple[str, Any, Any], ...]:
     """The fields the live service shows of itself (tags, resources) against the spec: all a stateless plan can diff."""
-    new = {k: v for k, v in _flatten(inputs or {}).items() if not k.startswith("files.")}
+    new = {k: v for k, v in flatten(inputs or {}).items() if not k.startswith("files.")}
     out = []
     for key, old in sorted(probe.observed.items()):
         if key in new and digest(new[key]) != digest(old):
@@ -363,18 +364,9 @@ def _observed_fields(probe: Live, inputs: Any) -> tuple[tuple[str, Any, Any], ..
     return tuple(out)
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and (value or not prefix):
-        out: dict[str, Any] = {}
-        for key, sub in value.items():
-            out.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
-
-
 def _fields(old: dict[str, Any], new: dict[str, Any]) -> tuple[tuple[str, Any, Any], ...]:
-    flat_old = {k: v for k, v in _flatten(old).items() if not k.startswith("files.")}
-    flat_new = {k: v for k, v in _flatten(new).items() if not k.startswith("files.")}
+    flat_old = {k: v for k, v in flatten(old).items() if not k.startswith("files.")}
+    flat_new = {k: v for k, v in flatten(new).items() if not k.startswith("files.")}
     out = []
     for key in sorted(set(flat_old) | set(flat_new)):
         a, b = flat_old.get(key), flat_new.get(key)

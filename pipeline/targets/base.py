@@ -229,3 +229,12 @@ class BaseTarget:
             Rollout.IN_PLACE: "in place: the platform updates the running service",
             Rollout.SIDE_BY_SIDE: "side by side: the new version is tested alone, then takes the traffic",
         }[self.capabilities.rollout]
+
+    def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
+        """A plain HTTP POST to the scoring URI, with the stored primary key when the service has key auth."""
+        from pipeline import http
+        from pipeline.targets import keys
+
+        headers = {"Authorization": "Bearer " + keys.read_primary(service_dir)} if record.auth else {}
+        assert record.scoring_uri is not None
+        return http.post(record.scoring_uri, body, headers, timeout)

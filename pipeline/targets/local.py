@@ -22,7 +22,7 @@ from pipeline.errors import StateError, TargetError
 from pipeline.files import atomic_write, sha256_path
 from pipeline.targets import keys
 from pipeline.targets import local_host as host
-from pipeline.targets.base import Auth, BaseTarget, Capabilities, DeployRequest, Live, Reply, Rollout, ServiceRecord
+from pipeline.targets.base import Auth, BaseTarget, Capabilities, DeployRequest, Live, Rollout, ServiceRecord
 
 if TYPE_CHECKING:
     from pipeline.spec import Spec
@@ -312,11 +312,6 @@ class LocalTarget(BaseTarget):
             tuple(drift),
             stamp=_read_stamp(service.folder),
         )
-
-    def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
-        headers = {"Authorization": "Bearer " + keys.read_primary(service_dir)} if record.auth else {}
-        assert record.scoring_uri is not None
-        return http.post(record.scoring_uri, body, headers, timeout)
 
     # -- delete, logs ----------------------------------------------------------------------------
     def delete(self, record: ServiceRecord, service_dir: Path) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipeline import __version__, http, openapi
+from pipeline import __version__, openapi
 from pipeline.errors import TargetError
 from pipeline.render import Escaped, check_yaml, render_template
 from pipeline.spec import RegistrySource, Spec
@@ -30,7 +30,6 @@ from pipeline.targets.base import (
     Capabilities,
     DeployRequest,
     Live,
-    Reply,
     Rollout,
     ServiceRecord,
 )
@@ -334,11 +333,6 @@ class RayTarget(BaseTarget):
     def stop_orphans(self, service_dir: Path) -> list[str]:
         stray = clusters.recorded(service_dir)
         return [clusters.stop(stray)] if stray is not None and clusters.processes(stray) else []
-
-    def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
-        headers = {"Authorization": "Bearer " + keyfile.read_primary(service_dir)} if record.auth else {}
-        assert record.scoring_uri is not None
-        return http.post(record.scoring_uri, body, headers, timeout)
 
     def delete(self, record: ServiceRecord, service_dir: Path) -> str:
         """Remove the application; stop the local cluster only if the service started it (by PID)."""

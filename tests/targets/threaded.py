@@ -26,7 +26,6 @@ from pipeline.targets.base import (
     Capabilities,
     DeployRequest,
     Live,
-    Reply,
     Rollout,
     ServiceRecord,
 )
@@ -82,11 +81,6 @@ class ThreadedTarget(BaseTarget):
             return Live(True, False, f"no server runs on port {record.extra.get('port')}")
         reply = http.get(record.extra["health"] + "/", timeout=2)
         return Live(True, reply.status == 200, f"answered {reply.body[:20]!r} at {record.scoring_uri}")
-
-    def invoke(self, record: ServiceRecord, body: bytes, *, timeout: float, service_dir: Path) -> Reply:
-        headers = {"Authorization": "Bearer " + keys.read_primary(service_dir)} if record.auth else {}
-        assert record.scoring_uri is not None
-        return http.post(record.scoring_uri, body, headers, timeout)
 
     def delete(self, record: ServiceRecord, service_dir: Path) -> str:
         server = SERVERS.pop(record.extra.get("port"), None)
