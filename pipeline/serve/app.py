@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from pipeline.serve.access import AccessLog
-from pipeline.serve.batching import BatchFailed, BatchTimeout, FairSlices, MicroBatcher
+from pipeline.serve.batching import SLICE_S, BatchFailed, BatchTimeout, FairSlices, MicroBatcher
 from pipeline.serve.budget import LargeBodies
 from pipeline.serve.script import (
     JSON_TYPE,
@@ -89,6 +90,116 @@ class ScoringApp:
         if script.predict_rows is not None and script.batching:
             self.batcher = MicroBatcher(script.predict_rows, self.timeout_s, self.slices, join=script.batch_rows)
 
+    # --- the direct path ------------------------------------------------------------------------------------
+    # A POST /score with its length given and a body small enough to need no turn (most of them) is served by
+    # the connection's protocol in its own callbacks: the same steps and answers as the ASGI path below, without
+    # a task, a scope and the coroutines between them per request. Everything else, errors before the body
+    # included, takes the ASGI path, which says what is wrong.
+    def begin(self, protocol: Any) -> Direct | None:
+        """At the end of a request's headers: a Direct to serve it by, or None for the ASGI path."""
+        parser = protocol.parser
+        url = protocol.url
+        if (
+            (url != b"/score" and url != b"/score/")
+            or parser.get_method() != b"POST"
+            or protocol.expect_100_continue
+            or parser.should_upgrade()
+        ):
+            return None
+        length, request_id, ids, authorized = self._scan(protocol.headers)
+        if (
+            request_id is None
+            or not authorized
+            or length is None
+            or not length.isdigit()
+            or int(length) > self.max_body_bytes
+            or self.large.needed(length)
+        ):
+            return None
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        assert self.batcher is not None
+        self.batcher.incoming += 1  # on its way to the batcher: worth waiting for (see MicroBatcher)
+        return Direct(url.decode(), request_id, ids, keep_alive)
+
+    def finish(self, protocol: Any, direct: Direct) -> None:
+        """The body is in: parse it (in this loop pass, or a later one if this pass's CPU slice is spent)."""
+        if self.slices.used >= SLICE_S:
+            self.slices.later(self.finish, protocol, direct)
+            return
+        if direct.disconnected or protocol.transport.is_closing():
+            self.abandon(direct)
+            return
+        batcher = self.batcher
+        assert batcher is not None
+        chunks = direct.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        direct.chunks = []
+        started = time.perf_counter()
+        try:
+            rows, refused = self._parse(body, direct.request_id, direct.ids)
+            if refused is not None:
+                self.abandon(direct)
+                self._answer(protocol, direct, refused)
+                return
+            alone = batcher.incoming == 1  # no other request in this worker is being read or parsed
+            batcher.incoming -= 1  # queued now: no longer on its way
+            direct.queued = True
+            future = batcher.submit(rows, alone=alone)
+        except Exception:  # a callback of the HTTP parser: never let it raise into the parser
+            log.exception("scoring failed (request_id=%s)", direct.request_id.decode("latin-1"))
+            self.abandon(direct)
+            self._answer(protocol, direct, _internal_answer("predict_rows", direct.request_id, direct.ids))
+            return
+        if future.done():  # a lone request, predicted at once: answered in this same pass
+            self._predicted(protocol, direct, started, future)
+        else:
+            future.add_done_callback(lambda done: self._predicted(protocol, direct, started, done))
+
+    def abandon(self, direct: Direct) -> None:
+        """The request leaves without reaching the batcher (refused, or its client went away)."""
+        if not direct.queued and self.batcher is not None:
+            direct.queued = True
+            self.batcher.incoming -= 1
+            self.batcher.left()
+
+    def _predicted(self, protocol: Any, direct: Direct, started: float, future: Any) -> None:
+        try:
+            failure = future.exception()
+            outcome = failure if failure is not None else future.result()
+            self._answer(protocol, direct, self._labelled(outcome, started, direct.request_id, direct.ids))
+        except Exception:  # a loop callback: an answer that cannot be written ends its connection
+            log.exception("cannot answer request_id=%s", direct.request_id.decode("latin-1"))
+            protocol.transport.close()
+
+    def _answer(self, protocol: Any, direct: Direct, answer: Answer) -> None:
+        """Write the whole answer in one write, then hand the connection back to the protocol, as uvicorn does."""
+        status, body, headers = answer
+        if self.access_log is not None:
+            seconds = time.perf_counter() - direct.started
+            self.access_log.add(protocol.client, "POST", direct.path, status, len(body), seconds, direct.request_id)
+        transport = protocol.transport
+        if direct.disconnected or transport.is_closing():
+            direct.response_complete = True
+            return
+        keep_alive = direct.keep_alive and not closing
+        content = [STATUS_LINE[status]]
+        for name, value in protocol.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        said_close = False
+        for name, value in headers:
+            if name == b"connection":  # an answer that closes the connection says so itself (a 413)
+                keep_alive, said_close = False, True
+            content += (name, b": ", value, b"\r\n")
+        content.append(b"content-length: %d\r\n" % len(body))
+        if not keep_alive and not said_close:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        direct.response_started = direct.response_complete = True
+        transport.write(b"".join(content))
+        if not keep_alive:
+            transport.close()
+        protocol.on_response_complete()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
@@ -155,11 +266,14 @@ class ScoringApp:
             batcher.incoming -= 1
             batcher.left()
 
-    async def _score_request(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = client_id = legacy_id = None
-        length = None
+    def _scan(self, headers: Headers) -> tuple[bytes | None, bytes | None, Headers, bool]:
+        """A scoring request's headers: (content-length, request id, the id headers to answer with, authorized).
+
+        The request id is None when the client's is too long (a 431).
+        """
+        request_id = client_id = legacy_id = length = None
         authorization = b""
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"content-length":
                 length = value
             elif name == b"x-request-id":
@@ -173,13 +287,19 @@ class ScoringApp:
         if request_id is None:
             request_id = _request_id()
         elif len(request_id) > REQUEST_ID_LIMIT:
-            await _error(send, 431, f"x-request-id must not exceed {REQUEST_ID_LIMIT} characters")
-            return
+            return length, None, [], False
         # Azure's server fills x-ms-request-id from the client's ids, else the request id.
         ids = [(b"x-request-id", request_id), (b"x-ms-request-id", legacy_id or client_id or request_id)]
         if client_id is not None:
             ids.append((b"x-ms-client-request-id", client_id))
-        if self.auth and not self._key_matches(authorization):
+        return length, request_id, ids, not self.auth or self._key_matches(authorization)
+
+    async def _score_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length, request_id, ids, authorized = self._scan(scope["headers"])
+        if request_id is None:
+            await _error(send, 431, f"x-request-id must not exceed {REQUEST_ID_LIMIT} characters")
+            return
+        if not authorized:
             await _unauthorized(send, ids)
             return
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
@@ -229,23 +349,12 @@ class ScoringApp:
         return b"".join(chunks)
 
     async def _score_batched(self, body: bytes, request_id: bytes, ids: Headers, send: Send) -> None:
-        assert self.batcher is not None and self.script.parse_rows is not None
+        assert self.batcher is not None
         await self.slices.turn()
         started = time.perf_counter()
-        failure: Exception | None = None
-        try:
-            rows = self.script.parse_rows(body)
-        except Exception as exc:  # noqa: BLE001  whatever the user's parse_rows raises is answered, not fatal
-            failure = exc
-        self.slices.used += time.perf_counter() - started
-        if isinstance(failure, ValueError):
-            message, failure = str(failure), None  # its traceback holds this frame: no cycle left for the GC
-            await _error(send, 400, message, ids)
-            return
-        if failure is not None:
-            log.error("parse_rows() raised (request_id=%s)", request_id.decode("latin-1"), exc_info=failure)
-            failure = None
-            await _internal(send, "parse_rows", request_id, ids)
+        rows, refused = self._parse(body, request_id, ids)
+        if refused is not None:
+            await _respond(send, *refused)
             return
         try:
             alone = self.batcher.incoming == 1  # no other request in this worker is being read or parsed
@@ -254,21 +363,43 @@ class ScoringApp:
                 labels = await self.batcher.submit(rows, alone=alone)
             finally:
                 self.batcher.incoming += 1
-        except BatchTimeout:
-            await _timeout(send, self.timeout_s, request_id, ids)
+        except (BatchTimeout, BatchFailed) as exc:
+            await _respond(send, *self._labelled(exc, started, request_id, ids))
             return
-        except BatchFailed:
-            await _internal(send, "predict_rows", request_id, ids)
-            return
+        await _respond(send, *self._labelled(labels, started, request_id, ids))
+
+    def _parse(self, body: bytes, request_id: bytes, ids: Headers) -> tuple[Any, Answer | None]:
+        """(parse_rows(body), None), or (None, the answer) when it refused the body or failed; its time is counted."""
+        assert self.script.parse_rows is not None
+        started = time.perf_counter()
+        failure: Exception | None = None
+        try:
+            rows = self.script.parse_rows(body)
+        except Exception as exc:  # noqa: BLE001  whatever the user's parse_rows raises is answered, not fatal
+            failure = exc
+        self.slices.used += time.perf_counter() - started
+        if failure is None:
+            return rows, None
+        if isinstance(failure, ValueError):
+            message, failure = str(failure), None  # its traceback holds this frame: no cycle left for the GC
+            return None, _error_answer(400, message, ids)
+        log.error("parse_rows() raised (request_id=%s)", request_id.decode("latin-1"), exc_info=failure)
+        failure = None
+        return None, _internal_answer("parse_rows", request_id, ids)
+
+    def _labelled(self, labels: Any, started: float, request_id: bytes, ids: Headers) -> Answer:
+        """The answer to a request whose rows the batcher predicted (labels), or failed to (the exception)."""
+        if isinstance(labels, BatchTimeout):
+            return _timeout_answer(self.timeout_s, request_id, ids)
+        if isinstance(labels, BaseException):
+            return _internal_answer("predict_rows", request_id, ids)
         try:
             body = dumps(labels)  # orjson, or json for what it refuses (e.g. an object array of strings)
         except Exception:
             log.exception("predict_rows() returned something that cannot be encoded as JSON")
-            await _internal(send, "predict_rows", request_id, ids)
-            return
+            return _internal_answer("predict_rows", request_id, ids)
         elapsed = b"%.3f" % ((time.perf_counter() - started) * 1000)
-        headers = [*ids, (b"content-type", JSON_TYPE), (b"x-ms-run-fn-exec-ms", elapsed), _OK_RUN]
-        await _respond(send, 200, body, headers)
+        return 200, body, [*ids, (b"content-type", JSON_TYPE), (b"x-ms-run-fn-exec-ms", elapsed), _OK_RUN]
 
     async def _score_run(self, scope: Scope, body: bytes, request_id: bytes, ids: Headers, send: Send) -> None:
         # Azure passes run() the body decoded as UTF-8 text; a body that isn't is the client's fault.
@@ -317,6 +448,48 @@ class ScoringApp:
         await _respond(send, status, payload, [*ids, *headers, (b"x-ms-run-fn-exec-ms", elapsed), failed])
 
 
+class _NoEvent:
+    """What uvicorn sets on a request's message event when its connection is lost: nothing waits on a direct one."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+class Direct:
+    """One POST /score that the connection's protocol serves itself, in its callbacks, with no ASGI task.
+
+    Stands where uvicorn keeps a request's RequestResponseCycle (protocol.cycle), with the attributes its
+    protocol reads of one, so keep-alive, pipelined requests behind it, a lost connection and a graceful
+    shutdown are handled as for any other request.
+    """
+
+    __slots__ = (
+        "chunks",
+        "disconnected",
+        "ids",
+        "keep_alive",
+        "path",
+        "queued",
+        "request_id",
+        "response_complete",
+        "response_started",
+        "started",
+    )
+    message_event = _NoEvent()
+
+    def __init__(self, path: str, request_id: bytes, ids: Headers, keep_alive: bool) -> None:
+        self.path = path
+        self.request_id = request_id
+        self.ids = ids
+        self.keep_alive = keep_alive
+        self.chunks: list[bytes] = []
+        self.disconnected = self.response_started = self.response_complete = False
+        self.queued = False  # its rows are with the batcher (no longer counted as on their way to it)
+        self.started = time.perf_counter()
+
+
 class _Noted:
     """The app's `send`, noting the status, body size and request id for the access log."""
 
@@ -337,6 +510,9 @@ class _Noted:
         await self.send(message)
 
 
+Answer = tuple[int, bytes, Headers]
+
+
 async def _respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
     headers = [*headers, (b"content-length", b"%d" % len(body))]  # never the caller's list: some are shared
     if closing and _CLOSE not in headers:
@@ -345,9 +521,12 @@ async def _respond(send: Send, status: int, body: bytes, headers: Headers) -> No
     await send({"type": "http.response.body", "body": body})
 
 
+def _error_answer(status: int, message: str, headers: Headers | None = None, **extra: str) -> Answer:
+    return status, orjson.dumps({"error": message, **extra}), [*(headers or []), *_JSON]
+
+
 async def _error(send: Send, status: int, message: str, headers: Headers | None = None, **extra: str) -> None:
-    body = orjson.dumps({"error": message, **extra})
-    await _respond(send, status, body, [*(headers or []), *_JSON])
+    await _respond(send, *_error_answer(status, message, headers, **extra))
 
 
 async def _unauthorized(send: Send, headers: Headers | None = None) -> None:
@@ -360,13 +539,21 @@ async def _too_large(send: Send, limit: int, headers: Headers) -> None:
     await _error(send, 413, f"body is larger than {limit} bytes", [*headers, (b"connection", b"close")])
 
 
-async def _timeout(send: Send, timeout_s: float, request_id: bytes, headers: Headers) -> None:
+def _timeout_answer(timeout_s: float, request_id: bytes, headers: Headers) -> Answer:
     message = f"scoring did not finish within {timeout_s * 1000:.0f} ms"
     failed = [*headers, (b"x-ms-run-function-failed", b"True")]
-    await _error(send, 504, message, failed, request_id=request_id.decode("latin-1"))
+    return _error_answer(504, message, failed, request_id=request_id.decode("latin-1"))
+
+
+async def _timeout(send: Send, timeout_s: float, request_id: bytes, headers: Headers) -> None:
+    await _respond(send, *_timeout_answer(timeout_s, request_id, headers))
+
+
+def _internal_answer(function: str, request_id: bytes, headers: Headers) -> Answer:
+    message = f"internal error in {function}(); see the service log"
+    failed = [*headers, (b"x-ms-run-function-failed", b"True")]
+    return _error_answer(500, message, failed, request_id=request_id.decode("latin-1"))
 
 
 async def _internal(send: Send, function: str, request_id: bytes, headers: Headers) -> None:
-    message = f"internal error in {function}(); see the service log"
-    failed = [*headers, (b"x-ms-run-function-failed", b"True")]
-    await _error(send, 500, message, failed, request_id=request_id.decode("latin-1"))
+    await _respond(send, *_internal_answer(function, request_id, headers))

@@ -43,6 +43,14 @@ class FairSlices:
                 asyncio.get_running_loop().call_soon(self._reset)  # runs after the next socket poll
             await asyncio.sleep(0)
 
+    def later(self, callback: Callable[..., None], *args: Any) -> None:
+        """What turn() is to a coroutine, for a callback: run it in the next pass, after the next socket poll."""
+        loop = asyncio.get_running_loop()
+        if not self._reset_pending:
+            self._reset_pending = True
+            loop.call_soon(self._reset)
+        loop.call_soon(callback, *args)
+
     def _reset(self) -> None:
         self.used = 0.0
         self._reset_pending = False

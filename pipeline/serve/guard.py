@@ -16,10 +16,15 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from pipeline.serve.app import Direct
+
+if TYPE_CHECKING:
+    from pipeline.serve.app import ScoringApp
 
 log = logging.getLogger("pipeline.serve")
 
@@ -63,6 +68,8 @@ class Guard:
         self.body_timeout_s = body_timeout_s
         self.max_connections = max_connections
         self.report = report
+        # The app that serves POST /score in the protocol's callbacks (pipeline.serve.app.Direct), if any.
+        self.direct: ScoringApp | None = None
         self.open: set[GuardedProtocol] = set()
         # Connections with no request in the app (new, sending headers, or idle between requests), in the
         # order they became so: at the cap, the first is the one to close.
@@ -177,11 +184,14 @@ class GuardedProtocol(HttpToolsProtocol):
         guard.watch(self.loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.open.discard(self)
-        self.guard.idle.pop(self, None)
-        self.guard.receiving.pop(self, None)
+        guard = self.guard
+        guard.open.discard(self)
+        guard.idle.pop(self, None)
+        guard.receiving.pop(self, None)
         self.deadline = None
         super().connection_lost(exc)
+        if type(self.cycle) is Direct and guard.direct is not None:
+            guard.direct.abandon(self.cycle)  # its body was being read: the batcher waits for it no longer
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -198,18 +208,36 @@ class GuardedProtocol(HttpToolsProtocol):
             self.deadline = self.loop.time() + self.guard.header_timeout_s
 
     def on_headers_complete(self) -> None:
-        self.guard.idle.pop(self, None)
-        self.guard.receiving[self] = None
+        guard = self.guard
+        guard.idle.pop(self, None)
+        guard.receiving[self] = None
         self.phase = "body"
-        self.deadline = self.loop.time() + self.guard.body_timeout_s
+        self.deadline = self.loop.time() + guard.body_timeout_s
+        direct = guard.direct
+        if direct is not None and (self.cycle is None or self.cycle.response_complete) and not self.pipeline:
+            cycle = direct.begin(self)  # None: the ASGI path serves it (and any request behind it waits its turn)
+            if cycle is not None:
+                self.cycle = cycle  # type: ignore[assignment]  # what the protocol reads of a request's cycle
+                return
         super().on_headers_complete()
         if self.cycle is not None and self.scope["method"] != "HEAD":  # uvicorn writes no body for HEAD
             self.cycle.transport = OneWrite(self.transport)  # type: ignore[assignment]  # what the cycle uses of one
 
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is Direct:
+            cycle.chunks.append(body)  # within the length begin() allowed: the parser counts it out
+        else:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        cycle = self.cycle
+        if type(cycle) is not Direct:
+            super().on_message_complete()
         self.guard.receiving.pop(self, None)
         self.phase, self.deadline = "app", None
+        if type(cycle) is Direct and self.guard.direct is not None:
+            self.guard.direct.finish(self, cycle)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -149,6 +149,8 @@ def _serve(
         max_connections=cap,
         report=count,
     )
+    if app.batcher is not None:
+        guard.direct = app  # POST /score served in the protocol's callbacks (pipeline.serve.app.Direct)
     server = RollingServer(
         sock,
         ready_fd,
