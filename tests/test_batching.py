@@ -7,6 +7,8 @@ import asyncio
 import gzip
 import os
 import shutil
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,9 @@ import pytest
 
 from pipeline import render
 from pipeline import spec as specs
+from pipeline.serve import script as script_module
 from pipeline.serve.batching import MAX_ROWS, BatchFailed, FairSlices, MicroBatcher
-from pipeline.serve.script import ScoringScript, load_script
+from pipeline.serve.script import RunTimeout, ScoringScript, call_with_timeout, install_alarm, load_script
 from tests.conftest import EXAMPLE_DATA, EXAMPLE_MODEL, ROOT
 
 with gzip.open(EXAMPLE_DATA / "test-images.gz") as _f:
@@ -206,3 +209,34 @@ def test_a_linear_model_that_disagrees_on_the_probe_keeps_predict(tmp_path: Path
     # its class's predict is the mixin's, but this instance answers otherwise: the probe at init sees it
     patched.predict = lambda X: np.zeros(len(X), dtype=model.classes_.dtype)
     assert _linear(tmp_path / "patched", patched) is None
+
+
+def _spin(seconds: float) -> str:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:  # Python bytecode: the alarm's handler runs in it
+        pass
+    return "done"
+
+
+def test_the_timer_set_once_serves_later_calls_and_still_stops_an_overrun() -> None:
+    """call_with_timeout keeps one interval timer across calls: none cut short, every overrun stopped."""
+    previous = signal.getsignal(signal.SIGALRM)
+    install_alarm()
+    try:
+        assert call_with_timeout(lambda: "quick", 0.05) == "quick"  # leaves the timer set, 0.05 s ahead
+        # a later call with more time: the early alarm sets the timer again instead of raising
+        assert call_with_timeout(_spin, 0.5, 0.15) == "done"
+        time.sleep(0.5)  # the timer goes off with no call running
+        # a call with less time than the timer left: it is set again for this call
+        assert call_with_timeout(lambda: "quick", 30) == "quick"
+        with pytest.raises(RunTimeout):  # at its own deadline: the 30 s timer would let the 5 s spin finish
+            call_with_timeout(_spin, 0.05, 5)
+        # after an overrun, and after the timer went off with no call running, calls still work
+        time.sleep(0.1)
+        assert [call_with_timeout(abs, 0.02, -n) for n in range(100)] == list(range(100))
+        with pytest.raises(RunTimeout):
+            call_with_timeout(_spin, 0.02, 5)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        script_module._fires_at = 0.0  # cleared: the next call in this process sets it again
+        signal.signal(signal.SIGALRM, previous)

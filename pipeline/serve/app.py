@@ -141,19 +141,18 @@ class ScoringApp:
                 self.abandon(direct)
                 self._answer(protocol, direct, refused)
                 return
-            alone = batcher.incoming == 1  # no other request in this worker is being read or parsed
+            # Predicted at once only when no other connection is open: a request that came in with others
+            # in one poll of the sockets is parsed before theirs are read, and waits one pass for them.
+            alone = batcher.incoming == 1 and len(protocol.guard.open) <= 1
             batcher.incoming -= 1  # queued now: no longer on its way
             direct.queued = True
-            future = batcher.submit(rows, alone=alone)
+            # answered when its batch is predicted (a lone request: at once, in this same pass)
+            batcher.queue(rows, _Reply(self, protocol, direct, started), alone=alone)
         except Exception:  # a callback of the HTTP parser: never let it raise into the parser
             log.exception("scoring failed (request_id=%s)", direct.request_id.decode("latin-1"))
             self.abandon(direct)
-            self._answer(protocol, direct, _internal_answer("predict_rows", direct.request_id, direct.ids))
-            return
-        if future.done():  # a lone request, predicted at once: answered in this same pass
-            self._predicted(protocol, direct, started, future)
-        else:
-            future.add_done_callback(lambda done: self._predicted(protocol, direct, started, done))
+            if not direct.response_started:
+                self._answer(protocol, direct, _internal_answer("predict_rows", direct.request_id, direct.ids))
 
     def abandon(self, direct: Direct) -> None:
         """The request leaves without reaching the batcher (refused, or its client went away)."""
@@ -161,15 +160,6 @@ class ScoringApp:
             direct.queued = True
             self.batcher.incoming -= 1
             self.batcher.left()
-
-    def _predicted(self, protocol: Any, direct: Direct, started: float, future: Any) -> None:
-        try:
-            failure = future.exception()
-            outcome = failure if failure is not None else future.result()
-            self._answer(protocol, direct, self._labelled(outcome, started, direct.request_id, direct.ids))
-        except Exception:  # a loop callback: an answer that cannot be written ends its connection
-            log.exception("cannot answer request_id=%s", direct.request_id.decode("latin-1"))
-            protocol.transport.close()
 
     def _answer(self, protocol: Any, direct: Direct, answer: Answer) -> None:
         """Write the whole answer in one write, then hand the connection back to the protocol, as uvicorn does."""
@@ -179,7 +169,7 @@ class ScoringApp:
             self.access_log.add(protocol.client, "POST", direct.path, status, len(body), seconds, direct.request_id)
         transport = protocol.transport
         if direct.disconnected or transport.is_closing():
-            direct.response_complete = True
+            direct.response_started = direct.response_complete = True
             return
         keep_alive = direct.keep_alive and not closing
         content = [STATUS_LINE[status]]
@@ -488,6 +478,30 @@ class Direct:
         self.disconnected = self.response_started = self.response_complete = False
         self.queued = False  # its rows are with the batcher (no longer counted as on their way to it)
         self.started = time.perf_counter()
+
+
+class _Reply:
+    """How the batcher answers a direct request (pipeline.serve.batching.Waiter): it writes the answer at once."""
+
+    __slots__ = ("app", "direct", "protocol", "started")
+
+    def __init__(self, app: ScoringApp, protocol: Any, direct: Direct, started: float) -> None:
+        self.app, self.protocol, self.direct, self.started = app, protocol, direct, started
+
+    def done(self) -> bool:
+        return self.direct.response_started
+
+    def set_result(self, result: Any) -> None:
+        try:
+            direct = self.direct
+            self.app._answer(
+                self.protocol, direct, self.app._labelled(result, self.started, direct.request_id, direct.ids)
+            )
+        except Exception:  # the batcher's loop: an answer that cannot be written ends its connection, nothing else
+            log.exception("cannot answer request_id=%s", self.direct.request_id.decode("latin-1"))
+            self.protocol.transport.close()
+
+    set_exception = set_result  # _labelled answers a BatchTimeout or BatchFailed as such
 
 
 class _Noted:

@@ -7,7 +7,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy
 
@@ -64,6 +64,14 @@ class BatchFailed(Exception):
     """predict_rows raised (or answered with the wrong length) for this request alone."""
 
 
+class Waiter(Protocol):
+    """What a queued request is answered through: an asyncio.Future, or the direct path's reply (no loop hop)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: list[Any]) -> None: ...
+    def set_exception(self, exception: BaseException) -> None: ...
+
+
 class MicroBatcher:
     """Queue parsed requests; a consumer task predicts them together and answers each future.
 
@@ -82,7 +90,7 @@ class MicroBatcher:
         self._join = join
         self._timeout_s = timeout_s
         self._slices = slices
-        self._pending: deque[tuple[Any, asyncio.Future[list[Any]], float]] = deque()
+        self._pending: deque[tuple[Any, Waiter, float]] = deque()
         self._rows = 0
         self._wakeup: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -94,26 +102,30 @@ class MicroBatcher:
 
     def submit(self, rows: Any, alone: bool = False) -> asyncio.Future[list[Any]]:
         """Queue a request's rows; `alone`: no other request is in this worker, so none can join it."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.queue(rows, future, alone)
+        return future
+
+    def queue(self, rows: Any, waiter: Waiter, alone: bool = False) -> None:
+        """submit(), answered through `waiter`: a future, or whatever answers the request when called."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
         if alone and not self._pending:
             # One client at a time: predict now, without the hop through the consumer task (two passes of
             # the loop), which is all that batching would add to a lone request's latency.
             started = time.perf_counter()
             try:
-                self._predict(loop, [(rows, future, loop.time() + self._timeout_s)])
+                self._predict(loop, [(rows, waiter, loop.time() + self._timeout_s)])
             except Exception:
                 log.exception("predict_rows() failed")
-                if not future.done():
-                    future.set_exception(BatchFailed())
+                if not waiter.done():
+                    waiter.set_exception(BatchFailed())
             self._slices.used += time.perf_counter() - started
-            return future
+            return
         if self._task is None:
             self._task = loop.create_task(self._consume())
-        self._pending.append((rows, future, loop.time() + self._timeout_s))
+        self._pending.append((rows, waiter, loop.time() + self._timeout_s))
         self._rows += len(rows)
         self._wake()
-        return future
 
     def left(self) -> None:
         """A request the consumer may be waiting for went away unqueued (a 400, say): wait no longer for it."""
@@ -164,7 +176,7 @@ class MicroBatcher:
                         future.set_exception(BatchFailed())
             self._slices.used += time.perf_counter() - started
 
-    def _take(self) -> list[tuple[Any, asyncio.Future[list[Any]], float]]:
+    def _take(self) -> list[tuple[Any, Waiter, float]]:
         batch = [self._pending.popleft()]
         rows = len(batch[0][0])
         while self._pending and rows + len(self._pending[0][0]) <= MAX_ROWS:
@@ -174,7 +186,7 @@ class MicroBatcher:
         self._rows -= rows
         return batch
 
-    def _predict(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Any, Any, float]]) -> None:
+    def _predict(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Any, Waiter, float]]) -> None:
         now = loop.time()
         live = []
         for item in batch:
