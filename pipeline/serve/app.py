@@ -1,4 +1,8 @@
-"""The worker's raw ASGI app: Azure ML's routes and headers, with 4xx answers where Azure's says 500."""
+"""The worker's raw ASGI app: Azure ML's routes and headers, with 4xx answers where Azure's says 500.
+
+Most POST /score requests never reach it as ASGI: the connection's protocol serves them through `Direct`
+(begin/finish below), with the same steps and answers.
+"""
 
 from __future__ import annotations
 
@@ -176,6 +180,8 @@ class ScoringApp:
         for name, value in protocol.server_state.default_headers:
             content += (name, b": ", value, b"\r\n")
         said_close = False
+        # The ids echoed from the request need no check for CR, LF or other control characters: httptools
+        # refuses a request whose header values hold any ("Invalid header value char"), before it gets here.
         for name, value in headers:
             if name == b"connection":  # an answer that closes the connection says so itself (a 413)
                 keep_alive, said_close = False, True
