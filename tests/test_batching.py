@@ -218,6 +218,13 @@ def _spin(seconds: float) -> str:
     return "done"
 
 
+def test_the_timer_is_never_left_set_without_the_handler_that_expects_it() -> None:
+    """Outside a worker (no install_alarm), a timer left set would end the process when it goes off."""
+    assert signal.getsignal(signal.SIGALRM) is not script_module._on_alarm
+    assert call_with_timeout(abs, 0.05, -1) == 1
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 def test_the_timer_set_once_serves_later_calls_and_still_stops_an_overrun() -> None:
     """call_with_timeout keeps one interval timer across calls: none cut short, every overrun stopped."""
     previous = signal.getsignal(signal.SIGALRM)

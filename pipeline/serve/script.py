@@ -103,7 +103,10 @@ def call_with_timeout(function: Callable[..., Any], timeout_s: float, *args: Any
     global _armed, _deadline, _fires_at
     now = time.monotonic()
     _deadline = deadline = now + max(timeout_s, 1e-4)
-    if _fires_at <= now or _fires_at > deadline:  # not set, gone off, or too late for this call
+    # The timer is left set only while _on_alarm is the handler: under any other (the default one ends the
+    # process) it is cleared after each call, as it always was.
+    lasting = signal.getsignal(signal.SIGALRM) is _on_alarm
+    if not lasting or _fires_at <= now or _fires_at > deadline:  # not set, gone off, or too late for this call
         _fires_at = deadline
         signal.setitimer(signal.ITIMER_REAL, deadline - now)
     _armed = True
@@ -111,6 +114,9 @@ def call_with_timeout(function: Callable[..., Any], timeout_s: float, *args: Any
         return function(*args)
     finally:
         _armed = False
+        if not lasting:
+            _fires_at = 0.0
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 # --- answers ------------------------------------------------------------------------------
