@@ -38,18 +38,18 @@ class FairSlices:
 
     async def turn(self) -> None:
         while self.used >= SLICE_S:
-            if not self._reset_pending:
-                self._reset_pending = True
-                asyncio.get_running_loop().call_soon(self._reset)  # runs after the next socket poll
+            self._renew_soon()
             await asyncio.sleep(0)
 
     def later(self, callback: Callable[..., None], *args: Any) -> None:
         """What turn() is to a coroutine, for a callback: run it in the next pass, after the next socket poll."""
-        loop = asyncio.get_running_loop()
+        self._renew_soon()
+        asyncio.get_running_loop().call_soon(callback, *args)
+
+    def _renew_soon(self) -> None:
         if not self._reset_pending:
             self._reset_pending = True
-            loop.call_soon(self._reset)
-        loop.call_soon(callback, *args)
+            asyncio.get_running_loop().call_soon(self._reset)  # runs after the next socket poll
 
     def _reset(self) -> None:
         self.used = 0.0
