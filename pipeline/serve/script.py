@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal in C: its getsignal() returns the handler as is
 import importlib.util
 import inspect
 import json
@@ -105,7 +106,7 @@ def call_with_timeout(function: Callable[..., Any], timeout_s: float, *args: Any
     _deadline = deadline = now + max(timeout_s, 1e-4)
     # The timer is left set only while _on_alarm is the handler: under any other (the default one ends the
     # process) it is cleared after each call, as it always was.
-    lasting = signal.getsignal(signal.SIGALRM) is _on_alarm
+    lasting = _signal.getsignal(signal.SIGALRM) is _on_alarm  # signal.getsignal() costs 7 us: it makes an enum
     if not lasting or _fires_at <= now or _fires_at > deadline:  # not set, gone off, or too late for this call
         _fires_at = deadline
         signal.setitimer(signal.ITIMER_REAL, deadline - now)
