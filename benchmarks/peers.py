@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,7 @@ HERE = Path(__file__).resolve().parent / "peer_servers"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pipeline-bench"
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import profile_worker  # noqa: E402
 from benchmarks import serve as serve_bench  # noqa: E402
 from benchmarks.serve import WRK_SCRIPT, read_idx  # noqa: E402
 
@@ -418,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 s per run, one round")
     parser.add_argument("--only", default=",".join(ORDER), help=f"servers to measure (default {','.join(ORDER)})")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument(
+        "--no-profile", dest="profile", action="store_false", help="no py-spy profile of the goals not met"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("benchmarks/peers.py needs wrk on PATH (Debian: apt-get install -y wrk)", file=sys.stderr)
@@ -495,6 +500,17 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             results["pss_mb"][server.name]["after_load"] = tree_pss_mb(server.pid)
         print(format_tables(results, [s.name for s in servers]))
+        ours = next((server for server in servers if server.name == "ours"), None)
+        if ours is not None and args.profile:
+            run_ms = {count: statistics.median(r[count] for r in results["run_ms"]) for count in (1, 30)}
+            unmet = goals(results, names, run_ms)[1]
+            if unmet and shutil.which("py-spy") is None:
+                print("\nno profile of the goals not met: py-spy is not on PATH (pip install py-spy; it needs ptrace)")
+            for images, conns in unmet if shutil.which("py-spy") else []:
+                print(f"  profiling ours at {images} img, {conns} conn", file=sys.stderr)
+                parts = results["parts_ms"][-1]
+                hot = {"parse": parts["parse"][images], "predict": parts["predict"][images]}
+                print("\n".join(profile(ours, luas["ours", images], (images, conns), duration, hot, work)))
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     finally:
@@ -573,13 +589,16 @@ def format_tables(results: dict[str, Any], names: list[str]) -> str:
             f"(30 rows), {parts['predict'][64]:.3f} ms (64 rows)"
         )
     if "ours" in names:
-        lines += ["", *goals(results, names, run_ms)]
+        lines += ["", *goals(results, names, run_ms)[0]]
     return "\n".join(lines)
 
 
-def goals(results: dict[str, Any], names: list[str], run_ms: dict[int, float]) -> list[str]:
+def goals(
+    results: dict[str, Any], names: list[str], run_ms: dict[int, float]
+) -> tuple[list[str], list[tuple[int, int]]]:
     """The ratio goals of the scoring-speed issue, each met or not, from this one run; for each one that is not,
-    the best this run's own parts allow, and what bounds it.
+    the best this run's own parts allow, and what bounds it. Also the cells (images, connections) of the goals
+    not met, which main() profiles.
 
     The bounds take the ceiling (the same HTTP stack, no work) as the cost of everything but scoring, and add
     only what scoring cannot avoid, measured in process in the same run: at one connection a request is one
@@ -614,6 +633,7 @@ def goals(results: dict[str, Any], names: list[str], run_ms: dict[int, float]) -
         return f"at best {fmt.format(best / against)} ({best:,.0f} req/s: {what}); the rest is this host's own path"
 
     out = ["| goal | measured | met | bound, from this run's parts |", "|---|---|---|---|"]
+    unmet: list[tuple[int, int]] = []
     peers = [name for name in names if name in PEERS]
     if peers:
         for images, conns in CELLS:
@@ -621,6 +641,7 @@ def goals(results: dict[str, Any], names: list[str], run_ms: dict[int, float]) -
             ratio = rps("ours", images, conns) / rps(top, images, conns)
             met = ratio >= 2.5
             why = "" if met else bound(images, conns, rps(top, images, conns), "{:.2f}x")
+            unmet += [] if met else [(images, conns)]
             out.append(
                 f"| {images} img, {conns} conn: >= 2.5x the best peer ({top}) | {ratio:.2f}x "
                 f"| {'yes' if met else 'NO'} | {why} |"
@@ -630,6 +651,7 @@ def goals(results: dict[str, Any], names: list[str], run_ms: dict[int, float]) -
             ratio = rps("ours", images, 32) / rps("ceiling", images, 32)
             met = ratio >= share
             why = "" if met else bound(images, 32, rps("ceiling", images, 32), "{:.0%}")
+            unmet += [] if met else [(images, 32)]
             out.append(
                 f"| {images} img, 32 conn: >= {share:.0%} of the ceiling | {ratio:.0%} "
                 f"| {'yes' if met else 'NO'} | {why} |"
@@ -638,6 +660,7 @@ def goals(results: dict[str, Any], names: list[str], run_ms: dict[int, float]) -
         extra = cells[f"ours {images} 1"]["p50_us"] / 1000 - run_ms[images]
         met = extra <= 0.1
         why = ""
+        unmet += [] if met else [(images, 1)]
         if not met and "ceiling" in names:
             trip = cells[f"ceiling {images} 1"]["p50_us"] / 1000
             why = (
@@ -653,7 +676,44 @@ def goals(results: dict[str, Any], names: list[str], run_ms: dict[int, float]) -
         f"| PSS idle and after load <= 215 MiB | {pss['idle']:.0f} / {pss['after_load']:.0f} MiB "
         f"| {'yes' if worst <= 215 else 'NO'} | |"
     )
-    return out
+    return out, sorted(set(unmet), key=CELLS.index)
+
+
+def profile(
+    server: Server, lua: Path, cell: tuple[int, int], seconds: int, parts: dict[str, float], work: Path
+) -> list[str]:
+    """Where one of our workers' time goes in a cell whose goal is not met: py-spy samples it under wrk's load.
+
+    At one connection one worker serves every request in turn, so a share of its time is also a share of each
+    request's: the µs column is that share of the time per request (1 s / req/s, while profiled). `parts` are
+    run()'s parts measured in this process, hot, for comparison."""
+    images, conns = cell
+    result: dict[str, Any] = {}
+    load = threading.Thread(target=lambda: result.update(run_wrk(server, lua, conns, seconds + 3)))
+    load.start()
+    time.sleep(1.0)
+    worker = profile_worker.busiest([process.pid for process in tree(server.pid)[1:]])
+    raw = work / f"profile-{images}-{conns}.txt"
+    profile_worker.record(worker, seconds, raw)
+    load.join()
+    per_request_us = 1e6 / result["rps"] if conns == 1 else None
+    head = f"{images} img, {conns} conn"
+    lines = [
+        "",
+        f"profile of one worker of ours at {head} (py-spy, {seconds} s, idle time included; under it: "
+        f"{result['rps']:,.0f} req/s, p50 {result['p50_us'] / 1000:.3f} ms)",
+        "",
+        "| spent on | share of the worker's time | us per request | in process |"
+        if per_request_us
+        else "| spent on | share of the worker's time | | in process |",
+        "|---|---:|---:|---:|",
+    ]
+    hot = {"run()'s parse: parse_rows()": parts["parse"], "run()'s predict: predict_rows()": parts["predict"]}
+    for part, share in profile_worker.breakdown(raw).items():
+        us = f"{share * per_request_us:.0f}" if per_request_us else ""
+        lines.append(f"| {part} | {share:.1%} | {us} | {f'{hot[part] * 1000:.0f} us' if part in hot else ''} |")
+    lines += ["", profile_worker.summarize(raw, 12).split("\n\n| total")[0]]
+    return lines
 
 
 if __name__ == "__main__":

@@ -27,11 +27,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.peers import render_script  # noqa: E402
 from benchmarks.serve import WRK_SCRIPT, read_idx  # noqa: E402
+
+# run()'s own two parts: a sample with one of these frames in its stack is spent on that part (breakdown())
+PARTS = (
+    ("parse_rows (score.py)", "run()'s parse: parse_rows()"),
+    ("predict_rows (score.py)", "run()'s predict: predict_rows()"),
+)
 
 
 def start(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+    from benchmarks.peers import render_script
+
     model_dir = work / "model"
     model_dir.mkdir()
     shutil.copy(ROOT / "examples" / "mnist" / "sklearn_mnist_model.pkl", model_dir)
@@ -75,23 +82,60 @@ def busiest(pids: list[int]) -> int:
     return max(pids, key=lambda pid: cpu(pid) - before[pid])
 
 
+def record(pid: int, seconds: int, output: Path, native: bool = False) -> None:
+    """py-spy's samples of one process, idle time included, as raw (collapsed) stacks in `output`."""
+    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "500"]
+    command += ["--format", "raw", "--idle", "--output", str(output), "--nonblocking"]
+    if native:
+        command.append("--native")
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def stacks(raw: Path) -> list[tuple[list[str], int]]:
+    """py-spy's raw stacks as (frames outermost first, named "function (file)"; samples)."""
+    out = []
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        # a function's frame is "name (path:line)"; anything else (a process or thread py-spy names) is left out
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].split("/")[-1] + ")"
+            for f in stack.split(";")
+            if " (" in f and f.endswith(")")
+        ]
+        if frames:
+            out.append((frames, int(count)))
+    return out
+
+
+def breakdown(raw: Path) -> dict[str, float]:
+    """The worker's time by what it was spent on, as shares of all its samples: run()'s parts (PARTS), writing
+    the answer (ScoringApp._answer's own time is its one send() call), the event loop's own time (uvloop in C:
+    at one connection, mostly waiting in epoll for the client's next request) and the rest of the host."""
+    counts: collections.Counter[str] = collections.Counter()
+    for frames, n in stacks(raw):
+        part = next((label for frame, label in PARTS if frame in frames), None)
+        if part is None:
+            leaf = frames[-1]
+            if leaf.startswith("Runner.run ("):
+                part = "the event loop's own time (waiting for sockets, mostly)"
+            elif leaf.startswith("ScoringApp._answer ("):
+                part = "writing the answer (its send() call)"
+            else:
+                part = "the rest of the host (HTTP parsing, checks, batching, headers, log)"
+        counts[part] += n
+    samples = sum(counts.values()) or 1
+    return {part: n / samples for part, n in counts.most_common()}
+
+
 def summarize(raw: Path, top: int) -> str:
     """py-spy's raw (collapsed) stacks -> the functions with most self and total samples."""
     self_count: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
+    for frames, n in stacks(raw):
         samples += n
-        frames = [
-            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].split("/")[-1] + ")" if " (" in f else f
-            for f in stack.split(";")[1:]
-        ]  # the first frame is the process
-        if not frames:
-            continue
         self_count[frames[-1]] += n
         for frame in set(frames):
             total[frame] += n
@@ -141,29 +185,13 @@ def main() -> int:
             time.sleep(1.0)
             worker = busiest([int(pid) for pid in ready["workers"]])  # type: ignore[attr-defined]
             raw = work / f"profile{count}.txt"
-            command = [
-                "py-spy",
-                "record",
-                "--pid",
-                str(worker),
-                "--duration",
-                str(args.seconds),
-                "--rate",
-                "500",
-                "--format",
-                "raw",
-                "--idle",
-                "--output",
-                str(raw),
-                "--nonblocking",
-            ]
-            if args.native:
-                command.append("--native")
-            subprocess.run(command, check=True, capture_output=True)
+            record(worker, args.seconds, raw, args.native)
             out, _ = load.communicate(timeout=120)
             result = next((line for line in out.splitlines() if line.startswith("RESULT ")), "")
             print(f"\n## {count}-image bodies, {args.connections} connections, worker {worker}: {result[7:]}\n")
             print(summarize(raw, args.top))
+            print("\n| share | spent on |\n|---:|---|")
+            print("\n".join(f"| {share:.1%} | {part} |" for part, share in breakdown(raw).items()))
     finally:
         if process is not None:
             process.terminate()
