@@ -1,6 +1,6 @@
 """This project's scoring service against other model servers and against the ceiling of its own HTTP stack, with wrk.
 
-    python benchmarks/peers.py [--duration 5] [--repeat 3] [--quick] [--only ours,ceiling] [--json FILE]
+    python benchmarks/peers.py [--duration 5] [--repeat 3] [--quick] [--only ours,ceiling] [--json FILE] [--no-profile]
 
 Servers, all on 127.0.0.1, two workers (or processes) each, the same model file (the example's multinomial
 LogisticRegression) and the same seeded test images, each in its own native request format:
@@ -8,6 +8,8 @@ LogisticRegression) and the same seeded test images, each in its own native requ
              project in a temporary folder: check, fetch, evaluate, render, deploy, smoke, then measured here)
   ceiling    a raw ASGI app on uvicorn (httptools, uvloop, one SO_REUSEPORT socket per process) that reads
              the body and answers [0]: no parsing, no model (benchmarks/peer_servers/ceiling.py)
+  bare       the floor of the latency goal: a raw asyncio protocol on uvloop, no HTTP library, that runs the
+             rendered score.py's parse_rows() and predict_rows() and answers in one write (peer_servers/bare.py)
   kserve     KServe 0.21's Python ModelServer, 2 workers, {"instances": ...} (peer_servers/kserve_model.py)
   mlserver   MLServer 1.7.1 + mlserver-sklearn, parallel_workers 2, adaptive batching (64 rows, 2 ms), V2 protocol
   microsoft  azureml-inference-server-http 1.5.1 (gunicorn sync workers + Flask, 2 workers), the tutorial's score.py
@@ -19,7 +21,9 @@ answers are checked equal to the model's own predict before anything is timed. T
 (1 and 30 images, 1, 8 and 32 connections) against every server in interleaved rounds, so that the noise of
 a shared machine hits all of them alike; each cell reports its median round and the spread of the rounds.
 Server CPU per request comes from the process tree's CPU time over each run, memory is the process tree's
-PSS (idle and after load), and the load average is sampled at every run.
+PSS (idle and after load), and the load average is sampled at every run. Last, the issue's goals, each met
+or not with its bound from the same run; for each goal not met, py-spy (when it is on PATH) samples one worker
+of ours under that cell's load and the script prints where its time goes (--no-profile: not).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from benchmarks.serve import WRK_SCRIPT, read_idx  # noqa: E402
 
 CELLS = [(images, connections) for images in (1, 30) for connections in (1, 8, 32)]
 PEERS = ("kserve", "mlserver", "microsoft")
-ORDER = ("ours", "ceiling", *PEERS)
+ORDER = ("ours", "ceiling", "bare", *PEERS)
 
 
 def free_port() -> int:
@@ -219,6 +223,19 @@ def start_ceiling(work: Path) -> Server:
             raise SystemExit(f"the ceiling app did not come up; see {log}")
         time.sleep(0.1)
     return Server("ceiling", process, url, process.pid, data_body, None, _terminate(process))
+
+
+def start_bare(work: Path, script: Path, model_dir: Path) -> Server:
+    port = free_port()
+    log = work / "bare.log"
+    process = _popen([sys.executable, str(HERE / "bare.py"), str(port), str(script), str(model_dir)], log)
+    url = f"http://127.0.0.1:{port}/score"
+    until = time.monotonic() + 60
+    while not (_up(port) and http("POST", url, b"{}", timeout=2)[0] == 400):  # parse_rows refuses {}
+        if process.poll() is not None or time.monotonic() > until:
+            raise SystemExit(f"the bare floor did not come up; see {log}")
+        time.sleep(0.1)
+    return Server("bare", process, url, process.pid, data_body, lambda b: json.loads(b), _terminate(process))
 
 
 def _up(port: int) -> bool:
@@ -446,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         starters: dict[str, Callable[[], Server]] = {
             "ours": lambda: start_ours(work),
             "ceiling": lambda: start_ceiling(work),
+            "bare": lambda: start_bare(work, render_script(work / "bare"), model_dir),
             "kserve": lambda: start_kserve(work, model_file),
             "mlserver": lambda: start_mlserver(work, model_file),
             "microsoft": lambda: start_microsoft(work, model_dir),
@@ -667,6 +685,10 @@ def goals(
                 f"the bare round trip (the ceiling's p50) is {trip:.3f} ms of it; "
                 f"this host's own path {extra - trip:+.3f} ms"
             )
+        if not met and "bare" in names:
+            floor = cells[f"bare {images} 1"]["p50_us"] / 1000 - run_ms[images]
+            why += "; " if why else ""
+            why += f"the bare floor (run()'s parts and one write, no HTTP library) is {floor:+.3f} ms"
         out.append(
             f"| {images} img, 1 conn: p50 within 0.1 ms of run() | {extra:+.3f} ms | {'yes' if met else 'NO'} | {why} |"
         )

@@ -85,9 +85,9 @@ def busiest(pids: list[int]) -> int:
 def record(pid: int, seconds: int, output: Path, native: bool = False) -> None:
     """py-spy's samples of one process, idle time included, as raw (collapsed) stacks in `output`."""
     command = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "500"]
-    command += ["--format", "raw", "--idle", "--output", str(output), "--nonblocking"]
-    if native:
-        command.append("--native")
+    command += ["--format", "raw", "--idle", "--output", str(output)]
+    # py-spy reads the stacks without stopping the process, except for C frames, which it must stop it to unwind
+    command.append("--native" if native else "--nonblocking")
     subprocess.run(command, check=True, capture_output=True)
 
 

@@ -70,3 +70,17 @@ def test_goals_name_the_cells_of_the_goals_not_met(
     lines, cells = peers.goals(_results(ours, 4000.0, 0.1), ["ours", "ceiling", "kserve"], {1: 0.1, 30: 0.1})
     assert cells == unmet
     assert sum("| NO |" in line for line in lines) == missed
+
+
+def test_a_latency_goal_not_met_names_the_bare_floor_beside_the_round_trip() -> None:
+    ours = {cell: (3000.0, 400 if cell == (1, 1) else 150) for cell in peers.CELLS}
+    results = _results(ours, 4000.0, 0.1)
+    for images, conns in peers.CELLS:
+        results["cells"][f"bare {images} {conns}"] = {"rps": 5000.0, "p50_us": 180}
+    lines, cells = peers.goals(results, ["ours", "ceiling", "bare", "kserve"], {1: 0.1, 30: 0.1})
+    assert cells == [(1, 1)]
+    (missed,) = [line for line in lines if "| NO |" in line]
+    assert missed.startswith("| 1 img, 1 conn: p50 within 0.1 ms of run() | +0.300 ms | NO |")
+    # the ceiling's p50 (0.1 ms) and the bare floor's (0.18 ms, so run() + 0.08) beside ours
+    assert "the bare round trip (the ceiling's p50) is 0.100 ms of it; this host's own path +0.200 ms" in missed
+    assert "the bare floor (run()'s parts and one write, no HTTP library) is +0.080 ms" in missed
