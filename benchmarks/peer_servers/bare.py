@@ -17,6 +17,7 @@ import sys
 
 import orjson
 import uvloop
+from two_processes import run_twice
 
 HEAD = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
 
@@ -78,20 +79,4 @@ def serve(port: int, script: str, model_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    port, script, model_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    children = []
-    for _ in range(2):
-        pid = os.fork()
-        if pid == 0:
-            serve(port, script, model_dir)
-            os._exit(0)
-        children.append(pid)
-
-    def stop(signum, frame):
-        for child in children:
-            os.kill(child, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for child in children:
-        os.waitpid(child, 0)
+    run_twice(serve, int(sys.argv[1]), sys.argv[2], sys.argv[3])

@@ -5,12 +5,11 @@ what Python's fastest HTTP stack does with no parsing and no model at all.
     python ceiling.py PORT
 """
 
-import os
-import signal
 import socket
 import sys
 
 import uvicorn
+from two_processes import run_twice
 
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"3")]
 
@@ -46,20 +45,4 @@ def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    port = int(sys.argv[1])
-    children = []
-    for _ in range(2):
-        pid = os.fork()
-        if pid == 0:
-            serve(port)
-            os._exit(0)
-        children.append(pid)
-
-    def stop(signum, frame):
-        for child in children:
-            os.kill(child, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for child in children:
-        os.waitpid(child, 0)
+    run_twice(serve, int(sys.argv[1]))
