@@ -84,3 +84,16 @@ def test_a_latency_goal_not_met_names_the_bare_floor_beside_the_round_trip() -> 
     # the ceiling's p50 (0.1 ms) and the bare floor's (0.18 ms, so run() + 0.08) beside ours
     assert "the bare round trip (the ceiling's p50) is 0.100 ms of it; this host's own path +0.200 ms" in missed
     assert "the bare floor (run()'s parts and one write, no HTTP library) is +0.080 ms" in missed
+
+
+def test_a_ceiling_share_just_under_its_goal_is_not_shown_rounded_up_to_it() -> None:
+    ours = dict.fromkeys(peers.CELLS, (3000.0, 150))
+    ours[1, 32] = (2620.0, 150)  # 2.62x the peer, 59.5% of the ceiling: "60%" would read as met
+    results = _results(ours, 4400.0, 0.1)
+    for images, conns in peers.CELLS:
+        results["cells"][f"bare {images} {conns}"] = {"rps": 3400.0, "p50_us": 150}
+    lines, cells = peers.goals(results, ["ours", "ceiling", "bare", "kserve"], {1: 0.1, 30: 0.1})
+    assert cells == [(1, 32)]
+    (missed,) = [line for line in lines if "| NO |" in line]
+    assert missed.startswith("| 1 img, 32 conn: >= 60% of the ceiling | 59.5% | NO |")
+    assert missed.endswith("; the bare floor reaches 77.3% |")
