@@ -72,14 +72,22 @@ def test_goals_name_the_cells_of_the_goals_not_met(
     assert sum("| NO |" in line for line in lines) == missed
 
 
+def _with_bare_floor(
+    ours: dict[tuple[int, int], tuple[float, int]], ceiling_rps: float, bare: dict[str, float]
+) -> tuple[list[tuple[int, int]], str]:
+    """goals() of a run with the bare floor at `bare` in every cell: the cells not met, and the one line not met."""
+    results = _results(ours, ceiling_rps, 0.1)
+    for images, conns in peers.CELLS:
+        results["cells"][f"bare {images} {conns}"] = bare
+    lines, cells = peers.goals(results, ["ours", "ceiling", "bare", "kserve"], {1: 0.1, 30: 0.1})
+    (missed,) = [line for line in lines if "| NO |" in line]
+    return cells, missed
+
+
 def test_a_latency_goal_not_met_names_the_bare_floor_beside_the_round_trip() -> None:
     ours = {cell: (3000.0, 400 if cell == (1, 1) else 150) for cell in peers.CELLS}
-    results = _results(ours, 4000.0, 0.1)
-    for images, conns in peers.CELLS:
-        results["cells"][f"bare {images} {conns}"] = {"rps": 5000.0, "p50_us": 180}
-    lines, cells = peers.goals(results, ["ours", "ceiling", "bare", "kserve"], {1: 0.1, 30: 0.1})
+    cells, missed = _with_bare_floor(ours, 4000.0, {"rps": 5000.0, "p50_us": 180})
     assert cells == [(1, 1)]
-    (missed,) = [line for line in lines if "| NO |" in line]
     assert missed.startswith("| 1 img, 1 conn: p50 within 0.1 ms of run() | +0.300 ms | NO |")
     # the ceiling's p50 (0.1 ms) and the bare floor's (0.18 ms, so run() + 0.08) beside ours
     assert "the bare round trip (the ceiling's p50) is 0.100 ms of it; this host's own path +0.200 ms" in missed
@@ -89,11 +97,7 @@ def test_a_latency_goal_not_met_names_the_bare_floor_beside_the_round_trip() -> 
 def test_a_ceiling_share_just_under_its_goal_is_not_shown_rounded_up_to_it() -> None:
     ours = dict.fromkeys(peers.CELLS, (3000.0, 150))
     ours[1, 32] = (2620.0, 150)  # 2.62x the peer, 59.5% of the ceiling: "60%" would read as met
-    results = _results(ours, 4400.0, 0.1)
-    for images, conns in peers.CELLS:
-        results["cells"][f"bare {images} {conns}"] = {"rps": 3400.0, "p50_us": 150}
-    lines, cells = peers.goals(results, ["ours", "ceiling", "bare", "kserve"], {1: 0.1, 30: 0.1})
+    cells, missed = _with_bare_floor(ours, 4400.0, {"rps": 3400.0, "p50_us": 150})
     assert cells == [(1, 32)]
-    (missed,) = [line for line in lines if "| NO |" in line]
     assert missed.startswith("| 1 img, 32 conn: >= 60% of the ceiling | 59.5% | NO |")
     assert missed.endswith("; the bare floor reaches 77.3% |")
